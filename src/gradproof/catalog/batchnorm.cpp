@@ -1,0 +1,888 @@
+// The batch-normalization entries of the catalog: every bn.* formula and the checks that verify it.
+#include "gradproof/catalog/catalog.hpp"
+#include "gradproof/catalog/support.hpp"
+#include "gradproof/ops/batchnorm.hpp"
+
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <sstream>
+
+namespace gradproof::catalog {
+namespace {
+
+using namespace support;
+using check::ResultRow;
+using ops::BatchNormConfig;
+using ops::BatchNormRunningStats;
+
+// ----------------------------------------------------------------------------------------------
+// Problems: an input, parameters and an upstream weight w (L = <w, y>), float-representable.
+
+struct Problem {
+  Shape shape;
+  ops::NCL d;
+  TensorD x, gamma, beta, w;
+  BatchNormRunningStats<double> running;  // for eval mode
+  BatchNormConfig cfg;
+};
+
+Problem make_problem(const Shape& shape, std::uint64_t seed) {
+  Rng rng(seed);
+  Problem p;
+  p.shape = shape;
+  p.d = ops::ncl_view(shape, "bn catalog", "shape");
+  const Index C = p.d.C;
+  // Channels with different means and spreads, so that no statistic is trivially 0 or 1.
+  std::vector<double> mean(static_cast<std::size_t>(C)), sd(static_cast<std::size_t>(C));
+  for (Index c = 0; c < C; ++c) {
+    mean[static_cast<std::size_t>(c)] = rng.uniform(-2, 3);
+    sd[static_cast<std::size_t>(c)] = rng.uniform(0.5, 2);
+  }
+  p.x = TensorD(shape);
+  for (Index n = 0; n < p.d.N; ++n)
+    for (Index c = 0; c < C; ++c)
+      for (Index l = 0; l < p.d.L; ++l)
+        p.x[p.d.offset(n, c) + l] = rng.normal(mean[static_cast<std::size_t>(c)], sd[static_cast<std::size_t>(c)]);
+  p.gamma = TensorD({C});
+  p.beta = TensorD({C});
+  p.running = BatchNormRunningStats<double>::fresh(C);
+  for (Index c = 0; c < C; ++c) {
+    p.gamma[c] = rng.signed_uniform(0.5, 1.5);
+    p.beta[c] = rng.normal();
+    p.running.mean[c] = rng.normal(0.5, 1);
+    p.running.var[c] = rng.uniform(0.5, 3);
+  }
+  p.w = rng.normal_tensor(shape);
+  return p;
+}
+
+Index channel_of(const ops::NCL& d, Index flat) { return (flat / d.L) % d.C; }
+
+// Small shapes get full Jacobians: ranks 2, 3, 4; C = 1; M = 2 (rank 2 and rank 4); non-square.
+const std::vector<Shape>& jacobian_shapes() {
+  static const std::vector<Shape> s = {{4, 3}, {3, 2, 5}, {2, 3, 3, 2}, {5, 1, 3}, {2, 2}, {1, 2, 2, 1}};
+  return s;
+}
+// Large shapes get random projections v^T J u: a typical rank-4 batch, N = 1 with large spatial
+// extent, and a long rank-3 sequence.
+const std::vector<Shape>& projection_shapes() {
+  static const std::vector<Shape> s = {{8, 4, 16, 16}, {1, 2, 32, 48}, {16, 3, 37}};
+  return s;
+}
+// Term checks use one shape per rank.
+const std::vector<Shape>& term_shapes() {
+  static const std::vector<Shape> s = {{4, 3}, {3, 2, 5}, {2, 3, 3, 2}};
+  return s;
+}
+
+std::uint64_t seed_of(const Shape& s) {
+  std::uint64_t h = 1469598103934665603ull;
+  for (Index v : s) h = (h ^ static_cast<std::uint64_t>(v)) * 1099511628211ull;
+  return h;
+}
+
+// The forward pass and cache of a problem in scalar type T.
+template <class T>
+struct Prepared {
+  Tensor<T> x, gamma, beta;
+  BatchNormRunningStats<T> running;
+  ops::BatchNormForward<T> fwd;
+  Prepared(const Problem& p, bool training)
+      : x(p.x.cast<T>()),
+        gamma(p.gamma.cast<T>()),
+        beta(p.beta.cast<T>()),
+        running{p.running.mean.cast<T>(), p.running.var.cast<T>(), 0},
+        fwd(training ? ops::batchnorm_forward_train<T>(x, &gamma, &beta, nullptr, p.cfg)
+                     : ops::batchnorm_forward_eval<T>(x, &gamma, &beta, running, p.cfg)) {}
+};
+
+enum class Backward { staged, fused };
+const char* name(Backward b) { return b == Backward::staged ? "staged" : "fused"; }
+
+template <class T>
+ops::BatchNormGrads<T> run_backward(const Prepared<T>& pr, const Tensor<T>& dy, Backward b) {
+  return b == Backward::staged ? ops::batchnorm_backward_staged(dy, pr.x, &pr.gamma, pr.fwd.cache)
+                               : ops::batchnorm_backward(dy, pr.x, &pr.gamma, pr.fwd.cache);
+}
+
+// ----------------------------------------------------------------------------------------------
+// Generic forward maps for the oracles. Each accepts Vec<S> for S = double, complex, dual.
+
+template <class S>
+Tensor<S> cast_to(const TensorD& t) {
+  return t.cast<S>();
+}
+
+// y(x), training or eval.
+auto y_of_x(const Problem& p, bool training) {
+  return [&p, training](const auto& xv) {
+    using S = typename std::decay_t<decltype(xv)>::Scalar;
+    const Tensor<S> g = cast_to<S>(p.gamma), b = cast_to<S>(p.beta);
+    const Tensor<S> x = from_vec(p.shape, xv);
+    if (training) return to_vec(ops::batchnorm_forward_train<S>(x, &g, &b, nullptr, p.cfg).y);
+    const BatchNormRunningStats<S> r{cast_to<S>(p.running.mean), cast_to<S>(p.running.var), 0};
+    return to_vec(ops::batchnorm_forward_eval<S>(x, &g, &b, r, p.cfg).y);
+  };
+}
+
+// L = <w, y> as a function of gamma (which = 0) or beta (which = 1).
+auto loss_of_param(const Problem& p, bool training, int which) {
+  return [&p, training, which](const auto& pv) {
+    using S = typename std::decay_t<decltype(pv)>::Scalar;
+    const Tensor<S> x = cast_to<S>(p.x), w = cast_to<S>(p.w);
+    const Tensor<S> g = which == 0 ? from_vec(Shape{p.d.C}, pv) : cast_to<S>(p.gamma);
+    const Tensor<S> b = which == 1 ? from_vec(Shape{p.d.C}, pv) : cast_to<S>(p.beta);
+    const BatchNormRunningStats<S> r{cast_to<S>(p.running.mean), cast_to<S>(p.running.var), 0};
+    const Tensor<S> y = training ? ops::batchnorm_forward_train<S>(x, &g, &b, nullptr, p.cfg).y
+                                 : ops::batchnorm_forward_eval<S>(x, &g, &b, r, p.cfg).y;
+    Vec<S> out(1);
+    out[0] = (to_vec(y).array() * to_vec(w).array()).sum();
+    return out;
+  };
+}
+
+// ----------------------------------------------------------------------------------------------
+// Comparing analytic values with every oracle.
+
+struct Analytic {
+  std::string dtype;
+  Eigen::VectorXd values;
+};
+
+// Jacobian (or gradient, for a scalar f) of f at `at` by each oracle, against each analytic vector
+// (flattened row-major with the same layout).
+template <class F>
+void jacobian_rows(std::vector<ResultRow>& rows, RowMeta meta, F&& f, const Eigen::VectorXd& at,
+                   const std::vector<Analytic>& analytic, double scale = -1) {
+  for (Oracle o : all_oracles()) {
+    const Eigen::MatrixXd J = check::jacobian(o, f, at);
+    const Eigen::VectorXd numeric = flat_rowmajor(J);
+    for (const Analytic& a : analytic) {
+      meta.oracle = check::name(o);
+      meta.dtype = a.dtype;
+      rows.push_back(oracle_row(meta, o, a.values, numeric, {J.rows(), J.cols()}, scale));
+    }
+  }
+}
+
+using Vjp = std::function<Eigen::VectorXd(const Eigen::VectorXd&)>;
+
+// Random projections v^T J u (K of them) by each oracle against <vjp(v), u>.
+template <class F>
+void projection_rows(std::vector<ResultRow>& rows, RowMeta meta, F&& f, const Eigen::VectorXd& at, Index m,
+                     const std::vector<std::pair<std::string, Vjp>>& vjps, int K, std::uint64_t seed) {
+  Rng rng(seed);
+  std::vector<Eigen::VectorXd> us, vs;
+  for (int k = 0; k < K; ++k) {
+    Eigen::VectorXd u(at.size()), v(m);
+    for (Index j = 0; j < u.size(); ++j) u[j] = rng.normal();
+    for (Index i = 0; i < m; ++i) v[i] = rng.normal();
+    us.push_back(u);
+    vs.push_back(v);
+  }
+  std::vector<Eigen::VectorXd> analytic;
+  for (const auto& [dtype, vjp] : vjps) {
+    Eigen::VectorXd a(K);
+    for (int k = 0; k < K; ++k) a[k] = vjp(vs[static_cast<std::size_t>(k)]).dot(us[static_cast<std::size_t>(k)]);
+    analytic.push_back(a);
+  }
+  for (Oracle o : all_oracles()) {
+    Eigen::VectorXd numeric(K);
+    for (int k = 0; k < K; ++k)
+      numeric[k] = vs[static_cast<std::size_t>(k)].dot(check::jvp(o, f, at, us[static_cast<std::size_t>(k)]));
+    for (std::size_t a = 0; a < vjps.size(); ++a) {
+      meta.oracle = check::name(o);
+      meta.dtype = vjps[a].first;
+      rows.push_back(oracle_row(meta, o, analytic[a], numeric, {K}, -1));
+    }
+  }
+}
+
+// The dx of one backward implementation as a vector-Jacobian product in dtype T.
+template <class T>
+Vjp dx_vjp(std::shared_ptr<const Prepared<T>> pr, const Shape& shape, Backward b) {
+  return [pr, shape, b](const Eigen::VectorXd& dy) {
+    const Tensor<T> dyt = from_vec(shape, Eigen::VectorXd(dy)).template cast<T>();
+    return as_f64(run_backward(*pr, dyt, b).dx);
+  };
+}
+
+// ----------------------------------------------------------------------------------------------
+// Whole-op checks: dx (staged or fused, training or eval) against full Jacobians and projections.
+
+std::vector<ResultRow> dx_against_oracles(const std::string& formula, const std::string& test, Backward b,
+                                          bool training) {
+  std::vector<ResultRow> rows;
+  for (const Shape& shape : jacobian_shapes()) {
+    const Problem p = make_problem(shape, seed_of(shape));
+    const auto pd = std::make_shared<const Prepared<double>>(p, training);
+    const auto pf = std::make_shared<const Prepared<float>>(p, training);
+    const Index m = p.x.size();
+    std::vector<Analytic> analytic = {{"float64", flat_rowmajor(jacobian_from_vjp(m, dx_vjp(pd, shape, b)))},
+                                      {"float32", flat_rowmajor(jacobian_from_vjp(m, dx_vjp(pf, shape, b)))}};
+    RowMeta meta{formula, test, "", "", "oracle", shape,
+                 std::string("full Jacobian dy/dx (") + (training ? "training" : "eval") + ", " + name(b) +
+                     " backward, one vector-Jacobian product per output)"};
+    jacobian_rows(rows, meta, y_of_x(p, training), as_f64(p.x), analytic);
+  }
+  for (const Shape& shape : projection_shapes()) {
+    const Problem p = make_problem(shape, seed_of(shape));
+    const auto pd = std::make_shared<const Prepared<double>>(p, training);
+    const auto pf = std::make_shared<const Prepared<float>>(p, training);
+    RowMeta meta{formula, test, "", "", "oracle", shape,
+                 std::string("4 random projections v^T J u (") + (training ? "training" : "eval") + ", " + name(b) +
+                     " backward)"};
+    projection_rows(rows, meta, y_of_x(p, training), as_f64(p.x), p.x.size(),
+                    {{"float64", dx_vjp(pd, shape, b)}, {"float32", dx_vjp(pf, shape, b)}}, 4, seed_of(shape) + 7);
+  }
+  return rows;
+}
+
+// dgamma or dbeta (which = 0 or 1) of both backward implementations against the oracles' gradient
+// of L = <w, y> with respect to that parameter.
+std::vector<ResultRow> param_against_oracles(const std::string& formula, const std::string& test, int which,
+                                             bool training) {
+  std::vector<ResultRow> rows;
+  for (const Shape& shape : jacobian_shapes()) {
+    const Problem p = make_problem(shape, seed_of(shape));
+    const Prepared<double> pd(p, training);
+    const Prepared<float> pf(p, training);
+    for (Backward b : {Backward::staged, Backward::fused}) {
+      const auto gd = run_backward(pd, p.w, b);
+      const auto gf = run_backward(pf, p.w.cast<float>(), b);
+      std::vector<Analytic> analytic = {{"float64", as_f64(which == 0 ? gd.dgamma : gd.dbeta)},
+                                        {"float32", as_f64(which == 0 ? gf.dgamma : gf.dbeta)}};
+      RowMeta meta{formula, test, "", "", "oracle", shape,
+                   std::string("gradient of L = <w, y> in ") + (which == 0 ? "gamma" : "beta") + " (" +
+                       (training ? "training" : "eval") + ", " + name(b) + " backward)"};
+      jacobian_rows(rows, meta, loss_of_param(p, training, which), as_f64(which == 0 ? p.gamma : p.beta), analytic);
+    }
+  }
+  return rows;
+}
+
+// ----------------------------------------------------------------------------------------------
+// Term checks: each intermediate of the staged backward against the oracles, with the other
+// nodes of the graph held fixed exactly as the partial derivative says.
+
+struct TermSetup {
+  Problem p;
+  std::shared_ptr<const Prepared<double>> pd;
+  std::shared_ptr<const Prepared<float>> pf;
+  ops::BatchNormStagedTrace<double> td;
+  ops::BatchNormStagedTrace<float> tf;
+  Eigen::VectorXd mu;  // batch mean (float64)
+};
+
+TermSetup term_setup(const Shape& shape) {
+  TermSetup s{make_problem(shape, seed_of(shape) + 1), nullptr, nullptr, {}, {}, {}};
+  s.pd = std::make_shared<const Prepared<double>>(s.p, true);
+  s.pf = std::make_shared<const Prepared<float>>(s.p, true);
+  ops::batchnorm_backward_staged(s.p.w, s.pd->x, &s.pd->gamma, s.pd->fwd.cache, {}, &s.td);
+  ops::batchnorm_backward_staged(s.p.w.cast<float>(), s.pf->x, &s.pf->gamma, s.pf->fwd.cache, {}, &s.tf);
+  s.mu = as_f64(s.pd->fwd.cache.mean);
+  return s;
+}
+
+// x̂ as a generic function of (x, μ, σ²) with ε from the config.
+template <class S>
+Tensor<S> xhat_of(const Problem& p, const Tensor<S>& x, const Vec<S>& mu, const Vec<S>& var) {
+  using std::sqrt;
+  Tensor<S> xh(p.shape);
+  for (Index i = 0; i < x.size(); ++i) {
+    const Index c = channel_of(p.d, i);
+    xh[i] = (x[i] - mu[c]) / sqrt(var[c] + S(p.cfg.eps));
+  }
+  return xh;
+}
+
+// L = <w, γ x̂ + β> for a given x̂.
+template <class S>
+Vec<S> loss_of_xhat(const Problem& p, const Tensor<S>& xh) {
+  Vec<S> out(1);
+  out[0] = S(0);
+  for (Index i = 0; i < xh.size(); ++i) {
+    const Index c = channel_of(p.d, i);
+    out[0] += S(p.w[i]) * (S(p.gamma[c]) * xh[i] + S(p.beta[c]));
+  }
+  return out;
+}
+
+// σ²_c = (1/M) Σ_i (x_i − μ_c)², μ given.
+template <class S>
+Vec<S> var_of(const Problem& p, const Tensor<S>& x, const Vec<S>& mu) {
+  Vec<S> v = Vec<S>::Constant(p.d.C, S(0));
+  for (Index i = 0; i < x.size(); ++i) {
+    const Index c = channel_of(p.d, i);
+    v[c] += (x[i] - mu[c]) * (x[i] - mu[c]);
+  }
+  return v / S(static_cast<double>(p.d.M()));
+}
+
+// μ_c = (1/M) Σ_i x_i.
+template <class S>
+Vec<S> mean_of(const Problem& p, const Tensor<S>& x) {
+  Vec<S> m = Vec<S>::Constant(p.d.C, S(0));
+  for (Index i = 0; i < x.size(); ++i) m[channel_of(p.d, i)] += x[i];
+  return m / S(static_cast<double>(p.d.M()));
+}
+
+template <class S>
+Vec<S> cast_vec(const Eigen::VectorXd& v) {
+  Vec<S> out(v.size());
+  for (Index i = 0; i < v.size(); ++i) out[i] = S(v[i]);
+  return out;
+}
+
+// A C × n block matrix, row c holding `values` on channel c's elements.
+Eigen::VectorXd channel_block(const ops::NCL& d, Index n, const std::function<double(Index)>& value) {
+  Eigen::MatrixXd J = Eigen::MatrixXd::Zero(d.C, n);
+  for (Index i = 0; i < n; ++i) J(channel_of(d, i), i) = value(i);
+  return flat_rowmajor(J);
+}
+
+std::vector<ResultRow> check_dl_dxhat(const std::string& test) {
+  std::vector<ResultRow> rows;
+  for (const Shape& shape : term_shapes()) {
+    const TermSetup s = term_setup(shape);
+    const auto f = [&p = s.p](const auto& xhv) { return loss_of_xhat(p, from_vec(p.shape, xhv)); };
+    // The point: x̂ of the forward pass.
+    const Eigen::VectorXd at = as_f64(xhat_of<double>(s.p, s.p.x, s.mu, as_f64(s.pd->fwd.cache.var)));
+    jacobian_rows(rows, {"bn.dl_dxhat", test, "", "", "oracle", shape, "gradient of L = <w, γ x̂ + β> in x̂"}, f, at,
+                  {{"float64", as_f64(s.td.dl_dxhat)}, {"float32", as_f64(s.tf.dl_dxhat)}});
+  }
+  return rows;
+}
+
+std::vector<ResultRow> check_dl_dvar(const std::string& test) {
+  std::vector<ResultRow> rows;
+  for (const Shape& shape : term_shapes()) {
+    const TermSetup s = term_setup(shape);
+    const auto f = [&s](const auto& varv) {
+      using S = typename std::decay_t<decltype(varv)>::Scalar;
+      return loss_of_xhat(s.p, xhat_of<S>(s.p, cast_to<S>(s.p.x), cast_vec<S>(s.mu), varv));
+    };
+    jacobian_rows(rows,
+                  {"bn.dl_dvar", test, "", "", "oracle", shape,
+                   "gradient of L in σ² with x and μ held fixed (σ² reaches L only through x̂)"},
+                  f, as_f64(s.pd->fwd.cache.var), {{"float64", as_f64(s.td.dl_dvar)}, {"float32", as_f64(s.tf.dl_dvar)}});
+  }
+  return rows;
+}
+
+std::vector<ResultRow> check_dl_dmu(const std::string& test) {
+  std::vector<ResultRow> rows;
+  for (const Shape& shape : term_shapes()) {
+    const TermSetup s = term_setup(shape);
+    // μ reaches L directly through x̂ and through σ²(x, μ); x is held fixed.
+    const auto f = [&s](const auto& muv) {
+      using S = typename std::decay_t<decltype(muv)>::Scalar;
+      const Tensor<S> x = cast_to<S>(s.p.x);
+      return loss_of_xhat(s.p, xhat_of<S>(s.p, x, muv, var_of<S>(s.p, x, muv)));
+    };
+    jacobian_rows(rows,
+                  {"bn.dl_dmu", test, "", "", "oracle", shape,
+                   "gradient of L in μ with x fixed, through x̂ directly and through σ²(x, μ)"},
+                  f, s.mu, {{"float64", as_f64(s.td.dl_dmu)}, {"float32", as_f64(s.tf.dl_dmu)}});
+  }
+  return rows;
+}
+
+std::vector<ResultRow> check_dvar_dmu(const std::string& test) {
+  std::vector<ResultRow> rows;
+  for (const Shape& shape : term_shapes()) {
+    const TermSetup s = term_setup(shape);
+    const ops::NCL& d = s.p.d;
+    const Index n = s.p.x.size();
+    // The natural size of ∂σ²/∂μ = −(2/M)Σ(xᵢ − μ) is that of its terms, (2/M)Σ|xᵢ − μ|: the
+    // absolute tolerance is measured against it, since the value itself is 0.
+    double scale = 0;
+    {
+      Eigen::VectorXd acc = Eigen::VectorXd::Zero(d.C);
+      for (Index i = 0; i < n; ++i) acc[channel_of(d, i)] += std::abs(s.p.x[i] - s.mu[channel_of(d, i)]);
+      scale = 2.0 * acc.maxCoeff() / static_cast<double>(d.M());
+    }
+    // 1. The partial: σ²(x, μ) in μ with x fixed, at μ = batch mean. Its Jacobian is diagonal;
+    //    the analytic diagonal is the staged step's value (a rounding-level number).
+    const auto f = [&s](const auto& muv) {
+      using S = typename std::decay_t<decltype(muv)>::Scalar;
+      return var_of<S>(s.p, cast_to<S>(s.p.x), muv);
+    };
+    const auto diag = [](const Eigen::VectorXd& v) { return flat_rowmajor(Eigen::MatrixXd(v.asDiagonal())); };
+    jacobian_rows(rows,
+                  {"bn.dvar_dmu", test, "", "", "oracle", shape,
+                   "partial ∂σ²/∂μ with x fixed, at μ = batch mean: zero up to rounding"},
+                  f, s.mu, {{"float64", diag(as_f64(s.td.dvar_dmu))}, {"float32", diag(as_f64(s.tf.dvar_dmu))}},
+                  scale);
+    // 2. The exact value 0 against the complex-step derivative: the partial really is zero.
+    {
+      const Eigen::VectorXd numeric = flat_rowmajor(check::jacobian(Oracle::complex_step, f, s.mu));
+      rows.push_back(oracle_row({"bn.dvar_dmu", test, "exact_zero", "float64", "property", shape,
+                                 "complex-step ∂σ²/∂μ compared with the exact value 0"},
+                                Oracle::complex_step, Eigen::VectorXd::Zero(numeric.size()), numeric,
+                                {d.C, d.C}, scale));
+    }
+    // 3. The total derivative dσ²/dxᵢ = 2(xᵢ − μ)/M (μ recomputed from x) is not zero, and equals
+    //    the partial ∂σ²/∂xᵢ because the extra path through μ contributes 0.
+    const auto total = [&s](const auto& xv) {
+      using S = typename std::decay_t<decltype(xv)>::Scalar;
+      const Tensor<S> x = from_vec(s.p.shape, xv);
+      return var_of<S>(s.p, x, mean_of<S>(s.p, x));
+    };
+    const Eigen::VectorXd tot = flat_rowmajor(check::jacobian(Oracle::complex_step, total, as_f64(s.p.x)));
+    const Eigen::VectorXd expect = channel_block(d, n, [&](Index i) { return s.td.dvar_dx[i]; });
+    ResultRow row = oracle_row({"bn.dvar_dmu", test, "complex_step", "float64", "property", shape, ""},
+                               Oracle::complex_step, expect, tot, {d.C, n});
+    const double size = tot.cwiseAbs().maxCoeff();
+    std::ostringstream note;
+    note << "total dσ²/dxᵢ (μ recomputed from x) equals 2(xᵢ−μ)/M and is not zero: max |dσ²/dxᵢ| = " << size;
+    row.note = note.str();
+    row.passed = row.passed && size > 1e3 * row.atol && size > 0.01 * scale;
+    rows.push_back(row);
+  }
+  return rows;
+}
+
+std::vector<ResultRow> check_dvar_dx(const std::string& test) {
+  std::vector<ResultRow> rows;
+  for (const Shape& shape : term_shapes()) {
+    const TermSetup s = term_setup(shape);
+    const auto f = [&s](const auto& xv) {  // μ held fixed: the partial
+      using S = typename std::decay_t<decltype(xv)>::Scalar;
+      return var_of<S>(s.p, from_vec(s.p.shape, xv), cast_vec<S>(s.mu));
+    };
+    const Index n = s.p.x.size();
+    jacobian_rows(rows, {"bn.dvar_dx", test, "", "", "oracle", shape, "Jacobian of σ²(x, μ) in x with μ fixed"}, f,
+                  as_f64(s.p.x),
+                  {{"float64", channel_block(s.p.d, n, [&](Index i) { return s.td.dvar_dx[i]; })},
+                   {"float32", channel_block(s.p.d, n, [&](Index i) { return double(s.tf.dvar_dx[i]); })}});
+  }
+  return rows;
+}
+
+std::vector<ResultRow> check_dmu_dx(const std::string& test) {
+  std::vector<ResultRow> rows;
+  for (const Shape& shape : term_shapes()) {
+    const TermSetup s = term_setup(shape);
+    const auto f = [&s](const auto& xv) { return mean_of(s.p, from_vec(s.p.shape, xv)); };
+    const Index n = s.p.x.size();
+    const ops::NCL& d = s.p.d;
+    jacobian_rows(rows, {"bn.dmu_dx", test, "", "", "oracle", shape, "Jacobian of the batch mean μ(x)"}, f,
+                  as_f64(s.p.x),
+                  {{"float64", channel_block(d, n, [&](Index i) { return s.td.dmu_dx[channel_of(d, i)]; })},
+                   {"float32", channel_block(d, n, [&](Index i) { return double(s.tf.dmu_dx[channel_of(d, i)]); })}});
+  }
+  return rows;
+}
+
+// ----------------------------------------------------------------------------------------------
+// Staged = fused, and the properties that follow from the math.
+
+std::vector<ResultRow> check_staged_equals_fused(const std::string& test) {
+  std::vector<ResultRow> rows;
+  std::vector<Shape> shapes = jacobian_shapes();
+  shapes.insert(shapes.end(), projection_shapes().begin(), projection_shapes().end());
+  for (const Shape& shape : shapes) {
+    const Problem p = make_problem(shape, seed_of(shape) + 2);
+    const Prepared<double> pd(p, true);
+    const Prepared<float> pf(p, true);
+    const Eigen::VectorXd ref = as_f64(run_backward(pd, p.w, Backward::staged).dx);
+    const Eigen::VectorXd fd = as_f64(run_backward(pd, p.w, Backward::fused).dx);
+    const Eigen::VectorXd ff = as_f64(run_backward(pf, p.w.cast<float>(), Backward::fused).dx);
+    // Both sides are exact up to rounding: the tolerance of the exact oracles applies.
+    rows.push_back(oracle_row({"bn.dx_fused", test, "staged_f64", "float64", "agreement", shape,
+                               "fused dx against staged dx, both float64"},
+                              Oracle::complex_step, fd, ref, {p.x.size()}));
+    rows.push_back(oracle_row({"bn.dx_fused", test, "staged_f64", "float32", "agreement", shape,
+                               "fused dx in float32 against staged dx in float64"},
+                              Oracle::complex_step, ff, ref, {p.x.size()}));
+  }
+  return rows;
+}
+
+// Per channel Σᵢ dxᵢ = 0 and Σᵢ dxᵢ x̂ᵢ = 0 (formula = bn.dx or bn.dx_fused).
+std::vector<ResultRow> check_dx_properties(const std::string& formula, const std::string& test, Backward b) {
+  std::vector<ResultRow> rows;
+  for (const Shape& shape : {Shape{4, 3}, Shape{2, 3, 3, 2}, Shape{8, 4, 16, 16}}) {
+    const Problem p = make_problem(shape, seed_of(shape) + 3);
+    const auto one = [&](auto tag) {
+      using T = decltype(tag);
+      const Prepared<T> pr(p, true);
+      const Tensor<T> dx = run_backward(pr, p.w.cast<T>(), b).dx;
+      const ops::NCL& d = p.d;
+      // Sums in long double from the computed dx: what is measured is dx's own error.
+      Eigen::VectorXd s1 = Eigen::VectorXd::Zero(d.C), s2 = s1, mag1 = s1, mag2 = s1;
+      std::vector<long double> a1(static_cast<std::size_t>(d.C), 0), a2 = a1;
+      for (Index i = 0; i < dx.size(); ++i) {
+        const Index c = channel_of(d, i);
+        const double xh = (p.x[i] - pr.fwd.cache.mean[c]) * static_cast<double>(pr.fwd.cache.invstd[c]);
+        a1[static_cast<std::size_t>(c)] += static_cast<long double>(dx[i]);
+        a2[static_cast<std::size_t>(c)] += static_cast<long double>(dx[i]) * xh;
+        mag1[c] += std::abs(double(dx[i]));
+        mag2[c] += std::abs(double(dx[i]) * xh);
+      }
+      for (Index c = 0; c < d.C; ++c) {
+        s1[c] = static_cast<double>(a1[static_cast<std::size_t>(c)]);
+        s2[c] = static_cast<double>(a2[static_cast<std::size_t>(c)]);
+      }
+      const std::string dt = dtype_name<T>();
+      // The sums cancel terms of size Σ|dxᵢ|: that is the scale for the absolute tolerance.
+      rows.push_back(oracle_row({formula, test, "identity", dt, "property", shape,
+                                 std::string("per channel Σᵢ dxᵢ = 0 (") + name(b) + " backward)"},
+                                Oracle::complex_step, s1, Eigen::VectorXd::Zero(d.C), {d.C}, mag1.maxCoeff()));
+      rows.push_back(oracle_row({formula, test, "identity", dt, "property", shape,
+                                 std::string("per channel Σᵢ dxᵢ x̂ᵢ = 0 (") + name(b) + " backward)"},
+                                Oracle::complex_step, s2, Eigen::VectorXd::Zero(d.C), {d.C}, mag2.maxCoeff()));
+    };
+    one(double{});
+    one(float{});
+  }
+  return rows;
+}
+
+// dβ = Σdy and dγ = Σ dy x̂, recomputed independently in long double.
+std::vector<ResultRow> check_param_identities(const std::string& formula, const std::string& test, int which) {
+  std::vector<ResultRow> rows;
+  for (const Shape& shape : {Shape{4, 3}, Shape{2, 3, 3, 2}, Shape{8, 4, 16, 16}}) {
+    const Problem p = make_problem(shape, seed_of(shape) + 4);
+    const ops::NCL& d = p.d;
+    // Reference statistics and sums in long double.
+    std::vector<long double> mu(static_cast<std::size_t>(d.C), 0), var = mu, ref = mu, mag = mu;
+    for (Index i = 0; i < p.x.size(); ++i) mu[static_cast<std::size_t>(channel_of(d, i))] += p.x[i];
+    for (auto& v : mu) v /= static_cast<long double>(d.M());
+    for (Index i = 0; i < p.x.size(); ++i) {
+      const auto c = static_cast<std::size_t>(channel_of(d, i));
+      var[c] += (p.x[i] - mu[c]) * (p.x[i] - mu[c]);
+    }
+    for (auto& v : var) v /= static_cast<long double>(d.M());
+    for (Index i = 0; i < p.x.size(); ++i) {
+      const auto c = static_cast<std::size_t>(channel_of(d, i));
+      const long double term = which == 0 ? p.w[i] * (p.x[i] - mu[c]) / std::sqrt(var[c] + p.cfg.eps) : p.w[i];
+      ref[c] += term;
+      mag[c] += std::abs(term);
+    }
+    Eigen::VectorXd refv(d.C);
+    double scale = 0;
+    for (Index c = 0; c < d.C; ++c) {
+      refv[c] = static_cast<double>(ref[static_cast<std::size_t>(c)]);
+      scale = std::max(scale, static_cast<double>(mag[static_cast<std::size_t>(c)]));
+    }
+    const auto one = [&](auto tag, Backward b) {
+      using T = decltype(tag);
+      const Prepared<T> pr(p, true);
+      const auto g = run_backward(pr, p.w.cast<T>(), b);
+      rows.push_back(oracle_row({formula, test, "reference", dtype_name<T>(), "property", shape,
+                                 std::string(which == 0 ? "dγ = Σ dy x̂" : "dβ = Σ dy") +
+                                     " against a long-double recomputation (" + name(b) + " backward)"},
+                                Oracle::complex_step, as_f64(which == 0 ? g.dgamma : g.dbeta), refv, {d.C}, scale));
+    };
+    for (Backward b : {Backward::staged, Backward::fused}) {
+      one(double{}, b);
+      one(float{}, b);
+    }
+  }
+  return rows;
+}
+
+// ----------------------------------------------------------------------------------------------
+// Running statistics against PyTorch's update rule recomputed in long double.
+
+std::vector<ResultRow> check_running_stats(const std::string& test) {
+  std::vector<ResultRow> rows;
+  const Shape shape{6, 3, 4};
+  for (const std::optional<double> momentum : {std::optional<double>(0.1), std::optional<double>()}) {
+    auto run = BatchNormRunningStats<double>::fresh(3);
+    std::vector<long double> rm(3, 0.0L), rv(3, 1.0L);
+    BatchNormConfig cfg;
+    cfg.momentum = momentum;
+    for (int t = 1; t <= 3; ++t) {
+      const Problem p = make_problem(shape, 1000 + static_cast<std::uint64_t>(t));
+      ops::batchnorm_forward_train<double>(p.x, &p.gamma, &p.beta, &run, cfg);
+      const long double wgt = momentum ? static_cast<long double>(*momentum) : 1.0L / t;
+      for (Index c = 0; c < 3; ++c) {
+        long double mu = 0, ss = 0;
+        for (Index n = 0; n < p.d.N; ++n)
+          for (Index l = 0; l < p.d.L; ++l) mu += p.x[p.d.offset(n, c) + l];
+        mu /= p.d.M();
+        for (Index n = 0; n < p.d.N; ++n)
+          for (Index l = 0; l < p.d.L; ++l) ss += (p.x[p.d.offset(n, c) + l] - mu) * (p.x[p.d.offset(n, c) + l] - mu);
+        const auto uc = static_cast<std::size_t>(c);
+        rm[uc] = (1 - wgt) * rm[uc] + wgt * mu;
+        rv[uc] = (1 - wgt) * rv[uc] + wgt * ss / (p.d.M() - 1);  // unbiased
+      }
+    }
+    Eigen::VectorXd got(6), want(6);
+    for (Index c = 0; c < 3; ++c) {
+      got[c] = run.mean[c];
+      got[3 + c] = run.var[c];
+      want[c] = static_cast<double>(rm[static_cast<std::size_t>(c)]);
+      want[3 + c] = static_cast<double>(rv[static_cast<std::size_t>(c)]);
+    }
+    rows.push_back(oracle_row({"bn.running_stats", test, "reference", "float64", "reference", shape,
+                               std::string("running mean (first 3) and unbiased running var (last 3) after 3 batches, momentum ") +
+                                   (momentum ? "0.1" : "none (cumulative average)")},
+                              Oracle::complex_step, got, want, {6}));
+  }
+  return rows;
+}
+
+// ----------------------------------------------------------------------------------------------
+// Pitfalls, as exact teaching checks.
+
+// With L = Σy (w = 1) the true dx is exactly 0: Σ_j x̂_j = 0 identically.
+std::vector<ResultRow> check_uniform_upstream(const std::string& test) {
+  std::vector<ResultRow> rows;
+  const Shape shape{4, 3, 5};
+  const Problem p = make_problem(shape, 77);
+  const Prepared<double> pd(p, true);
+  const TensorD ones(shape, 1.0);
+  const Eigen::VectorXd dx = as_f64(ops::batchnorm_backward_staged(ones, pd.x, &pd.gamma, pd.fwd.cache).dx);
+  // Scale: the size of each of the three terms that cancel, |γ|·invstd·max|dy|.
+  double term = 0;
+  for (Index c = 0; c < p.d.C; ++c) term = std::max(term, std::abs(p.gamma[c]) * pd.fwd.cache.invstd[c]);
+  const Index n = p.x.size();
+  rows.push_back(oracle_row({"bn.dx", test, "exact_zero", "float64", "pitfall", shape,
+                             "L = Σy (w = 1): the analytic dx equals the exact value 0 up to rounding"},
+                            Oracle::complex_step, dx, Eigen::VectorXd::Zero(n), {n}, term));
+
+  // Central differences in float32 return rounding noise of size ~ u32·Σ|yᵢ|/h instead of 0.
+  const Tensor<float> xf = p.x.cast<float>(), gf = p.gamma.cast<float>(), bf = p.beta.cast<float>();
+  const auto loss = [&](const Tensor<float>& x) {
+    const Tensor<float> y = ops::batchnorm_forward_train<float>(x, &gf, &bf, nullptr, p.cfg).y;
+    float s = 0;
+    for (Index i = 0; i < y.size(); ++i) s += y[i];
+    return s;
+  };
+  double sum_abs_y = 0;
+  {
+    const Tensor<float> y = ops::batchnorm_forward_train<float>(xf, &gf, &bf, nullptr, p.cfg).y;
+    for (Index i = 0; i < y.size(); ++i) sum_abs_y += std::abs(double(y[i]));
+  }
+  const double u32 = std::numeric_limits<float>::epsilon() / 2;
+  Eigen::VectorXd fd(n);
+  double h_min = std::numeric_limits<double>::infinity();
+  for (Index j = 0; j < n; ++j) {
+    const float h = std::cbrt(std::numeric_limits<float>::epsilon()) * std::max(1.0f, std::abs(xf[j]));
+    Tensor<float> xp = xf, xm = xf;
+    xp[j] += h;
+    xm[j] -= h;
+    const float hh = xp[j] - xf[j];  // the step actually taken
+    fd[j] = (double(loss(xp)) - double(loss(xm))) / (2.0 * hh);
+    h_min = std::min(h_min, double(hh));
+  }
+  const double noise = fd.cwiseAbs().maxCoeff();
+  const double predicted = u32 * sum_abs_y / h_min;
+  ResultRow row{"bn.dx", test, "central_f32", "float32", "pitfall", i64(shape)};
+  row.max_abs_err = noise;
+  row.max_rel_err = noise / std::max(dx.cwiseAbs().maxCoeff(), std::numeric_limits<double>::min());
+  row.atol = predicted;
+  row.rtol = 0;
+  Eigen::Index worst = 0;
+  fd.cwiseAbs().maxCoeff(&worst);
+  row.worst_index = check::unravel(worst, i64(shape));
+  row.analytic = dx[worst];
+  row.numeric = fd[worst];
+  std::ostringstream note;
+  note << "float32 central differences of Σy return noise instead of the true 0: max |fd| = " << noise
+       << ", predicted u32·Σ|y|/h = " << predicted << ", " << row.max_rel_err
+       << "x the float64 analytic |dx| (passes when the noise is within 100x of the prediction "
+          "and over 1000x the analytic value)";
+  row.note = note.str();
+  row.passed = noise > 1e3 * dx.cwiseAbs().maxCoeff() && noise < 100 * predicted && noise > predicted / 100;
+  rows.push_back(row);
+  return rows;
+}
+
+// L = Σy²: dL/dxᵢ = 2γ²ε(xᵢ − μ)/(σ² + ε)², which vanishes with ε.
+std::vector<ResultRow> check_sum_of_squares_loss(const std::string& test) {
+  std::vector<ResultRow> rows;
+  const Shape shape{6, 2, 4};
+  Problem p = make_problem(shape, 99);
+  std::vector<double> ratio;  // max|dx| / ε for each ε
+  for (double eps : {1e-3, 1e-5, 1e-7}) {
+    p.cfg.eps = eps;
+    const Prepared<double> pd(p, true);
+    TensorD dy(shape);
+    for (Index i = 0; i < dy.size(); ++i) dy[i] = 2 * pd.fwd.y[i];  // ∂(Σy²)/∂y
+    const Eigen::VectorXd dx = as_f64(ops::batchnorm_backward_staged(dy, pd.x, &pd.gamma, pd.fwd.cache).dx);
+    Eigen::VectorXd closed(dx.size());
+    double term = 0;
+    for (Index i = 0; i < dx.size(); ++i) {
+      const Index c = channel_of(p.d, i);
+      const double v = pd.fwd.cache.var[c], g = p.gamma[c];
+      closed[i] = 2 * g * g * eps * (p.x[i] - pd.fwd.cache.mean[c]) / ((v + eps) * (v + eps));
+      term = std::max(term, std::abs(dy[i] * g) * pd.fwd.cache.invstd[c]);
+    }
+    std::ostringstream note;
+    note << "L = Σy², ε = " << eps << ": staged dx against the closed form 2γ²ε(x−μ)/(σ²+ε)²; max |dx| = "
+         << dx.cwiseAbs().maxCoeff();
+    // dx is a difference of terms of size |dy γ|/√(σ²+ε): the absolute tolerance is scaled to them.
+    rows.push_back(oracle_row({"bn.dx", test, "closed_form", "float64", "pitfall", shape, note.str()},
+                              Oracle::complex_step, dx, closed, {dx.size()}, term));
+    ratio.push_back(dx.cwiseAbs().maxCoeff() / eps);
+  }
+  // max|dx| ∝ ε while ε ≪ σ²: the ratios agree to well under 1%.
+  const double spread = (*std::max_element(ratio.begin(), ratio.end()) - *std::min_element(ratio.begin(), ratio.end())) /
+                        *std::max_element(ratio.begin(), ratio.end());
+  ResultRow row{"bn.dx", test, "closed_form", "float64", "pitfall", i64(shape)};
+  row.max_rel_err = spread;
+  row.rtol = 0.01;
+  row.passed = spread < 0.01;
+  std::ostringstream note;
+  note << "max |dx| / ε for ε = 1e-3, 1e-5, 1e-7: " << ratio[0] << ", " << ratio[1] << ", " << ratio[2]
+       << " (relative spread " << spread << "): the gradient of Σy² vanishes linearly as ε → 0";
+  row.note = note.str();
+  rows.push_back(row);
+  return rows;
+}
+
+// ----------------------------------------------------------------------------------------------
+// Negative controls.
+
+std::vector<check::AblationRow> bn_ablation() {
+  struct Term {
+    const char* id;
+    double ops::BatchNormTermScales::*scale;
+  };
+  const Term terms[] = {{"bn.dl_dxhat", &ops::BatchNormTermScales::dl_dxhat},
+                        {"bn.dl_dvar", &ops::BatchNormTermScales::dl_dvar},
+                        {"bn.dvar_dmu", &ops::BatchNormTermScales::dvar_dmu},
+                        {"bn.dl_dmu", &ops::BatchNormTermScales::dl_dmu},
+                        {"bn.dvar_dx", &ops::BatchNormTermScales::dvar_dx},
+                        {"bn.dmu_dx", &ops::BatchNormTermScales::dmu_dx}};
+  std::vector<check::AblationRow> out;
+  const std::vector<Shape> shapes = {{4, 3}, {3, 2, 5}, {2, 3, 3, 2}};
+  for (const Term& t : terms) {
+    for (const char* change : {"drop", "flip"}) {
+      check::AblationRow row{"bn", t.id, change};
+      row.expected_caught = std::string(t.id) != "bn.dvar_dmu";
+      double max_change = 0, ref_scale = 0;
+      for (const Shape& shape : shapes) {
+        const Problem p = make_problem(shape, seed_of(shape));
+        const Prepared<double> pd(p, true);
+        ops::BatchNormTermScales scales;
+        scales.*(t.scale) = std::string(change) == "drop" ? 0.0 : -1.0;
+        const Eigen::VectorXd dx =
+            as_f64(ops::batchnorm_backward_staged(p.w, pd.x, &pd.gamma, pd.fwd.cache, scales).dx);
+        const Eigen::VectorXd ref = as_f64(ops::batchnorm_backward_staged(p.w, pd.x, &pd.gamma, pd.fwd.cache).dx);
+        // The oracle: complex-step gradient of L = <w, y>, under the float64 exact-oracle policy.
+        const auto loss = [&p](const auto& xv) {
+          using S = typename std::decay_t<decltype(xv)>::Scalar;
+          const Vec<S> y = y_of_x(p, true)(xv);
+          Vec<S> out(1);
+          out[0] = (y.array() * to_vec(cast_to<S>(p.w)).array()).sum();
+          return out;
+        };
+        const Eigen::VectorXd numeric = check::jacobian(Oracle::complex_step, loss, as_f64(p.x)).row(0).transpose();
+        const auto cmp = check::compare(dx, numeric,
+                                        check::tolerance_policy("float64", Oracle::complex_step,
+                                                                numeric.cwiseAbs().maxCoeff()));
+        row.caught = row.caught || !cmp.passed;
+        row.max_abs_err = std::max(row.max_abs_err, cmp.max_abs_err);
+        max_change = std::max(max_change, (dx - ref).cwiseAbs().maxCoeff());
+        ref_scale = std::max(ref_scale, ref.cwiseAbs().maxCoeff());
+      }
+      row.max_rel_err = row.max_abs_err / ref_scale;
+      // "Identical within rounding": a few units of float64 rounding of the largest dx.
+      const double rounding = 8 * std::numeric_limits<double>::epsilon() * ref_scale;
+      std::ostringstream note;
+      note << "staged dx with the term " << (std::string(change) == "drop" ? "set to 0" : "sign-flipped")
+           << ", against the complex-step gradient of L = <w, y> on shapes (4, 3), (3, 2, 5), (2, 3, 3, 2); "
+           << "largest change of dx from the correct staged dx: " << max_change;
+      row.note = note.str();
+      row.passed = row.caught == row.expected_caught && (row.expected_caught || max_change <= rounding);
+      out.push_back(row);
+    }
+  }
+  return out;
+}
+
+// Negative controls also appear as result rows of the term they change.
+std::vector<ResultRow> check_negative_controls(const std::string& formula, const std::string& test) {
+  std::vector<ResultRow> rows;
+  for (const auto& a : bn_ablation()) {
+    if (a.term != formula) continue;
+    ResultRow r{formula, test, "complex_step", "float64", "negative_control", {}};
+    r.max_abs_err = a.max_abs_err;
+    r.max_rel_err = a.max_rel_err;
+    r.passed = a.passed;
+    r.note = a.change + ": " + (a.caught ? "caught by the oracle check" : "not caught (no change)") +
+             (a.expected_caught ? "; must be caught" : "; must change nothing") + ". " + a.note;
+    rows.push_back(r);
+  }
+  return rows;
+}
+
+}  // namespace
+
+void register_batchnorm(Registry& r) {
+  r.formulas.insert(r.formulas.end(),
+                    {{"bn.running_stats", "bn", "Running statistics: momentum update with the unbiased variance"},
+                     {"bn.dl_dxhat", "bn", "∂L/∂x̂ᵢ = γ ∂L/∂yᵢ"},
+                     {"bn.dl_dvar", "bn", "∂L/∂σ² = −½ (σ²+ε)^(−3/2) Σᵢ ∂L/∂x̂ᵢ (xᵢ−μ)"},
+                     {"bn.dvar_dmu", "bn", "∂σ²/∂μ = −(2/M) Σᵢ (xᵢ−μ) = 0 at the batch mean"},
+                     {"bn.dl_dmu", "bn", "∂L/∂μ = −(σ²+ε)^(−1/2) Σᵢ ∂L/∂x̂ᵢ + ∂L/∂σ² · ∂σ²/∂μ"},
+                     {"bn.dvar_dx", "bn", "∂σ²/∂xᵢ = 2(xᵢ−μ)/M"},
+                     {"bn.dmu_dx", "bn", "∂μ/∂xᵢ = 1/M"},
+                     {"bn.dx", "bn", "∂L/∂xᵢ: assembly of the three paths (staged)"},
+                     {"bn.dgamma", "bn", "∂L/∂γ = Σᵢ dyᵢ x̂ᵢ"},
+                     {"bn.dbeta", "bn", "∂L/∂β = Σᵢ dyᵢ"},
+                     {"bn.dx_fused", "bn", "dx = γ/(M√(σ²+ε)) · (M dy − Σdy − x̂ Σ dy x̂)"},
+                     {"bn.eval_dx", "bn", "Eval mode: dx = dy γ / √(r_σ² + ε)"},
+                     {"bn.eval_dgamma", "bn", "Eval mode: dγ = Σ dy x̂ with the running statistics"}});
+
+  const auto add = [&r](const std::string& formula, const std::string& name,
+                        std::function<std::vector<ResultRow>(const std::string&)> fn) {
+    r.checks.push_back({formula, name, [fn, name] { return fn(name); }});
+  };
+  add("bn.running_stats", "bn/running_stats/match_the_momentum_update_with_unbiased_variance", check_running_stats);
+  add("bn.dl_dxhat", "bn/terms/dl_dxhat_matches_oracles", check_dl_dxhat);
+  add("bn.dl_dvar", "bn/terms/dl_dvar_matches_oracles", check_dl_dvar);
+  add("bn.dvar_dmu", "bn/terms/dvar_dmu_is_zero_at_batch_mean", check_dvar_dmu);
+  add("bn.dl_dmu", "bn/terms/dl_dmu_matches_oracles", check_dl_dmu);
+  add("bn.dvar_dx", "bn/terms/dvar_dx_matches_oracles", check_dvar_dx);
+  add("bn.dmu_dx", "bn/terms/dmu_dx_matches_oracles", check_dmu_dx);
+  add("bn.dx", "bn/dx/staged_dx_matches_oracles", [](const std::string& t) {
+    return dx_against_oracles("bn.dx", t, Backward::staged, true);
+  });
+  add("bn.dx", "bn/dx/staged_dx_sums_to_zero_and_is_orthogonal_to_xhat", [](const std::string& t) {
+    return check_dx_properties("bn.dx", t, Backward::staged);
+  });
+  add("bn.dx", "bn/pitfalls/uniform_upstream_gradient_gives_zero_dx", check_uniform_upstream);
+  add("bn.dx", "bn/pitfalls/sum_of_squares_loss_gradient_vanishes_with_eps", check_sum_of_squares_loss);
+  add("bn.dgamma", "bn/params/dgamma_matches_oracles",
+      [](const std::string& t) { return param_against_oracles("bn.dgamma", t, 0, true); });
+  add("bn.dgamma", "bn/params/dgamma_equals_sum_dy_xhat",
+      [](const std::string& t) { return check_param_identities("bn.dgamma", t, 0); });
+  add("bn.dbeta", "bn/params/dbeta_matches_oracles",
+      [](const std::string& t) { return param_against_oracles("bn.dbeta", t, 1, true); });
+  add("bn.dbeta", "bn/params/dbeta_equals_sum_dy",
+      [](const std::string& t) { return check_param_identities("bn.dbeta", t, 1); });
+  add("bn.dx_fused", "bn/dx_fused/fused_dx_matches_oracles", [](const std::string& t) {
+    return dx_against_oracles("bn.dx_fused", t, Backward::fused, true);
+  });
+  add("bn.dx_fused", "bn/dx_fused/fused_agrees_with_staged", check_staged_equals_fused);
+  add("bn.dx_fused", "bn/dx_fused/fused_dx_sums_to_zero_and_is_orthogonal_to_xhat", [](const std::string& t) {
+    return check_dx_properties("bn.dx_fused", t, Backward::fused);
+  });
+  add("bn.eval_dx", "bn/eval/staged_eval_dx_matches_oracles", [](const std::string& t) {
+    return dx_against_oracles("bn.eval_dx", t, Backward::staged, false);
+  });
+  add("bn.eval_dx", "bn/eval/fused_eval_dx_matches_oracles", [](const std::string& t) {
+    return dx_against_oracles("bn.eval_dx", t, Backward::fused, false);
+  });
+  add("bn.eval_dgamma", "bn/eval/eval_dgamma_matches_oracles",
+      [](const std::string& t) { return param_against_oracles("bn.eval_dgamma", t, 0, false); });
+  add("bn.dbeta", "bn/eval/eval_dbeta_matches_oracles",
+      [](const std::string& t) { return param_against_oracles("bn.dbeta", t, 1, false); });
+  for (const char* term : {"bn.dl_dxhat", "bn.dl_dvar", "bn.dvar_dmu", "bn.dl_dmu", "bn.dvar_dx", "bn.dmu_dx"}) {
+    const std::string id = term;
+    add(id, "bn/negative_controls/" + id.substr(3) + "_drop_and_flip",
+        [id](const std::string& t) { return check_negative_controls(id, t); });
+  }
+  r.ablations.push_back({"bn", bn_ablation});
+}
+
+}  // namespace gradproof::catalog

@@ -1,0 +1,60 @@
+/// \file
+/// \brief The formula catalog: every formula id, its title, and the checks that verify it.
+///
+/// The catalog is where an op meets the oracles: `ops/` knows nothing of `check/`, `check/`
+/// knows nothing of any op. Tests, the `gradproof` command and the site all run or read these
+/// checks, so there is exactly one definition of what "verified" means for each formula.
+#pragma once
+
+#include "gradproof/check/results.hpp"
+
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace gradproof::catalog {
+
+/// One derived formula.
+struct Formula {
+  std::string id;     ///< `<op>.<term>`, e.g. `bn.dvar_dmu`
+  std::string op;     ///< op family, e.g. `bn`
+  std::string title;  ///< one line, e.g. "∂σ²/∂μ = 0 at the batch mean"
+};
+
+/// One check: a named procedure that produces result rows for one formula.
+struct Check {
+  std::string formula;  ///< the formula id it verifies (also its test label)
+  std::string name;     ///< test name, `<op>/<group>/<what_it_shows>`
+  std::function<std::vector<check::ResultRow>()> run;  ///< runs the check; rows carry the verdict
+};
+
+/// A negative-control table for one op.
+struct Ablation {
+  std::string op;                                         ///< op family
+  std::function<std::vector<check::AblationRow>()> run;  ///< runs every drop/flip
+};
+
+/// Everything one op family contributes to the catalog.
+struct Registry {
+  std::vector<Formula> formulas;
+  std::vector<Check> checks;
+  std::vector<Ablation> ablations;
+};
+
+/// The whole catalog (built once, on first use).
+const Registry& registry();
+
+/// Formulas of one op family, or of all when `op` is empty.
+std::vector<Formula> formulas(const std::string& op = "");
+
+/// Checks of one op family, or of all when `op` is empty.
+std::vector<Check> checks(const std::string& op = "");
+
+/// Runs the negative controls of `op`.
+/// \throws std::invalid_argument if the op has no ablation table.
+std::vector<check::AblationRow> ablate(const std::string& op);
+
+/// Adds batch normalization (`bn.*`) to a registry.
+void register_batchnorm(Registry& r);
+
+}  // namespace gradproof::catalog

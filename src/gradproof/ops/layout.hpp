@@ -1,0 +1,83 @@
+/// \file
+/// \brief Channel-major views of NC... tensors and the input validation shared by the ops.
+#pragma once
+
+#include "gradproof/tensor.hpp"
+
+#include <cmath>
+#include <optional>
+#include <sstream>
+#include <string>
+
+namespace gradproof::ops {
+
+/// \brief An `(N, C, L)` view of a row-major tensor of shape `(N, C)`, `(N, C, L)` or `(N, C, H, W)`.
+///
+/// Element `(n, c, l)` lives at offset `(n·C + c)·L + l`; for one channel the data are `N`
+/// contiguous chunks of `L` values, `C·L` apart. `L` is 1 for rank 2 and `H·W` for rank 4.
+struct NCL {
+  Index N = 0;  ///< batch
+  Index C = 0;  ///< channels
+  Index L = 0;  ///< spatial positions per (sample, channel)
+
+  /// Values per channel statistic: \f$M = N \cdot L\f$.
+  Index M() const noexcept { return N * L; }
+  /// Offset of the first element of chunk `(n, c)`.
+  Index offset(Index n, Index c) const noexcept { return (n * C + c) * L; }
+};
+
+/// Builds the `(N, C, L)` view of `shape` after checking that its rank is 2, 3 or 4.
+/// \param what   name of the argument, for the error message
+/// \param op     name of the operation, for the error message
+/// \throws InvalidArgument for a rank outside [2, 4] or an empty tensor.
+inline NCL ncl_view(const Shape& shape, const char* op, const char* what) {
+  const auto rank = shape.size();
+  if (rank < 2 || rank > 4) {
+    std::ostringstream msg;
+    msg << op << ": " << what << " must have rank 2, 3 or 4 (N, C[, L | H, W]); got rank " << rank
+        << " with shape " << to_string(shape);
+    throw InvalidArgument(msg.str());
+  }
+  if (numel(shape) == 0) {
+    std::ostringstream msg;
+    msg << op << ": " << what << " must not be empty; got shape " << to_string(shape);
+    throw InvalidArgument(msg.str());
+  }
+  NCL v;
+  v.N = shape[0];
+  v.C = shape[1];
+  v.L = 1;
+  for (std::size_t a = 2; a < rank; ++a) v.L *= shape[a];
+  return v;
+}
+
+/// Throws unless `t` has exactly `expected` shape.
+template <class Scalar>
+void require_shape(const Tensor<Scalar>& t, const Shape& expected, const char* op, const char* what) {
+  if (t.shape() != expected) {
+    std::ostringstream msg;
+    msg << op << ": " << what << " must have shape " << to_string(expected) << "; got "
+        << to_string(t.shape());
+    throw InvalidArgument(msg.str());
+  }
+}
+
+/// Throws unless `eps` is finite and positive (NaN fails both comparisons, so it is refused too).
+inline void require_positive_eps(double eps, const char* op) {
+  if (!(eps > 0.0) || !std::isfinite(eps)) {
+    std::ostringstream msg;
+    msg << op << ": eps must be a finite number > 0; got " << eps;
+    throw InvalidArgument(msg.str());
+  }
+}
+
+/// Throws unless the momentum is absent (cumulative average) or in [0, 1].
+inline void require_momentum(const std::optional<double>& momentum, const char* op) {
+  if (momentum && !(*momentum >= 0.0 && *momentum <= 1.0)) {
+    std::ostringstream msg;
+    msg << op << ": momentum must be in [0, 1] or none (cumulative average); got " << *momentum;
+    throw InvalidArgument(msg.str());
+  }
+}
+
+}  // namespace gradproof::ops

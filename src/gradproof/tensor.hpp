@@ -1,0 +1,121 @@
+/// \file
+/// \brief Dense row-major tensors, shape helpers and the error type for bad input.
+///
+/// A gradproof tensor is a C-contiguous (row-major) block of scalars with a runtime shape, the
+/// layout PyTorch uses by default (NCHW for images). Ops view it through fixed-rank Eigen maps
+/// where they need arithmetic; the tensor itself only owns memory and knows its shape.
+#pragma once
+
+#include <Eigen/Core>
+
+#include <cstddef>
+#include <initializer_list>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace gradproof {
+
+/// Index type used for sizes and offsets (signed, as in Eigen).
+using Index = Eigen::Index;
+
+/// A tensor shape: one extent per axis, outermost first.
+using Shape = std::vector<Index>;
+
+/// Thrown for invalid arguments: wrong rank, mismatched shapes, out-of-range hyper-parameters,
+/// empty tensors. The message names the argument, the expected and the actual value.
+class InvalidArgument : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
+/// Formats a shape as `(2, 3, 4)`.
+std::string to_string(const Shape& shape);
+
+/// Product of the extents (1 for rank 0).
+Index numel(const Shape& shape);
+
+/// \brief Owning, row-major tensor of `Scalar` with a runtime shape.
+///
+/// \tparam Scalar `float`, `double`, `std::complex<double>` or an automatic-differentiation
+///         scalar: everything the forward passes are instantiated for.
+template <class Scalar>
+class Tensor {
+ public:
+  Tensor() = default;
+
+  /// Allocates a tensor of `shape`, value-initialised.
+  explicit Tensor(Shape shape) : shape_(std::move(shape)), data_(checked_numel(shape_)) {}
+
+  /// Allocates a tensor of `shape` filled with `value`.
+  Tensor(Shape shape, const Scalar& value)
+      : shape_(std::move(shape)), data_(checked_numel(shape_), value) {}
+
+  /// Takes `values` (row-major) for a tensor of `shape`.
+  /// \throws InvalidArgument if the number of values does not match the shape.
+  Tensor(Shape shape, std::vector<Scalar> values) : shape_(std::move(shape)), data_(std::move(values)) {
+    if (static_cast<Index>(data_.size()) != checked_numel(shape_)) {
+      std::ostringstream msg;
+      msg << "Tensor: " << data_.size() << " values given for shape " << to_string(shape_)
+          << " (expected " << numel(shape_) << ")";
+      throw InvalidArgument(msg.str());
+    }
+  }
+
+  const Shape& shape() const noexcept { return shape_; }
+  Index rank() const noexcept { return static_cast<Index>(shape_.size()); }
+  Index dim(Index axis) const { return shape_.at(static_cast<std::size_t>(axis)); }
+  Index size() const noexcept { return static_cast<Index>(data_.size()); }
+  bool empty() const noexcept { return data_.empty(); }
+
+  Scalar* data() noexcept { return data_.data(); }
+  const Scalar* data() const noexcept { return data_.data(); }
+  Scalar& operator[](Index i) { return data_[static_cast<std::size_t>(i)]; }
+  const Scalar& operator[](Index i) const { return data_[static_cast<std::size_t>(i)]; }
+
+  /// A flat Eigen view of all elements (row-major order).
+  Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>> flat() { return {data(), size()}; }
+  Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>> flat() const { return {data(), size()}; }
+
+  /// Element-wise conversion to another scalar type (e.g. float to double for an oracle).
+  template <class Other>
+  Tensor<Other> cast() const {
+    std::vector<Other> out;
+    out.reserve(data_.size());
+    for (const Scalar& v : data_) out.push_back(static_cast<Other>(v));
+    return Tensor<Other>(shape_, std::move(out));
+  }
+
+ private:
+  static Index checked_numel(const Shape& shape) {
+    for (Index d : shape) {
+      if (d < 0) throw InvalidArgument("Tensor: negative extent in shape " + to_string(shape));
+    }
+    return numel(shape);
+  }
+
+  Shape shape_;
+  std::vector<Scalar> data_;
+};
+
+inline std::string to_string(const Shape& shape) {
+  std::ostringstream out;
+  out << '(';
+  for (std::size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];
+  if (shape.size() == 1) out << ',';
+  out << ')';
+  return out.str();
+}
+
+inline Index numel(const Shape& shape) {
+  Index n = 1;
+  for (Index d : shape) n *= d;
+  return n;
+}
+
+/// Float and double aliases, as published for every op.
+using TensorF = Tensor<float>;
+using TensorD = Tensor<double>;
+
+}  // namespace gradproof

@@ -1,0 +1,135 @@
+// The test runner: Boost.Test with the catalog's checks registered as test cases, each labelled
+// with its formula id, and every result row written out for results.json.
+#include "gradproof/catalog/catalog.hpp"
+#include "support/record.hpp"
+
+#include <boost/test/tree/traverse.hpp>
+#include <boost/test/tree/visitor.hpp>
+#include <boost/test/unit_test.hpp>
+
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <mutex>
+#include <set>
+#include <sstream>
+#include <string>
+
+namespace gradproof::testing {
+namespace {
+std::mutex mutex;
+std::vector<check::ResultRow> rows;
+std::vector<check::AblationRow> ablations;
+}  // namespace
+
+void record(const check::ResultRow& row) {
+  std::lock_guard lock(mutex);
+  rows.push_back(row);
+}
+
+void record(const check::AblationRow& row) {
+  std::lock_guard lock(mutex);
+  ablations.push_back(row);
+}
+
+void write_part(const char* path) {
+  std::ofstream out(path);
+  if (!out) {
+    std::cerr << "gradproof_tests: cannot write results part " << path << "\n";
+    std::exit(3);
+  }
+  for (const auto& r : rows) {
+    out << "R ";
+    check::write_json(out, r);
+    out << '\n';
+  }
+  for (const auto& a : ablations) {
+    out << "A ";
+    check::write_json(out, a);
+    out << '\n';
+  }
+}
+
+}  // namespace gradproof::testing
+
+namespace {
+
+namespace utf = boost::unit_test;
+
+void run_check(const gradproof::catalog::Check& chk) {
+  const auto rows = chk.run();
+  BOOST_TEST_REQUIRE(!rows.empty(), "check " << chk.name << " produced no result rows");
+  for (const auto& r : rows) {
+    gradproof::testing::record(r);
+    BOOST_TEST(r.passed, gradproof::check::describe(r));
+  }
+}
+
+// Finds or creates the suite `name` under `parent`.
+utf::test_suite& suite(utf::test_suite& parent, const std::string& name) {
+  const utf::test_unit_id id = parent.get(name);
+  if (id != utf::INV_TEST_UNIT_ID) return utf::framework::get<utf::test_suite>(id);
+  auto* s = new utf::test_suite(name, __FILE__, __LINE__);  // owned by the framework
+  parent.add(s);
+  return *s;
+}
+
+// Registers every catalog check as a test case at its path, labelled with its formula id.
+bool init_unit_test() {
+  for (const auto& chk : gradproof::catalog::checks()) {
+    utf::test_suite* parent = &utf::framework::master_test_suite();
+    std::stringstream path(chk.name);
+    std::string part, leaf;
+    std::vector<std::string> parts;
+    while (std::getline(path, part, '/')) parts.push_back(part);
+    leaf = parts.back();
+    parts.pop_back();
+    for (const auto& p : parts) parent = &suite(*parent, p);
+    auto* tc = utf::make_test_case([chk] { run_check(chk); }, leaf, __FILE__, __LINE__);
+    tc->add_label(chk.formula);
+    parent->add(tc);
+  }
+  return true;
+}
+
+// `--gradproof-expect-suites "a b c"`: fails unless the top-level suites are exactly these, so that
+// ctest (which runs one process per suite) cannot silently miss a suite.
+int expect_suites(const std::string& expected_list) {
+  init_unit_test();
+  std::set<std::string> expected, actual;
+  std::stringstream in(expected_list);
+  for (std::string s; in >> s;) expected.insert(s);
+  // Auto-registered suites are already in the master suite; the catalog's were added above.
+  struct TopLevel : utf::test_tree_visitor {
+    std::set<std::string>* names = nullptr;
+    bool in_master = false;
+    void visit(const utf::test_case& tc) override { names->insert(tc.p_name); }
+    bool test_suite_start(const utf::test_suite& ts) override {
+      if (!in_master) return in_master = true;  // the master suite itself: descend one level
+      names->insert(ts.p_name);
+      return false;
+    }
+  } visitor;
+  visitor.names = &actual;
+  utf::traverse_test_tree(utf::framework::master_test_suite(), visitor, true);
+  if (expected == actual) {
+    std::cout << "all " << actual.size() << " top-level suites are registered with ctest\n";
+    return 0;
+  }
+  std::cerr << "top-level suites differ from the ctest list.\n  ctest:";
+  for (const auto& s : expected) std::cerr << ' ' << s;
+  std::cerr << "\n  binary:";
+  for (const auto& s : actual) std::cerr << ' ' << s;
+  std::cerr << '\n';
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char* argv[]) {
+  if (argc == 3 && std::strcmp(argv[1], "--gradproof-expect-suites") == 0) return expect_suites(argv[2]);
+  const int status = utf::unit_test_main(&init_unit_test, argc, argv);
+  if (const char* part = std::getenv("GRADPROOF_RESULTS_PART")) gradproof::testing::write_part(part);
+  return status;
+}

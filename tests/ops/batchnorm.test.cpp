@@ -1,0 +1,223 @@
+// Batch normalization: bad input, forward semantics, and the negative-control table.
+// The formula checks against the oracles come from the catalog (suite `bn`).
+#include "gradproof/catalog/catalog.hpp"
+#include "gradproof/ops/batchnorm.hpp"
+#include "support/record.hpp"
+
+#include <boost/test/unit_test.hpp>
+
+#include <cmath>
+#include <limits>
+#include <string>
+
+using namespace gradproof;
+using namespace gradproof::ops;
+namespace utf = boost::unit_test;
+
+namespace {
+
+// Passes when the exception message contains every fragment (argument name, expected, actual).
+struct MessageHas {
+  std::vector<std::string> fragments;
+  bool operator()(const InvalidArgument& e) const {
+    const std::string what = e.what();
+    for (const auto& f : fragments) {
+      if (what.find(f) == std::string::npos) {
+        BOOST_TEST_MESSAGE("message \"" << what << "\" lacks \"" << f << "\"");
+        return false;
+      }
+    }
+    return true;
+  }
+};
+
+TensorD iota(const Shape& s) {
+  TensorD t(s);
+  for (Index i = 0; i < t.size(); ++i) t[i] = std::sin(1.0 + i) + 0.1 * i;
+  return t;
+}
+
+struct Fixture {
+  TensorD x = iota({4, 3, 2});
+  TensorD gamma = TensorD({3}, 1.5), beta = TensorD({3}, 0.25);
+  BatchNormRunningStats<double> running = BatchNormRunningStats<double>::fresh(3);
+};
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(bn_ops)
+
+BOOST_AUTO_TEST_SUITE(bad_input)
+
+BOOST_FIXTURE_TEST_CASE(wrong_rank_is_refused, Fixture) {
+  BOOST_CHECK_EXCEPTION(batchnorm_forward_train<double>(iota({6}), nullptr, nullptr, nullptr), InvalidArgument,
+                        (MessageHas{{"x", "rank 2, 3 or 4", "rank 1", "(6,)"}}));
+  BOOST_CHECK_EXCEPTION(batchnorm_forward_train<double>(iota({2, 3, 1, 1, 2}), nullptr, nullptr, nullptr),
+                        InvalidArgument, (MessageHas{{"x", "rank 5", "(2, 3, 1, 1, 2)"}}));
+}
+
+BOOST_FIXTURE_TEST_CASE(parameter_lengths_must_equal_channels, Fixture) {
+  const TensorD four({4}, 1.0);
+  BOOST_CHECK_EXCEPTION(batchnorm_forward_train<double>(x, &four, &beta, nullptr), InvalidArgument,
+                        (MessageHas{{"gamma", "(3,)", "(4,)"}}));
+  BOOST_CHECK_EXCEPTION(batchnorm_forward_train<double>(x, &gamma, &four, nullptr), InvalidArgument,
+                        (MessageHas{{"beta", "(3,)", "(4,)"}}));
+  auto bad = running;
+  bad.mean = four;
+  BOOST_CHECK_EXCEPTION(batchnorm_forward_train<double>(x, &gamma, &beta, &bad), InvalidArgument,
+                        (MessageHas{{"running mean", "(3,)", "(4,)"}}));
+  bad = running;
+  bad.var = TensorD({3, 1}, 1.0);
+  BOOST_CHECK_EXCEPTION(batchnorm_forward_eval<double>(x, &gamma, &beta, bad), InvalidArgument,
+                        (MessageHas{{"running var", "(3,)", "(3, 1)"}}));
+}
+
+BOOST_FIXTURE_TEST_CASE(eps_must_be_finite_and_positive, Fixture) {
+  for (double eps : {0.0, -1e-5, std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity()}) {
+    BatchNormConfig cfg;
+    cfg.eps = eps;
+    BOOST_CHECK_EXCEPTION(batchnorm_forward_train<double>(x, &gamma, &beta, nullptr, cfg), InvalidArgument,
+                          (MessageHas{{"eps", "> 0"}}));
+    BOOST_CHECK_EXCEPTION(batchnorm_forward_eval<double>(x, &gamma, &beta, running, cfg), InvalidArgument,
+                          (MessageHas{{"eps"}}));
+  }
+}
+
+BOOST_FIXTURE_TEST_CASE(momentum_must_be_in_unit_interval_or_none, Fixture) {
+  for (double m : {-0.1, 1.5, std::numeric_limits<double>::quiet_NaN()}) {
+    BatchNormConfig cfg;
+    cfg.momentum = m;
+    BOOST_CHECK_EXCEPTION(batchnorm_forward_train<double>(x, &gamma, &beta, &running, cfg), InvalidArgument,
+                          (MessageHas{{"momentum", "[0, 1]"}}));
+  }
+  for (std::optional<double> m : {std::optional<double>(0.0), std::optional<double>(1.0), std::optional<double>()}) {
+    BatchNormConfig cfg;
+    cfg.momentum = m;
+    BOOST_CHECK_NO_THROW(batchnorm_forward_train<double>(x, &gamma, &beta, &running, cfg));
+  }
+}
+
+BOOST_FIXTURE_TEST_CASE(one_value_per_channel_is_refused_in_training_only, Fixture) {
+  BOOST_CHECK_EXCEPTION(batchnorm_forward_train<double>(iota({1, 3}), &gamma, &beta, nullptr), InvalidArgument,
+                        (MessageHas{{"more than 1 value per channel", "(1, 3)", "M = N*L = 1"}}));
+  BOOST_CHECK_EXCEPTION(batchnorm_forward_train<double>(iota({1, 3, 1, 1}), &gamma, &beta, nullptr),
+                        InvalidArgument, (MessageHas{{"(1, 3, 1, 1)"}}));
+  BOOST_CHECK_NO_THROW(batchnorm_forward_eval<double>(iota({1, 3}), &gamma, &beta, running));
+}
+
+BOOST_FIXTURE_TEST_CASE(empty_tensors_are_refused, Fixture) {
+  BOOST_CHECK_EXCEPTION(batchnorm_forward_train<double>(TensorD({0, 3}), &gamma, &beta, nullptr), InvalidArgument,
+                        (MessageHas{{"x", "must not be empty", "(0, 3)"}}));
+  BOOST_CHECK_EXCEPTION(batchnorm_forward_eval<double>(TensorD({2, 3, 0}), &gamma, &beta, running), InvalidArgument,
+                        (MessageHas{{"(2, 3, 0)"}}));
+}
+
+BOOST_FIXTURE_TEST_CASE(backward_checks_dy_cache_and_outputs, Fixture) {
+  const auto fwd = batchnorm_forward_train<double>(x, &gamma, &beta, nullptr);
+  const TensorD dy_bad = iota({4, 3, 3});
+  BOOST_CHECK_EXCEPTION(batchnorm_backward_staged(dy_bad, x, &gamma, fwd.cache), InvalidArgument,
+                        (MessageHas{{"dy", "(4, 3, 2)", "(4, 3, 3)"}}));
+  BOOST_CHECK_EXCEPTION(batchnorm_backward(dy_bad, x, &gamma, fwd.cache), InvalidArgument,
+                        (MessageHas{{"dy", "(4, 3, 2)", "(4, 3, 3)"}}));
+  const TensorD other = iota({4, 3, 5});
+  BOOST_CHECK_EXCEPTION(batchnorm_backward(other, other, &gamma, fwd.cache), InvalidArgument,
+                        (MessageHas{{"cache", "(4, 3, 2)", "(4, 3, 5)"}}));
+  TensorD dx({4, 3}), dgamma({3}), dbeta({3});
+  BOOST_CHECK_EXCEPTION(batchnorm_backward_into(x, x, &gamma, fwd.cache, dx, &dgamma, &dbeta), InvalidArgument,
+                        (MessageHas{{"dx (output)", "(4, 3, 2)", "(4, 3)"}}));
+  TensorD dx_ok(x.shape());
+  BOOST_CHECK_EXCEPTION(batchnorm_backward_into(x, x, nullptr, fwd.cache, dx_ok, &dgamma, nullptr), InvalidArgument,
+                        (MessageHas{{"dgamma", "gamma is null"}}));
+}
+
+BOOST_AUTO_TEST_CASE(tensor_value_count_must_match_shape) {
+  BOOST_CHECK_EXCEPTION(TensorD({2, 2}, std::vector<double>(3, 0.0)), InvalidArgument,
+                        (MessageHas{{"3 values", "(2, 2)", "expected 4"}}));
+  BOOST_CHECK_EXCEPTION(TensorD({2, -1}), InvalidArgument, (MessageHas{{"negative extent", "(2, -1)"}}));
+}
+
+BOOST_AUTO_TEST_SUITE_END()  // bad_input
+
+BOOST_AUTO_TEST_SUITE(semantics)
+
+BOOST_FIXTURE_TEST_CASE(training_output_has_zero_mean_and_unit_biased_variance, Fixture) {
+  const TensorD ones({3}, 1.0), zeros({3}, 0.0);
+  const auto fwd = batchnorm_forward_train<double>(x, &ones, &zeros, nullptr);
+  const NCL d = fwd.cache.dims;
+  for (Index c = 0; c < 3; ++c) {
+    double s = 0, s2 = 0;
+    for (Index n = 0; n < d.N; ++n)
+      for (Index l = 0; l < d.L; ++l) {
+        const double y = fwd.y[d.offset(n, c) + l];
+        s += y;
+        s2 += y * y;
+      }
+    BOOST_TEST(s / d.M() == 0.0, boost::test_tools::tolerance(1e-14));
+    // Σx̂² / M = σ²/(σ² + ε), a hair under 1.
+    const double v = fwd.cache.var[c];
+    BOOST_TEST(s2 / d.M() == v / (v + 1e-5), boost::test_tools::tolerance(1e-13));
+  }
+}
+
+BOOST_FIXTURE_TEST_CASE(no_affine_equals_unit_gamma_and_zero_beta, Fixture) {
+  const TensorD ones({3}, 1.0), zeros({3}, 0.0);
+  const auto plain = batchnorm_forward_train<double>(x, nullptr, nullptr, nullptr);
+  const auto unit = batchnorm_forward_train<double>(x, &ones, &zeros, nullptr);
+  BOOST_TEST(plain.y.flat().isApprox(unit.y.flat(), 0.0));
+  const TensorD dy = iota(x.shape());
+  const auto g0 = batchnorm_backward(dy, x, nullptr, plain.cache);
+  const auto g1 = batchnorm_backward(dy, x, &ones, unit.cache);
+  BOOST_TEST(g0.dgamma.empty());
+  BOOST_TEST(g0.dbeta.empty());
+  BOOST_TEST((g0.dx.flat() - g1.dx.flat()).abs().maxCoeff() == 0.0);
+  const auto s0 = batchnorm_backward_staged(dy, x, nullptr, plain.cache);
+  BOOST_TEST((s0.dx.flat() - g0.dx.flat()).abs().maxCoeff() < 1e-13);
+}
+
+BOOST_FIXTURE_TEST_CASE(eval_uses_running_statistics, Fixture) {
+  running.mean = TensorD({3}, std::vector<double>{0.5, -1.0, 2.0});
+  running.var = TensorD({3}, std::vector<double>{4.0, 0.25, 1.0});
+  const auto fwd = batchnorm_forward_eval<double>(x, &gamma, &beta, running);
+  const NCL d = fwd.cache.dims;
+  for (Index i = 0; i < x.size(); ++i) {
+    const Index c = (i / d.L) % d.C;
+    const double want = 1.5 * (x[i] - running.mean[c]) / std::sqrt(running.var[c] + 1e-5) + 0.25;
+    BOOST_TEST(fwd.y[i] == want, boost::test_tools::tolerance(1e-15));
+  }
+  BOOST_TEST(!fwd.cache.training);
+}
+
+BOOST_FIXTURE_TEST_CASE(momentum_none_is_a_cumulative_average, Fixture) {
+  BatchNormConfig cfg;
+  cfg.momentum = std::nullopt;
+  // After the first batch the cumulative average is that batch's statistics alone.
+  batchnorm_forward_train<double>(x, &gamma, &beta, &running, cfg);
+  const auto fwd = batchnorm_forward_train<double>(x, &gamma, &beta, nullptr);
+  BOOST_TEST(running.num_batches_tracked == 1);
+  for (Index c = 0; c < 3; ++c) {
+    BOOST_TEST(running.mean[c] == fwd.cache.mean[c], boost::test_tools::tolerance(1e-15));
+    BOOST_TEST(running.var[c] == fwd.cache.var[c] * 8.0 / 7.0, boost::test_tools::tolerance(1e-14));  // M = 8
+  }
+}
+
+BOOST_AUTO_TEST_SUITE_END()  // semantics
+
+// The negative controls: each term of the staged backward dropped or flipped in turn.
+BOOST_AUTO_TEST_CASE(ablation_table_catches_every_term_but_dvar_dmu,
+                     *utf::label("bn.dl_dxhat") * utf::label("bn.dl_dvar") * utf::label("bn.dvar_dmu") *
+                         utf::label("bn.dl_dmu") * utf::label("bn.dvar_dx") * utf::label("bn.dmu_dx")) {
+  const auto table = catalog::ablate("bn");
+  BOOST_TEST(table.size() == 12u);
+  for (const auto& row : table) {
+    testing::record(row);
+    BOOST_TEST(row.passed, row.term << " " << row.change << ": caught=" << row.caught
+                                    << " expected=" << row.expected_caught << " — " << row.note);
+    if (row.term == "bn.dvar_dmu") {
+      BOOST_TEST(!row.caught, "removing ∂σ²/∂μ must change nothing");
+    } else {
+      BOOST_TEST(row.caught, row.term << " " << row.change << " must be caught");
+    }
+  }
+}
+
+BOOST_AUTO_TEST_SUITE_END()  // bn_ops
