@@ -9,6 +9,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <mutex>
@@ -34,6 +35,8 @@ void record(const check::AblationRow& row) {
 }
 
 void write_part(const char* path) {
+  std::error_code ec;  // a missing directory shows up below as a failure to open
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
   std::ofstream out(path);
   if (!out) {
     std::cerr << "gradproof_tests: cannot write results part " << path << "\n";
