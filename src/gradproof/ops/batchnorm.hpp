@@ -13,15 +13,22 @@
 /// the code below that implements it (`//! [bn.<term>]`).
 #pragma once
 
+#include "gradproof/kernels.hpp"
 #include "gradproof/ops/layout.hpp"
+#include "gradproof/parallel.hpp"
 #include "gradproof/tensor.hpp"
 
 #include <Eigen/Core>
 
+#include <algorithm>
+#include <array>
+#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <sstream>
+#include <tuple>
 #include <type_traits>
+#include <utility>
 
 namespace gradproof::ops {
 
@@ -151,9 +158,289 @@ using ChunkMap = Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
 template <class Scalar>
 using ConstChunkMap = Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
 
+
+/// Gives the cache the shape of a pass over `d`; allocates only when a statistic is not `(C)`.
+template <class Scalar>
+void shape_cache(BatchNormCache<Scalar>& cache, const NCL& d, bool training) {
+  cache.dims = d;
+  cache.training = training;
+  for (Tensor<Scalar>* t : {&cache.mean, &cache.var, &cache.invstd}) {
+    if (t->shape() != Shape{d.C}) *t = Tensor<Scalar>({d.C});
+  }
+}
+
+/// \brief The per-channel sums \f$(\sum_i t_0, \sum_i t_1)\f$ of `terms(a_i, b_i, ...)` over
+/// the `N` runs of channel `c`.
+///
+/// For `float` and `double` the sums run through kernels::sum2 and are accumulated in double
+/// (so `terms` must also accept double and vectors of double); for the other scalar types, in
+/// a plain loop in `Scalar`.
+template <class Scalar, class Terms, class... T>
+auto channel_sums(const NCL& d, Index c, const Terms& terms, const T*... data) {
+  if constexpr (std::is_floating_point_v<Scalar>) {
+    double s0 = 0, s1 = 0;
+    for (Index n = 0; n < d.N; ++n) {
+      const auto [a, b] = kernels::sum2(d.L, terms, (data + d.offset(n, c))...);
+      s0 += a;
+      s1 += b;
+    }
+    return std::pair{s0, s1};
+  } else {
+    Scalar s0 = Scalar(0), s1 = Scalar(0);
+    for (Index n = 0; n < d.N; ++n) {
+      for (Index i = d.offset(n, c), e = i + d.L; i < e; ++i) {
+        const auto [a, b] = terms(data[i]...);
+        s0 += a;
+        s1 += b;
+      }
+    }
+    return std::pair{s0, s1};
+  }
+}
+
+/// `out[i] = f(in[i]...)` over the `N` runs of channel `c`; vectorised (and with streaming
+/// stores when `nontemporal`) for `float` and `double`, a plain loop otherwise.
+template <class Scalar, class F, class... T>
+void channel_map(Scalar* out, const NCL& d, Index c, bool nontemporal, const F& f, const T*... in) {
+  for (Index n = 0; n < d.N; ++n) {
+    const Index o = d.offset(n, c);
+    if constexpr (std::is_floating_point_v<Scalar>) {
+      kernels::map(out + o, d.L, nontemporal, f, (in + o)...);
+    } else {
+      for (Index i = o, e = o + d.L; i < e; ++i) out[i] = f(in[i]...);
+    }
+  }
+}
+
+/// Runs `channel(c)` for every channel: on the thread team for `float` and `double` (each
+/// channel is independent), serially for the scalar types of the oracles.
+template <class Scalar, class F>
+void for_each_channel(const NCL& d, const F& channel) {
+  if constexpr (std::is_floating_point_v<Scalar>) {
+    parallel::parallel_for(d.C, d.N * d.C * d.L, [&](Index c) {
+      channel(c);
+      kernels::stream_fence();
+    });
+  } else {
+    for (Index c = 0; c < d.C; ++c) channel(c);
+  }
+}
+
+/// Channels per block of the pipelined kernels, at most this many.
+inline constexpr Index kMaxChannelBlock = 256;
+
+/// \brief How many adjacent channels the pipelined kernels treat as one block.
+///
+/// In an `(N, C, L)` tensor, the runs `(n, c)` of adjacent channels are adjacent in memory, so a
+/// block of `B` channels is read as `N` contiguous runs of `B·L` values. Long runs let the
+/// hardware prefetchers stream (short ones pay a start-up for each run: with `L = 196` a run
+/// of one channel is only 784 bytes), so `B` grows until a run is 64 KiB; but two blocks per
+/// thread are in flight (one being written from cache, the next being summed from memory), so
+/// a block of all input streams stays within 4 MiB, and every thread gets at least one block.
+/// \param d        the `(N, C, L)` view
+/// \param streams  input arrays read per element (1 forward, 2 backward)
+/// \param bytes    bytes per value
+/// \param threads  threads that will share the channels
+inline Index channel_block(const NCL& d, Index streams, Index bytes, Index threads) {
+  constexpr Index kRunBytes = Index(64) << 10, kBlockBytes = Index(4) << 20;
+  Index b = (kRunBytes + d.L * bytes - 1) / (d.L * bytes);
+  b = std::min(b, kBlockBytes / std::max<Index>(1, d.M() * streams * bytes));
+  b = std::min(b, (d.C + threads - 1) / threads);
+  return std::clamp<Index>(b, 1, kMaxChannelBlock);
+}
+
+/// \brief The two-phase per-channel kernel of the fused passes, software-pipelined over blocks
+/// of channels: while block `b` is written from cache, block `b + 1` is summed from memory.
+///
+/// For each channel `c`: two sums over its values (`terms_of(c)` gives the summands, as for
+/// kernels::sum2()), then `finish(c, s0, s1)` once they are complete, then
+/// `out[i] = map_of(c, s0, s1)(in[i]...)` over its values. Each thread takes a contiguous range
+/// of blocks; only its first block is summed alone. Allocates nothing. `float` and `double`.
+template <class Scalar, class TermsOf, class Finish, class MapOf, class... In>
+void pipelined_channels(const NCL& d, Scalar* out, bool nontemporal, const TermsOf& terms_of, const Finish& finish,
+                        const MapOf& map_of, const In*... in) {
+  const Index work = d.N * d.C * d.L;
+  const Index threads = parallel::threads_for(d.C, work);
+  const Index B = channel_block(d, sizeof...(In), sizeof(Scalar), threads);
+  const Index blocks = (d.C + B - 1) / B;
+  parallel::parallel_ranges(blocks, work, [&](Index b0, Index b1) {
+    if (b0 >= b1) return;
+    const Index first = b0 * B, last = std::min(d.C, b1 * B);  // this thread's channels
+    std::array<double, kMaxChannelBlock> cur0{}, cur1{}, next0{}, next1{};
+    // The first block: its sums alone.
+    for (Index n = 0; n < d.N; ++n) {
+      for (Index c = first; c < std::min(last, first + B); ++c) {
+        const auto [a, b] = kernels::sum2(d.L, terms_of(c), (in + d.offset(n, c))...);
+        next0[c - first] += a;
+        next1[c - first] += b;
+      }
+    }
+    for (Index c = first; c < std::min(last, first + B); ++c) finish(c, next0[c - first], next1[c - first]);
+    for (Index c0 = first; c0 < last; c0 += B) {
+      const Index c1 = std::min(last, c0 + B), c2 = std::min(last, c1 + B);  // this block, the next one
+      for (Index k = 0; k < c1 - c0; ++k) cur0[k] = next0[k], cur1[k] = next1[k], next0[k] = next1[k] = 0;
+      for (Index n = 0; n < d.N; ++n) {
+        for (Index c = c0; c < c1; ++c) {
+          const Index o = d.offset(n, c);
+          const auto f = map_of(c, cur0[c - c0], cur1[c - c0]);
+          if (c + B < c2) {  // channel c + B of the next block lies B·L values further on
+            const auto [a, b] = kernels::map_sum2(out + o, d.L, nontemporal, f, terms_of(c + B), B * d.L, (in + o)...);
+            next0[c - c0] += a;
+            next1[c - c0] += b;
+          } else {
+            kernels::map(out + o, d.L, nontemporal, f, (in + o)...);
+          }
+        }
+      }
+      for (Index c = c1; c < c2; ++c) finish(c, next0[c - c1], next1[c - c1]);
+    }
+    kernels::stream_fence();
+  });
+}
+
+/// \brief The reference training forward: per channel, the mean, then the centred second
+/// moment, then the normalisation, each an Eigen expression in `Scalar`.
+///
+/// This is the code the complex-step and dual-number oracles run; the benchmarks time it for
+/// `float` as the staged forward. Arguments are validated by the caller.
+template <class Scalar>
+void batchnorm_forward_train_reference(const Tensor<Scalar>& x, const Tensor<Scalar>* gamma,
+                                       const Tensor<Scalar>* beta, double eps, Tensor<Scalar>& y,
+                                       BatchNormCache<Scalar>& cache) {
+  using std::sqrt;
+  const NCL d = cache.dims;
+  const Scalar M = Scalar(static_cast<double>(d.M()));
+  for (Index c = 0; c < d.C; ++c) {
+    // Two passes over the channel: mean first, then the centred second moment, which avoids
+    // the cancellation of E[x²] − E[x]².
+    Scalar sum = Scalar(0);
+    for (Index n = 0; n < d.N; ++n) sum += ConstChunkMap<Scalar>(x.data() + d.offset(n, c), d.L).sum();
+    const Scalar mu = sum / M;
+    Scalar sq = Scalar(0);
+    for (Index n = 0; n < d.N; ++n) {
+      sq += (ConstChunkMap<Scalar>(x.data() + d.offset(n, c), d.L) - mu).square().sum();
+    }
+    const Scalar var = sq / M;
+    const Scalar invstd = Scalar(1) / sqrt(var + Scalar(eps));
+    cache.mean[c] = mu;
+    cache.var[c] = var;
+    cache.invstd[c] = invstd;
+
+    const Scalar g = gamma_at(gamma, c);
+    const Scalar b = beta ? (*beta)[c] : Scalar(0);
+    for (Index n = 0; n < d.N; ++n) {
+      ChunkMap<Scalar>(y.data() + d.offset(n, c), d.L) =
+          (ConstChunkMap<Scalar>(x.data() + d.offset(n, c), d.L) - mu) * (invstd * g) + b;
+    }
+  }
+}
+
+/// \brief The fused training forward for `float` and `double`: one read of each channel from
+/// memory for its statistics, and `y` written while the channel is still in cache, overlapped
+/// with the next block's read (pipelined_channels()).
+///
+/// The statistics are shifted sums accumulated in double, \f$S_1 = \sum_i (x_i - K)\f$ and
+/// \f$S_2 = \sum_i (x_i - K)^2\f$ with \f$K\f$ the channel's first value, so that
+/// \f$\mu = K + S_1/M\f$ and \f$\sigma^2 = S_2/M - (S_1/M)^2\f$ come from one read. The shift
+/// bounds the cancellation in the subtraction: the rounding error of \f$\sigma^2\f$ is about
+/// \f$u_{64}(\sigma^2 + (\mu-K)^2)\f$, and \f$(\mu-K)^2 \le (M-1)\sigma^2\f$ for any sample value
+/// \f$K\f$ (Samuelson's inequality), so the relative error of \f$\sigma^2\f$ is at most about
+/// \f$M u_{64} \approx 1.5\cdot 10^{-11}\f$ for \f$M = 2^{17}\f$, and usually a few \f$u_{64}\f$.
+template <class Scalar>
+void batchnorm_forward_train_fused(const Tensor<Scalar>& x, const Tensor<Scalar>* gamma, const Tensor<Scalar>* beta,
+                                   double eps, Tensor<Scalar>& y, BatchNormCache<Scalar>& cache) {
+  const NCL d = cache.dims;
+  const double M = static_cast<double>(d.M());
+  const auto terms_of = [&](Index c) {
+    const double K = x[d.offset(0, c)];
+    return [K](auto v) {
+      const auto t = v - K;
+      return std::pair{t, t * t};
+    };
+  };
+  const auto finish = [&](Index c, double s1, double s2) {
+    const double shift = s1 / M;
+    const double var = std::max(0.0, s2 / M - shift * shift);
+    cache.mean[c] = Scalar(x[d.offset(0, c)] + shift);
+    cache.var[c] = Scalar(var);
+    cache.invstd[c] = Scalar(1.0 / std::sqrt(var + eps));
+  };
+  const auto map_of = [&](Index c, double, double) {
+    const Scalar mu = cache.mean[c], scale = cache.invstd[c] * gamma_at(gamma, c);
+    const Scalar b = beta ? (*beta)[c] : Scalar(0);
+    return [=](auto v) { return (v - mu) * scale + b; };
+  };
+  pipelined_channels(d, y.data(), kernels::should_stream(y.size() * Index(sizeof(Scalar))), terms_of, finish,
+                     map_of, x.data());
+}
+
 }  // namespace detail
 
-/// \brief Training forward pass: normalise with the batch statistics, update the running ones.
+/// \brief Training forward pass into caller-provided outputs: normalise with the batch
+/// statistics, update the running ones.
+///
+/// \f[
+///   \mu = \frac1M \sum_i x_i,\quad \sigma^2 = \frac1M \sum_i (x_i-\mu)^2,\quad
+///   \hat x_i = \frac{x_i-\mu}{\sqrt{\sigma^2+\varepsilon}},\quad y_i = \gamma\hat x_i + \beta .
+/// \f]
+///
+/// For `float` and `double` this is the fused kernel: the statistics of a channel in one read
+/// (shifted sums accumulated in double), `y` in a second pass over the channel while it is in
+/// cache, channels spread over the threads (parallel.hpp). Other scalar types (complex, dual
+/// numbers) run the reference code, two passes for the statistics and one for `y`. Once `y`
+/// and the cache have their shapes, a call allocates nothing.
+///
+/// \tparam Scalar `float`, `double`, `std::complex<double>` or a dual number.
+/// \param x        `(N, C[, L | H, W])` input
+/// \param gamma    `(C)` scale, or `nullptr` for no affine transform (\f$\gamma = 1\f$)
+/// \param beta     `(C)` shift, or `nullptr` (\f$\beta = 0\f$)
+/// \param running  running statistics to update (unbiased variance), or `nullptr`
+/// \param cfg      \f$\varepsilon\f$ and momentum
+/// \param y        output, preallocated with the shape of `x`
+/// \param cache    output for the backward pass; its `(C)` statistics are allocated if they do
+///                 not have that shape yet
+/// \throws InvalidArgument as batchnorm_forward_train(), or if `y` does not have the shape of `x`.
+template <class Scalar>
+void batchnorm_forward_train_into(const Tensor<Scalar>& x, Opt<const Tensor<Scalar>> gamma,
+                                  Opt<const Tensor<Scalar>> beta, Opt<BatchNormRunningStats<Scalar>> running,
+                                  const BatchNormConfig& cfg, Tensor<Scalar>& y, BatchNormCache<Scalar>& cache) {
+  const NCL d = detail::check_bn_inputs(x, gamma, beta, cfg);
+  if (d.M() < 2) {
+    std::ostringstream msg;
+    msg << detail::kBatchNorm << ": training needs more than 1 value per channel; x has shape "
+        << to_string(x.shape()) << ", so M = N*L = " << d.M();
+    throw InvalidArgument(msg.str());
+  }
+  if (running) {
+    require_shape(running->mean, Shape{d.C}, detail::kBatchNorm, "running mean");
+    require_shape(running->var, Shape{d.C}, detail::kBatchNorm, "running var");
+  }
+  require_shape(y, x.shape(), detail::kBatchNorm, "y (output, must match x)");
+  detail::shape_cache(cache, d, true);
+
+  if constexpr (std::is_floating_point_v<Scalar>) {
+    detail::batchnorm_forward_train_fused(x, gamma, beta, cfg.eps, y, cache);
+  } else {
+    detail::batchnorm_forward_train_reference(x, gamma, beta, cfg.eps, y, cache);
+  }
+
+  if (running) {
+    const Scalar M = Scalar(static_cast<double>(d.M()));
+    //! [bn.running_stats]
+    // The running variance is the unbiased estimate σ²·M/(M−1); normalising used the biased σ².
+    running->num_batches_tracked += 1;
+    const double w = cfg.momentum ? *cfg.momentum : 1.0 / static_cast<double>(running->num_batches_tracked);
+    const Scalar bessel = M / (M - Scalar(1));
+    for (Index c = 0; c < d.C; ++c) {
+      running->mean[c] = Scalar(1 - w) * running->mean[c] + Scalar(w) * cache.mean[c];
+      running->var[c] = Scalar(1 - w) * running->var[c] + Scalar(w) * cache.var[c] * bessel;
+    }
+    //! [bn.running_stats]
+  }
+}
+
+/// \brief Training forward pass: normalise with the batch statistics, update the running ones
+/// (allocating wrapper of batchnorm_forward_train_into()).
 ///
 /// \f[
 ///   \mu = \frac1M \sum_i x_i,\quad \sigma^2 = \frac1M \sum_i (x_i-\mu)^2,\quad
@@ -177,63 +464,51 @@ BatchNormForward<Scalar> batchnorm_forward_train(const Tensor<Scalar>& x, Opt<co
                                                  Opt<const Tensor<Scalar>> beta,
                                                  Opt<BatchNormRunningStats<Scalar>> running,
                                                  const BatchNormConfig& cfg = {}) {
-  using std::sqrt;
-  const NCL d = detail::check_bn_inputs(x, gamma, beta, cfg);
-  if (d.M() < 2) {
-    std::ostringstream msg;
-    msg << detail::kBatchNorm << ": training needs more than 1 value per channel; x has shape "
-        << to_string(x.shape()) << ", so M = N*L = " << d.M();
-    throw InvalidArgument(msg.str());
-  }
-  if (running) {
-    require_shape(running->mean, Shape{d.C}, detail::kBatchNorm, "running mean");
-    require_shape(running->var, Shape{d.C}, detail::kBatchNorm, "running var");
-  }
-
-  BatchNormForward<Scalar> out{Tensor<Scalar>(x.shape()),
-                               {d, true, Tensor<Scalar>({d.C}), Tensor<Scalar>({d.C}), Tensor<Scalar>({d.C})}};
-  const Scalar M = Scalar(static_cast<double>(d.M()));
-  for (Index c = 0; c < d.C; ++c) {
-    // Two passes over the channel: mean first, then the centred second moment, which avoids
-    // the cancellation of E[x²] − E[x]².
-    Scalar sum = Scalar(0);
-    for (Index n = 0; n < d.N; ++n) sum += detail::ConstChunkMap<Scalar>(x.data() + d.offset(n, c), d.L).sum();
-    const Scalar mu = sum / M;
-    Scalar sq = Scalar(0);
-    for (Index n = 0; n < d.N; ++n) {
-      sq += (detail::ConstChunkMap<Scalar>(x.data() + d.offset(n, c), d.L) - mu).square().sum();
-    }
-    const Scalar var = sq / M;
-    const Scalar invstd = Scalar(1) / sqrt(var + Scalar(cfg.eps));
-    out.cache.mean[c] = mu;
-    out.cache.var[c] = var;
-    out.cache.invstd[c] = invstd;
-
-    const Scalar g = detail::gamma_at(gamma, c);
-    const Scalar b = beta ? (*beta)[c] : Scalar(0);
-    for (Index n = 0; n < d.N; ++n) {
-      detail::ChunkMap<Scalar>(out.y.data() + d.offset(n, c), d.L) =
-          (detail::ConstChunkMap<Scalar>(x.data() + d.offset(n, c), d.L) - mu) * (invstd * g) + b;
-    }
-  }
-
-  if (running) {
-    //! [bn.running_stats]
-    // The running variance is the unbiased estimate σ²·M/(M−1); normalising used the biased σ².
-    running->num_batches_tracked += 1;
-    const double w = cfg.momentum ? *cfg.momentum : 1.0 / static_cast<double>(running->num_batches_tracked);
-    const Scalar bessel = M / (M - Scalar(1));
-    for (Index c = 0; c < d.C; ++c) {
-      running->mean[c] = Scalar(1 - w) * running->mean[c] + Scalar(w) * out.cache.mean[c];
-      running->var[c] = Scalar(1 - w) * running->var[c] + Scalar(w) * out.cache.var[c] * bessel;
-    }
-    //! [bn.running_stats]
-  }
+  BatchNormForward<Scalar> out{Tensor<Scalar>(x.shape()), {}};
+  batchnorm_forward_train_into(x, gamma, beta, running, cfg, out.y, out.cache);
   return out;
 }
 
-/// \brief Eval forward pass: normalise with the running statistics,
+/// \brief Eval forward pass into caller-provided outputs: normalise with the running statistics,
 /// \f$y_i = \gamma (x_i - r_\mu)/\sqrt{r_{\sigma^2}+\varepsilon} + \beta\f$.
+///
+/// One pass over memory; vectorised and spread over the threads for `float` and `double`.
+/// \param x        `(N, C[, L | H, W])` input; one value per channel is fine here
+/// \param gamma    `(C)` scale or `nullptr`
+/// \param beta     `(C)` shift or `nullptr`
+/// \param running  running statistics, `(C)` each
+/// \param cfg      \f$\varepsilon\f$ (the momentum is unused but still validated)
+/// \param y        output, preallocated with the shape of `x`
+/// \param cache    output holding the running statistics; its `(C)` statistics are allocated if
+///                 they do not have that shape yet
+/// \throws InvalidArgument as batchnorm_forward_eval(), or if `y` does not have the shape of `x`.
+template <class Scalar>
+void batchnorm_forward_eval_into(const Tensor<Scalar>& x, Opt<const Tensor<Scalar>> gamma,
+                                 Opt<const Tensor<Scalar>> beta, const BatchNormRunningStats<Scalar>& running,
+                                 const BatchNormConfig& cfg, Tensor<Scalar>& y, BatchNormCache<Scalar>& cache) {
+  using std::sqrt;
+  const NCL d = detail::check_bn_inputs(x, gamma, beta, cfg);
+  require_shape(running.mean, Shape{d.C}, detail::kBatchNorm, "running mean");
+  require_shape(running.var, Shape{d.C}, detail::kBatchNorm, "running var");
+  require_shape(y, x.shape(), detail::kBatchNorm, "y (output, must match x)");
+  detail::shape_cache(cache, d, false);
+
+  for (Index c = 0; c < d.C; ++c) {
+    cache.mean[c] = running.mean[c];
+    cache.var[c] = running.var[c];
+    cache.invstd[c] = Scalar(1) / sqrt(running.var[c] + Scalar(cfg.eps));
+  }
+  const bool nontemporal = kernels::should_stream(y.size() * Index(sizeof(Scalar)));
+  detail::for_each_channel<Scalar>(d, [&](Index c) {
+    const Scalar mu = cache.mean[c], scale = cache.invstd[c] * detail::gamma_at(gamma, c);
+    const Scalar b = beta ? (*beta)[c] : Scalar(0);
+    detail::channel_map(y.data(), d, c, nontemporal, [=](auto v) { return (v - mu) * scale + b; }, x.data());
+  });
+}
+
+/// \brief Eval forward pass: normalise with the running statistics,
+/// \f$y_i = \gamma (x_i - r_\mu)/\sqrt{r_{\sigma^2}+\varepsilon} + \beta\f$
+/// (allocating wrapper of batchnorm_forward_eval_into()).
 ///
 /// \param x        `(N, C[, L | H, W])` input; one value per channel is fine here
 /// \param gamma    `(C)` scale or `nullptr`
@@ -247,23 +522,8 @@ BatchNormForward<Scalar> batchnorm_forward_eval(const Tensor<Scalar>& x, Opt<con
                                                 Opt<const Tensor<Scalar>> beta,
                                                 const BatchNormRunningStats<Scalar>& running,
                                                 const BatchNormConfig& cfg = {}) {
-  using std::sqrt;
-  const NCL d = detail::check_bn_inputs(x, gamma, beta, cfg);
-  require_shape(running.mean, Shape{d.C}, detail::kBatchNorm, "running mean");
-  require_shape(running.var, Shape{d.C}, detail::kBatchNorm, "running var");
-
-  BatchNormForward<Scalar> out{Tensor<Scalar>(x.shape()),
-                               {d, false, running.mean, running.var, Tensor<Scalar>({d.C})}};
-  for (Index c = 0; c < d.C; ++c) {
-    const Scalar invstd = Scalar(1) / sqrt(running.var[c] + Scalar(cfg.eps));
-    out.cache.invstd[c] = invstd;
-    const Scalar g = detail::gamma_at(gamma, c);
-    const Scalar b = beta ? (*beta)[c] : Scalar(0);
-    for (Index n = 0; n < d.N; ++n) {
-      detail::ChunkMap<Scalar>(out.y.data() + d.offset(n, c), d.L) =
-          (detail::ConstChunkMap<Scalar>(x.data() + d.offset(n, c), d.L) - running.mean[c]) * (invstd * g) + b;
-    }
-  }
+  BatchNormForward<Scalar> out{Tensor<Scalar>(x.shape()), {}};
+  batchnorm_forward_eval_into(x, gamma, beta, running, cfg, out.y, out.cache);
   return out;
 }
 
@@ -415,8 +675,13 @@ BatchNormGrads<Scalar> batchnorm_backward_staged(const Tensor<Scalar>& dy, const
 /// Training:
 /// \f[ dx_i = \frac{\gamma}{M\sqrt{\sigma^2+\varepsilon}}
 ///     \Big(M\,dy_i - \sum_j dy_j - \hat x_i \sum_j dy_j \hat x_j\Big), \f]
-/// two passes per channel (the sums, then dx) and no temporaries of the input's size.
-/// Eval: \f$dx_i = dy_i\,\gamma/\sqrt{r_{\sigma^2}+\varepsilon}\f$.
+/// two passes per channel (the sums, then dx) and no temporaries of the input's size. Every
+/// \f$dx_i\f$ needs both sums of its channel, so the channel is read twice; the second read finds
+/// it in cache. Eval: \f$dx_i = dy_i\,\gamma/\sqrt{r_{\sigma^2}+\varepsilon}\f$.
+///
+/// For `float` and `double` the sums are accumulated in double, the passes are vectorised,
+/// `dx` is written with streaming stores when it is larger than the caches
+/// (kernels::should_stream()), and the channels are spread over the threads (parallel.hpp).
 ///
 /// \param dy      `(N, C[, L | H, W])` upstream gradient
 /// \param x       the forward input, same shape
@@ -437,36 +702,53 @@ void batchnorm_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, 
   if (dgamma && !gamma) throw InvalidArgument("batchnorm: dgamma requested but gamma is null (no affine transform)");
 
   const Scalar M = Scalar(static_cast<double>(d.M()));
-  for (Index c = 0; c < d.C; ++c) {
+  const bool nontemporal = kernels::should_stream(dx.size() * Index(sizeof(Scalar)));
+  // The fused formula of one channel, given its two sums.
+  const auto dx_of = [&](Index c, Scalar sum_dy, Scalar sum_dy_xhat) {
     const Scalar mu = cache.mean[c], invstd = cache.invstd[c], gc = detail::gamma_at(gamma, c);
-    // Pass 1: Σdy and Σdy·x̂ = invstd·Σdy·(x − μ); x̂ is rebuilt on the fly, never stored.
-    Scalar sum_dy = Scalar(0), sum_dy_xmu = Scalar(0);
-    for (Index n = 0; n < d.N; ++n) {
-      const auto dyc = detail::ConstChunkMap<Scalar>(dy.data() + d.offset(n, c), d.L);
-      const auto xc = detail::ConstChunkMap<Scalar>(x.data() + d.offset(n, c), d.L);
-      sum_dy += dyc.sum();
-      sum_dy_xmu += (dyc * (xc - mu)).sum();
-    }
-    const Scalar sum_dy_xhat = sum_dy_xmu * invstd;
-    if (dgamma) (*dgamma)[c] = sum_dy_xhat;
-    if (dbeta) (*dbeta)[c] = sum_dy;
+    //! [bn.dx_fused]
+    // dx = γ/(M√(σ²+ε)) · (M·dy − Σdy − x̂·Σ(dy·x̂)), with x̂ = (x − μ)·invstd
+    const Scalar k = gc * invstd / M;
+    return [=](auto dy, auto x) { return k * (M * dy - sum_dy - (x - mu) * invstd * sum_dy_xhat); };
+    //! [bn.dx_fused]
+  };
+  // Pass 1 of a channel: Σdy and Σdy·(x − μ), so that Σdy·x̂ = invstd·Σdy·(x − μ); x̂ is rebuilt
+  // on the fly, never stored. In double for float and double.
+  using Acc = std::conditional_t<std::is_floating_point_v<Scalar>, double, Scalar>;
+  const auto terms_of = [&](Index c) {
+    const Acc mu = Acc(cache.mean[c]);
+    return [mu](auto g, auto v) { return std::pair{g, g * (v - mu)}; };
+  };
+  const auto finish = [&](Index c, Acc sum_dy, Acc sum_dy_xmu) {
+    if (dgamma) (*dgamma)[c] = Scalar(sum_dy_xmu * Acc(cache.invstd[c]));
+    if (dbeta) (*dbeta)[c] = Scalar(sum_dy);
+  };
 
-    // Pass 2: dx.
-    for (Index n = 0; n < d.N; ++n) {
-      const auto dyc = detail::ConstChunkMap<Scalar>(dy.data() + d.offset(n, c), d.L);
-      const auto xc = detail::ConstChunkMap<Scalar>(x.data() + d.offset(n, c), d.L);
-      auto dxc = detail::ChunkMap<Scalar>(dx.data() + d.offset(n, c), d.L);
-      if (cache.training) {
-        //! [bn.dx_fused]
-        // dx = γ/(M√(σ²+ε)) · (M·dy − Σdy − x̂·Σ(dy·x̂)), with x̂ = (x − μ)·invstd
-        const Scalar k = gc * invstd / M;
-        dxc = k * (M * dyc - sum_dy - (xc - mu) * (invstd * sum_dy_xhat));
-        //! [bn.dx_fused]
-      } else {
-        dxc = dyc * (gc * invstd);
-      }
+  if constexpr (std::is_floating_point_v<Scalar>) {
+    if (cache.training) {  // the fast path: both passes, pipelined over blocks of channels
+      detail::pipelined_channels(
+          d, dx.data(), nontemporal, terms_of, finish,
+          [&](Index c, double sum_dy, double sum_dy_xmu) {
+            return dx_of(c, Scalar(sum_dy), Scalar(sum_dy_xmu * cache.invstd[c]));
+          },
+          dy.data(), x.data());
+      return;
     }
   }
+  detail::for_each_channel<Scalar>(d, [&](Index c) {
+    Acc sum_dy = Acc(0), sum_dy_xmu = Acc(0);
+    if (cache.training || dgamma || dbeta) {
+      std::tie(sum_dy, sum_dy_xmu) = detail::channel_sums<Scalar>(d, c, terms_of(c), dy.data(), x.data());
+      finish(c, sum_dy, sum_dy_xmu);
+    }
+    if (cache.training) {
+      detail::channel_map(dx.data(), d, c, nontemporal,
+                          dx_of(c, Scalar(sum_dy), Scalar(sum_dy_xmu * Acc(cache.invstd[c]))), dy.data(), x.data());
+    } else {  // eval: dx = dy·γ/√(r_σ² + ε)
+      const Scalar scale = detail::gamma_at(gamma, c) * cache.invstd[c];
+      detail::channel_map(dx.data(), d, c, nontemporal, [=](auto g) { return g * scale; }, dy.data());
+    }
+  });
 }
 
 /// \brief Fused backward pass (allocating wrapper of batchnorm_backward_into()).
@@ -489,6 +771,12 @@ BatchNormGrads<Scalar> batchnorm_backward(const Tensor<Scalar>& dy, const Tensor
 /// \cond INTERNAL
 // Explicit instantiation for float and double: declared here, defined once in batchnorm.cpp.
 #define GRADPROOF_BATCHNORM_INSTANTIATE(PREFIX, S)                                                          \
+  PREFIX template void batchnorm_forward_train_into<S>(const Tensor<S>&, const Tensor<S>*, const Tensor<S>*,  \
+                                                       BatchNormRunningStats<S>*, const BatchNormConfig&,     \
+                                                       Tensor<S>&, BatchNormCache<S>&);                       \
+  PREFIX template void batchnorm_forward_eval_into<S>(const Tensor<S>&, const Tensor<S>*, const Tensor<S>*,   \
+                                                      const BatchNormRunningStats<S>&, const BatchNormConfig&, \
+                                                      Tensor<S>&, BatchNormCache<S>&);                        \
   PREFIX template BatchNormForward<S> batchnorm_forward_train<S>(                                          \
       const Tensor<S>&, const Tensor<S>*, const Tensor<S>*, BatchNormRunningStats<S>*, const BatchNormConfig&); \
   PREFIX template BatchNormForward<S> batchnorm_forward_eval<S>(                                           \

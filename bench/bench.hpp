@@ -1,0 +1,70 @@
+// The benchmark harness: what a case is, the shared inputs, and the implementations' factories.
+//
+// Every implementation of a case runs on the same inputs in the same process; each factory
+// returns closures that own their preallocated buffers, so a timed call touches no fresh
+// memory. Factories run after the thread count is set, because oneDNN sizes its kernels to the
+// threads it sees when a primitive is created.
+#pragma once
+
+#include "gradproof/tensor.hpp"
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace gradproof::bench {
+
+/// One implementation of one case, ready to time.
+struct Case {
+  std::string op;                   ///< batchnorm, layernorm, rmsnorm
+  std::string pass;                 ///< forward, backward
+  std::string impl;                 ///< staged, fused, libtorch, onednn-nchw, onednn-nchw16c
+  std::vector<std::int64_t> shape;  ///< the input's shape
+  double bytes = 0;                 ///< minimum traffic: 8 B/element forward, 12 B/element backward
+  std::function<void()> run;        ///< one call on preallocated buffers
+  /// After run(): the largest difference of its outputs from the float64 reference (our staged
+  /// code run in double), relative to the largest reference value; the worst over the outputs.
+  std::function<double()> agreement;
+  /// Time of something a caller of this implementation also pays but that is not in run()
+  /// (oneDNN's blocked layout: converting the inputs from NCHW and the output back), or empty.
+  std::function<void()> extra;
+  std::string extra_what;  ///< what `extra` does, for the notes
+  std::string note;        ///< anything a reader of the table must know about this row
+};
+
+/// Inputs of one batch-norm shape, shared by every implementation, and the float64 reference
+/// results the agreement column compares with.
+struct BnProblem {
+  Shape shape;
+  double eps = 1e-5;
+  TensorF x, dy, gamma, beta;
+  TensorF mean, var, invstd;  ///< our fused float32 forward's statistics: the cache of our backward
+  TensorD ref_y, ref_mean, ref_invstd;      ///< reference forward in double
+  TensorD ref_dx, ref_dgamma, ref_dbeta;    ///< staged backward in double
+};
+
+using BnPtr = std::shared_ptr<const BnProblem>;
+
+/// Deterministic inputs for a batch-norm shape, with our fused results filled in.
+BnPtr make_bn_problem(const Shape& shape);
+
+/// max |a_i - r_i| / max |r_i|.
+double relative_difference(const float* a, const double* ref, Index n);
+
+std::vector<Case> ours_batchnorm(const BnPtr& p);
+
+/// Empty when the benchmark was built without libtorch.
+std::vector<Case> libtorch_batchnorm(const BnPtr& p);
+/// Empty when the benchmark was built without oneDNN.
+std::vector<Case> onednn_batchnorm(const BnPtr& p);
+
+/// Sets libtorch's intra-op threads (at::set_num_threads); does nothing without libtorch.
+void libtorch_set_threads(int threads);
+/// "1.13.0", or empty without libtorch.
+std::string libtorch_version();
+/// "2.6.3 (cpu runtime: OpenMP)", or empty without oneDNN.
+std::string onednn_version();
+
+}  // namespace gradproof::bench

@@ -1,0 +1,246 @@
+// gradproof_bench: times our staged and fused kernels next to libtorch and oneDNN on the same
+// inputs, in one process, with the machine's measured memory bandwidth as the yardstick.
+// Prints a table and writes a JSON file (schema in bench/README.md).
+#include "bench.hpp"
+#include "harness.hpp"
+
+#include "gradproof/parallel.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+
+using namespace gradproof;
+using namespace gradproof::bench;
+
+namespace {
+
+struct Options {
+  std::string out = "bench/results.json";
+  std::vector<int> threads{1, 2};
+  int repetitions = 25;
+  int warmup = 3;
+  std::string only;  // run the cases whose "op pass impl" contains this
+  bool flush = true;
+  Index probe_mib = 256;
+};
+
+[[noreturn]] void usage(int code) {
+  std::fprintf(code ? stderr : stdout,
+               "usage: gradproof_bench [--out FILE] [--threads 1,2] [--reps N] [--warmup N] [--only TEXT]\n"
+               "                       [--warm] [--probe-mib N]\n"
+               "  --out FILE     where to write the JSON results (default bench/results.json)\n"
+               "  --threads L    comma-separated thread counts (default 1,2)\n"
+               "  --reps N       timed repetitions per case, at least 20 (default 25)\n"
+               "  --warmup N     untimed calls first (default 3)\n"
+               "  --only TEXT    only the cases whose \"op pass impl\" contains TEXT\n"
+               "  --warm         do not evict the caches before each repetition\n"
+               "  --probe-mib N  size of each array of the bandwidth probe (default 256)\n");
+  std::exit(code);
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const auto value = [&]() -> std::string {
+      if (i + 1 >= argc) usage(2);
+      return argv[++i];
+    };
+    if (a == "--out") o.out = value();
+    else if (a == "--threads") {
+      o.threads.clear();
+      std::stringstream list(value());
+      for (std::string t; std::getline(list, t, ',');) o.threads.push_back(std::max(1, std::atoi(t.c_str())));
+    } else if (a == "--reps") o.repetitions = std::atoi(value().c_str());
+    else if (a == "--warmup") o.warmup = std::atoi(value().c_str());
+    else if (a == "--only") o.only = value();
+    else if (a == "--warm") o.flush = false;
+    else if (a == "--probe-mib") o.probe_mib = std::atol(value().c_str());
+    else if (a == "-h" || a == "--help") usage(0);
+    else usage(2);
+  }
+  if (o.repetitions < 20) {
+    std::fprintf(stderr, "gradproof_bench: --reps must be at least 20 (got %d)\n", o.repetitions);
+    std::exit(2);
+  }
+  return o;
+}
+
+struct Row {
+  Case c;
+  int threads = 0;
+  Timing t;
+  double gbps = 0, fraction = 0, agreement = -1, extra_ms = -1;
+};
+
+std::string shape_text(const std::vector<std::int64_t>& s) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size(); ++i) out += (i ? "x" : "") + std::to_string(s[i]);
+  return out;
+}
+
+// ---- JSON -------------------------------------------------------------------------------------
+std::string quoted(const std::string& s) {
+  std::string out = "\"";
+  for (char ch : s) {
+    if (ch == '"' || ch == '\\') out += '\\';
+    if (static_cast<unsigned char>(ch) < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", ch);
+      out += buf;
+      continue;
+    }
+    out += ch;
+  }
+  return out + "\"";
+}
+
+std::string num(double v) {
+  if (!std::isfinite(v)) return "null";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.6g", v);
+  return buf;
+}
+
+std::string utc_now() {
+  const std::time_t now = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  return buf;
+}
+
+void write_json(const std::string& path, const Options& o, const std::vector<std::pair<std::string, std::string>>& machine,
+                const std::vector<Bandwidth>& bw, const std::vector<Row>& rows, Index flush_bytes) {
+  std::filesystem::path p(path);
+  if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path());
+  std::ofstream out(path);
+  out << "{\n  \"schema\": 1,\n  \"generated_utc\": " << quoted(utc_now()) << ",\n  \"machine\": {";
+  for (std::size_t i = 0; i < machine.size(); ++i)
+    out << (i ? "," : "") << "\n    " << quoted(machine[i].first) << ": " << quoted(machine[i].second);
+  out << "\n  },\n  \"bandwidth\": {";
+  for (std::size_t i = 0; i < bw.size(); ++i)
+    out << (i ? ", " : "") << quoted(std::to_string(bw[i].threads) + (bw[i].threads == 1 ? " thread" : " threads"))
+        << ": " << num(bw[i].reference());
+  out << "},\n  \"bandwidth_probes\": [";
+  for (std::size_t i = 0; i < bw.size(); ++i)
+    out << (i ? "," : "") << "\n    {\"threads\": " << bw[i].threads << ", \"triad_gbps\": " << num(bw[i].triad)
+        << ", \"triad_streaming_gbps\": " << num(bw[i].triad_nt) << ", \"read_gbps\": " << num(bw[i].read)
+        << ", \"reference_gbps\": " << num(bw[i].reference()) << "}";
+  out << "\n  ],\n  \"method\": {"
+      << "\n    \"warmup\": " << o.warmup << ",\n    \"repetitions\": " << o.repetitions
+      << ",\n    \"statistic\": \"median, with min and max, of the repetitions\""
+      << ",\n    \"cache\": "
+      << quoted(o.flush ? "evicted before every repetition by reading " + std::to_string(flush_bytes >> 20) +
+                              " MiB on every thread"
+                        : "not evicted (warm): operands may be in cache")
+      << ",\n    \"bytes\": \"minimum traffic: forward 8 B/element (read x, write y), backward 12 B/element "
+         "(read x and dy, write dx)\""
+      << ",\n    \"bandwidth\": " << quoted("per thread count, the best of three probes on " + std::to_string(o.probe_mib) +
+                                           " MiB arrays: triad with normal stores, triad with streaming stores, "
+                                           "read-sum; fraction_of_bandwidth = gbps / that figure")
+      << "\n  },\n  \"rows\": [";
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    const Row& r = rows[i];
+    out << (i ? "," : "") << "\n    {\"op\": " << quoted(r.c.op) << ", \"pass\": " << quoted(r.c.pass)
+        << ", \"impl\": " << quoted(r.c.impl) << ", \"shape\": [";
+    for (std::size_t k = 0; k < r.c.shape.size(); ++k) out << (k ? ", " : "") << r.c.shape[k];
+    out << "], \"threads\": " << r.threads << ", \"median_ms\": " << num(r.t.median_ms)
+        << ", \"min_ms\": " << num(r.t.min_ms) << ", \"max_ms\": " << num(r.t.max_ms) << ", \"gbps\": " << num(r.gbps)
+        << ", \"fraction_of_bandwidth\": " << num(r.fraction) << ", \"repetitions\": " << r.t.repetitions
+        << ", \"bytes\": " << num(r.c.bytes) << ", \"agreement\": " << (r.agreement >= 0 ? num(r.agreement) : "null");
+    if (r.extra_ms >= 0)
+      out << ", \"extra_ms\": " << num(r.extra_ms) << ", \"extra_what\": " << quoted(r.c.extra_what);
+    if (!r.c.note.empty()) out << ", \"note\": " << quoted(r.c.note);
+    out << "}";
+  }
+  out << "\n  ]\n}\n";
+  if (!out) {
+    std::fprintf(stderr, "gradproof_bench: could not write %s\n", path.c_str());
+    std::exit(1);
+  }
+}
+
+void print_row_header() {
+  std::printf("%-10s %-9s %-15s %-15s %3s %10s %19s %7s %6s %9s\n", "op", "pass", "impl", "shape", "thr",
+              "median ms", "min - max ms", "GB/s", "of bw", "agreement");
+}
+
+void print_row(const Row& r) {
+  char range[48];
+  std::snprintf(range, sizeof range, "%.3f - %.3f", r.t.min_ms, r.t.max_ms);
+  std::printf("%-10s %-9s %-15s %-15s %3d %10.3f %19s %7.1f %5.0f%% %9.1e\n", r.c.op.c_str(), r.c.pass.c_str(),
+              r.c.impl.c_str(), shape_text(r.c.shape).c_str(), r.threads, r.t.median_ms, range, r.gbps,
+              100 * r.fraction, r.agreement);
+  if (r.extra_ms >= 0) std::printf("%44s + %.3f ms to %s\n", "", r.extra_ms, r.c.extra_what.c_str());
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Options o = parse(argc, argv);
+  auto machine = describe_machine();
+  machine.emplace_back("load average at start", load_average());
+  for (const auto& [k, v] : machine) std::printf("%-22s %s\n", (k + ":").c_str(), v.c_str());
+
+  const Index llc = last_level_cache_bytes();
+  const Index flush_bytes = std::max<Index>(4 * llc, Index(64) << 20);
+  std::unique_ptr<CacheFlusher> flusher;
+  if (o.flush) flusher = std::make_unique<CacheFlusher>(flush_bytes);
+
+  std::vector<Bandwidth> bandwidth;
+  for (int t : o.threads) {
+    parallel::set_threads(t);
+    bandwidth.push_back(probe_bandwidth(t, o.probe_mib << 20, 20));
+    const Bandwidth& b = bandwidth.back();
+    std::printf("bandwidth, %d thread%s: triad %.1f GB/s, triad with streaming stores %.1f GB/s, read %.1f GB/s\n", t,
+                t == 1 ? "" : "s", b.triad, b.triad_nt, b.read);
+  }
+
+  std::printf("preparing the inputs and the float64 references...\n");
+  std::fflush(stdout);
+  std::vector<BnPtr> bn;
+  for (const Shape& s : {Shape{32, 64, 56, 56}, Shape{64, 256, 14, 14}, Shape{8, 32, 128, 128}})
+    bn.push_back(make_bn_problem(s));
+
+  std::vector<Row> rows;
+  print_row_header();
+  for (std::size_t ti = 0; ti < o.threads.size(); ++ti) {
+    const int t = o.threads[ti];
+    parallel::set_threads(t);
+    libtorch_set_threads(t);
+    for (const BnPtr& p : bn) {
+      std::vector<Case> cases = ours_batchnorm(p);
+      for (auto* make : {&libtorch_batchnorm, &onednn_batchnorm})
+        for (auto& c : make(p)) cases.push_back(std::move(c));
+      // forward cases first, then backward, each in the order staged, fused, libtorch, oneDNN
+      std::stable_partition(cases.begin(), cases.end(), [](const Case& c) { return c.pass == "forward"; });
+      for (Case& c : cases) {
+        if (!o.only.empty() && (c.op + " " + c.pass + " " + c.impl).find(o.only) == std::string::npos) continue;
+        Row r;
+        r.threads = t;
+        r.t = time_calls(c.run, o.warmup, o.repetitions, flusher.get());
+        r.gbps = c.bytes / (r.t.median_ms * 1e6);
+        r.fraction = r.gbps / bandwidth[ti].reference();
+        if (c.agreement) r.agreement = c.agreement();
+        if (c.extra) r.extra_ms = time_calls(c.extra, 1, o.repetitions, flusher.get()).median_ms;
+        r.c = std::move(c);
+        print_row(r);
+        rows.push_back(std::move(r));
+      }
+    }
+  }
+  machine.emplace_back("load average at end", load_average());
+  std::printf("load average at end:   %s\n", machine.back().second.c_str());
+  write_json(o.out, o, machine, bandwidth, rows, flush_bytes);
+  std::printf("wrote %s (%zu rows)\n", o.out.c_str(), rows.size());
+  return 0;
+}

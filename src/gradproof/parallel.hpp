@@ -1,0 +1,102 @@
+/// \file
+/// \brief The one place gradproof runs work on several threads: a static parallel loop.
+///
+/// The fused kernels split their work over channels (batch norm) or rows (layer norm) with
+/// parallel_for(). It is OpenMP underneath, for two reasons: Debian's libtorch and oneDNN use
+/// the same runtime (GCC's libgomp), so in a process that holds all three there is one team of
+/// threads instead of three pools spinning against each other on the same cores; and OpenMP's
+/// team persists between loops, so a loop costs a wake-up, not a thread start. Built without
+/// OpenMP, everything here runs serially and the results are the same (the loop bodies are
+/// independent and do not depend on which thread runs them).
+#pragma once
+
+#include "gradproof/tensor.hpp"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace gradproof::parallel {
+
+/// Below this many touched elements a loop runs on the calling thread: waking the team and
+/// joining it costs a few microseconds, the time of a few thousand elements at memory speed.
+inline constexpr Index kMinParallelWork = Index(1) << 15;
+
+/// The number of threads the next parallel loop will use (1 without OpenMP).
+inline int max_threads() noexcept {
+#if defined(_OPENMP)
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+/// \brief Sets the number of threads of later parallel loops on the calling thread.
+///
+/// With OpenMP this is `omp_set_num_threads`, which also governs every other OpenMP user in
+/// the process (libtorch and oneDNN in the benchmarks). Without OpenMP it does nothing.
+/// \param threads  at least 1
+inline void set_threads(int threads) noexcept {
+#if defined(_OPENMP)
+  omp_set_num_threads(threads < 1 ? 1 : threads);
+#else
+  (void)threads;
+#endif
+}
+
+/// \brief Calls `body(i)` for every `i` in `[0, n)`, in contiguous blocks of indices, one block
+/// per thread (static schedule: the same thread gets the same block on every call, which keeps
+/// its data in its own caches from one pass to the next).
+///
+/// \param n     number of iterations
+/// \param work  elements the whole loop touches; below kMinParallelWork it runs serially
+/// \param body  callable `void(Index)`; must not throw (an exception cannot leave a parallel region)
+template <class Body>
+void parallel_for(Index n, Index work, const Body& body) {
+#if defined(_OPENMP)
+  if (n > 1 && work >= kMinParallelWork && omp_get_max_threads() > 1 && !omp_in_parallel()) {
+#pragma omp parallel for schedule(static)
+    for (Index i = 0; i < n; ++i) body(i);
+    return;
+  }
+#else
+  (void)work;
+#endif
+  for (Index i = 0; i < n; ++i) body(i);
+}
+
+/// \brief Splits `[0, n)` into one contiguous range per thread and calls `body(begin, end)` once
+/// per thread (possibly with an empty range), or once with `(0, n)` when serial.
+///
+/// For kernels that carry state from one index to the next within a thread (a software
+/// pipeline over blocks of channels). Same arguments and rules as parallel_for().
+template <class Body>
+void parallel_ranges(Index n, Index work, const Body& body) {
+#if defined(_OPENMP)
+  if (n > 1 && work >= kMinParallelWork && omp_get_max_threads() > 1 && !omp_in_parallel()) {
+#pragma omp parallel
+    {
+      const Index t = omp_get_thread_num(), threads = omp_get_num_threads();
+      body(n * t / threads, n * (t + 1) / threads);
+    }
+    return;
+  }
+#else
+  (void)work;
+#endif
+  body(Index(0), n);
+}
+
+/// The number of threads parallel_for() and parallel_ranges() would use for `n` iterations
+/// touching `work` elements.
+inline int threads_for(Index n, Index work) noexcept {
+#if defined(_OPENMP)
+  if (n > 1 && work >= kMinParallelWork && !omp_in_parallel()) return omp_get_max_threads();
+#else
+  (void)n;
+  (void)work;
+#endif
+  return 1;
+}
+
+}  // namespace gradproof::parallel
