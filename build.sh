@@ -4,7 +4,8 @@
 #   ./build.sh test     build and run every test (presets dev and asan) and the install test
 #   ./build.sh site     build, test, benchmark and render the site; prints the path of index.html
 #   ./build.sh serve    serve the built site on http://127.0.0.1:8000/ (PORT=... to change)
-#   ./build.sh bench    run the benchmarks (preset bench) and write build/bench/bench/results.json
+#   ./build.sh bench [ARGS]   run the benchmarks (preset bench), write build/bench/bench/results.json
+#                       (ARGS go to gradproof_bench, e.g. --threads 2 --reps 40; see --help)
 #   ./build.sh deps GROUP...   install the packages of groups in packages.txt (build, site, bench)
 set -euo pipefail
 
@@ -66,17 +67,32 @@ cmd_serve() {
   die "serve: not built yet (see issue 3)"
 }
 
-cmd_bench() {
-  die "bench: not built yet (see issue 4)"
+cmd_bench() {  # the comparisons need libtorch and oneDNN: the bench group of packages.txt
+  deps build bench
+  build_preset bench
+  log "benchmarks (load average $(cut -d' ' -f1-3 /proc/loadavg); other work on the machine skews them)"
+  build/bench/bench/gradproof_bench --out "$here/build/bench/bench/results.json" "$@"
 }
 
-usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; }
+# Called by cmd_site: runs the benchmarks for the Performance page (GRADPROOF_SKIP_BENCH=1 skips
+# them; the page then shows the results file of an earlier run, or says that there is none) and
+# exports GRADPROOF_BENCH, the results file that docs/conf.py hands to the {gradproof-bench} directive.
+site_bench() {
+  if [ "${GRADPROOF_SKIP_BENCH:-0}" = 1 ]; then
+    log "benchmarks skipped (GRADPROOF_SKIP_BENCH=1)"
+  else
+    cmd_bench
+  fi
+  export GRADPROOF_BENCH="$here/build/bench/bench/results.json"
+}
+
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
 
 case "${1:-}" in
   test) cmd_test ;;
   site) cmd_site ;;
   serve) cmd_serve ;;
-  bench) cmd_bench ;;
+  bench) shift; cmd_bench "$@" ;;
   deps) shift; [ $# -gt 0 ] || die "deps: name at least one group of packages.txt"; deps "$@" ;;
   -h | --help | help) usage ;;
   *) usage >&2; exit 2 ;;

@@ -36,6 +36,7 @@ Timing time_calls(const std::function<void()>& fn, int warmup, int repetitions, 
 
 /// Results of the bandwidth probe for one thread count, in GB/s (1e9 bytes per second).
 struct Bandwidth {
+  std::string when;  ///< "start" or "end" of the run
   int threads = 0;
   double triad = 0;     ///< a[i] = b[i] + q c[i] with normal stores, counted 12 B/element (STREAM)
   double triad_nt = 0;  ///< the same with streaming stores

@@ -117,8 +117,10 @@ std::string utc_now() {
   return buf;
 }
 
+template <class Reference>
 void write_json(const std::string& path, const Options& o, const std::vector<std::pair<std::string, std::string>>& machine,
-                const std::vector<Bandwidth>& bw, const std::vector<Row>& rows, Index flush_bytes) {
+                const std::vector<Bandwidth>& bw, const Reference& reference, const std::vector<Row>& rows,
+                Index flush_bytes) {
   std::filesystem::path p(path);
   if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path());
   std::ofstream out(path);
@@ -126,12 +128,14 @@ void write_json(const std::string& path, const Options& o, const std::vector<std
   for (std::size_t i = 0; i < machine.size(); ++i)
     out << (i ? "," : "") << "\n    " << quoted(machine[i].first) << ": " << quoted(machine[i].second);
   out << "\n  },\n  \"bandwidth\": {";
-  for (std::size_t i = 0; i < bw.size(); ++i)
-    out << (i ? ", " : "") << quoted(std::to_string(bw[i].threads) + (bw[i].threads == 1 ? " thread" : " threads"))
-        << ": " << num(bw[i].reference());
+  for (std::size_t i = 0; i < o.threads.size(); ++i) {
+    const int t = o.threads[i];
+    out << (i ? ", " : "") << quoted(std::to_string(t) + (t == 1 ? " thread" : " threads")) << ": " << num(reference(t));
+  }
   out << "},\n  \"bandwidth_probes\": [";
   for (std::size_t i = 0; i < bw.size(); ++i)
-    out << (i ? "," : "") << "\n    {\"threads\": " << bw[i].threads << ", \"triad_gbps\": " << num(bw[i].triad)
+    out << (i ? "," : "") << "\n    {\"when\": " << quoted(bw[i].when) << ", \"threads\": " << bw[i].threads
+        << ", \"triad_gbps\": " << num(bw[i].triad)
         << ", \"triad_streaming_gbps\": " << num(bw[i].triad_nt) << ", \"read_gbps\": " << num(bw[i].read)
         << ", \"reference_gbps\": " << num(bw[i].reference()) << "}";
   out << "\n  ],\n  \"method\": {"
@@ -144,8 +148,9 @@ void write_json(const std::string& path, const Options& o, const std::vector<std
       << ",\n    \"bytes\": \"minimum traffic: forward 8 B/element (read x, write y), backward 12 B/element "
          "(read x and dy, write dx)\""
       << ",\n    \"bandwidth\": " << quoted("per thread count, the best of three probes on " + std::to_string(o.probe_mib) +
-                                           " MiB arrays: triad with normal stores, triad with streaming stores, "
-                                           "read-sum; fraction_of_bandwidth = gbps / that figure")
+                                           " MiB arrays (triad with normal stores, triad with streaming stores, "
+                                           "read-sum), run before and after the cases; fraction_of_bandwidth = gbps / "
+                                           "that figure")
       << "\n  },\n  \"rows\": [";
   for (std::size_t i = 0; i < rows.size(); ++i) {
     const Row& r = rows[i];
@@ -173,12 +178,13 @@ void print_row_header() {
               "median ms", "min - max ms", "GB/s", "of bw", "agreement");
 }
 
-void print_row(const Row& r) {
-  char range[48];
+void print_row(const Row& r, bool with_fraction) {
+  char range[48], fraction[16];
   std::snprintf(range, sizeof range, "%.3f - %.3f", r.t.min_ms, r.t.max_ms);
-  std::printf("%-10s %-9s %-15s %-15s %3d %10.3f %19s %7.1f %5.0f%% %9.1e\n", r.c.op.c_str(), r.c.pass.c_str(),
-              r.c.impl.c_str(), shape_text(r.c.shape).c_str(), r.threads, r.t.median_ms, range, r.gbps,
-              100 * r.fraction, r.agreement);
+  std::snprintf(fraction, sizeof fraction, with_fraction ? "%5.0f%%" : "     -", 100 * r.fraction);
+  std::printf("%-10s %-9s %-15s %-15s %3d %10.3f %19s %7.1f %6s %9.1e\n", r.c.op.c_str(), r.c.pass.c_str(),
+              r.c.impl.c_str(), shape_text(r.c.shape).c_str(), r.threads, r.t.median_ms, range, r.gbps, fraction,
+              r.agreement);
   if (r.extra_ms >= 0) std::printf("%44s + %.3f ms to %s\n", "", r.extra_ms, r.c.extra_what.c_str());
   std::fflush(stdout);
 }
@@ -196,14 +202,26 @@ int main(int argc, char** argv) {
   std::unique_ptr<CacheFlusher> flusher;
   if (o.flush) flusher = std::make_unique<CacheFlusher>(flush_bytes);
 
-  std::vector<Bandwidth> bandwidth;
-  for (int t : o.threads) {
-    parallel::set_threads(t);
-    bandwidth.push_back(probe_bandwidth(t, o.probe_mib << 20, 20));
-    const Bandwidth& b = bandwidth.back();
-    std::printf("bandwidth, %d thread%s: triad %.1f GB/s, triad with streaming stores %.1f GB/s, read %.1f GB/s\n", t,
-                t == 1 ? "" : "s", b.triad, b.triad_nt, b.read);
-  }
+  // The probe runs before and after the cases (the machine's bandwidth drifts when other work
+  // shares it); each thread count's reference is the best figure of either run.
+  std::vector<Bandwidth> probes;
+  const auto probe = [&](const char* when) {
+    for (int t : o.threads) {
+      parallel::set_threads(t);
+      probes.push_back(probe_bandwidth(t, o.probe_mib << 20, 20));
+      probes.back().when = when;
+      const Bandwidth& b = probes.back();
+      std::printf("bandwidth at %s, %d thread%s: triad %.1f GB/s, triad with streaming stores %.1f GB/s, read %.1f GB/s\n",
+                  when, t, t == 1 ? "" : "s", b.triad, b.triad_nt, b.read);
+    }
+  };
+  const auto reference = [&](int threads) {
+    double best = 0;
+    for (const Bandwidth& b : probes)
+      if (b.threads == threads) best = std::max(best, b.reference());
+    return best;
+  };
+  probe("start");
 
   std::printf("preparing the inputs and the float64 references...\n");
   std::fflush(stdout);
@@ -213,8 +231,7 @@ int main(int argc, char** argv) {
 
   std::vector<Row> rows;
   print_row_header();
-  for (std::size_t ti = 0; ti < o.threads.size(); ++ti) {
-    const int t = o.threads[ti];
+  for (const int t : o.threads) {
     parallel::set_threads(t);
     libtorch_set_threads(t);
     for (const BnPtr& p : bn) {
@@ -229,18 +246,25 @@ int main(int argc, char** argv) {
         r.threads = t;
         r.t = time_calls(c.run, o.warmup, o.repetitions, flusher.get());
         r.gbps = c.bytes / (r.t.median_ms * 1e6);
-        r.fraction = r.gbps / bandwidth[ti].reference();
+        r.fraction = 0;  // set once the end probe has run
         if (c.agreement) r.agreement = c.agreement();
         if (c.extra) r.extra_ms = time_calls(c.extra, 1, o.repetitions, flusher.get()).median_ms;
         r.c = std::move(c);
-        print_row(r);
+        print_row(r, false);
         rows.push_back(std::move(r));
       }
     }
   }
   machine.emplace_back("load average at end", load_average());
   std::printf("load average at end:   %s\n", machine.back().second.c_str());
-  write_json(o.out, o, machine, bandwidth, rows, flush_bytes);
+  probe("end");
+  std::printf("\nfraction of bandwidth (reference: the best probe at start or end for the row's threads):\n");
+  print_row_header();
+  for (Row& r : rows) {
+    r.fraction = r.gbps / reference(r.threads);
+    print_row(r, true);
+  }
+  write_json(o.out, o, machine, probes, reference, rows, flush_bytes);
   std::printf("wrote %s (%zu rows)\n", o.out.c_str(), rows.size());
   return 0;
 }

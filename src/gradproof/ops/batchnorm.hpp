@@ -178,13 +178,9 @@ void shape_cache(BatchNormCache<Scalar>& cache, const NCL& d, bool training) {
 template <class Scalar, class Terms, class... T>
 auto channel_sums(const NCL& d, Index c, const Terms& terms, const T*... data) {
   if constexpr (std::is_floating_point_v<Scalar>) {
-    double s0 = 0, s1 = 0;
-    for (Index n = 0; n < d.N; ++n) {
-      const auto [a, b] = kernels::sum2(d.L, terms, (data + d.offset(n, c))...);
-      s0 += a;
-      s1 += b;
-    }
-    return std::pair{s0, s1};
+    kernels::Sums2<Scalar> acc;
+    for (Index n = 0; n < d.N; ++n) kernels::sum2_into(acc, d.L, terms, (data + d.offset(n, c))...);
+    return acc.total();
   } else {
     Scalar s0 = Scalar(0), s1 = Scalar(0);
     for (Index n = 0; n < d.N; ++n) {
@@ -227,72 +223,80 @@ void for_each_channel(const NCL& d, const F& channel) {
 }
 
 /// Channels per block of the pipelined kernels, at most this many.
-inline constexpr Index kMaxChannelBlock = 256;
+inline constexpr Index kMaxChannelBlock = 128;
 
-/// \brief How many adjacent channels the pipelined kernels treat as one block.
+/// \brief How many adjacent channels the pipelined kernels would like to treat as one block.
 ///
 /// In an `(N, C, L)` tensor, the runs `(n, c)` of adjacent channels are adjacent in memory, so a
-/// block of `B` channels is read as `N` contiguous runs of `B·L` values. Long runs let the
-/// hardware prefetchers stream (short ones pay a start-up for each run: with `L = 196` a run
-/// of one channel is only 784 bytes), so `B` grows until a run is 64 KiB; but two blocks per
-/// thread are in flight (one being written from cache, the next being summed from memory), so
-/// a block of all input streams stays within 4 MiB, and every thread gets at least one block.
+/// block of `B` channels is read as `N` contiguous runs of `B·L` values, and the longer the runs
+/// the better the hardware prefetchers stream (a run of one channel of a 14x14 map is only 784
+/// bytes). But each thread has two blocks in flight, one being written from cache while the next
+/// is summed from memory, and the one being written must still be in cache: on the machine this
+/// is tuned on (1 MiB of L2 per core, 32 MiB of shared L3), re-reading 4 MiB runs at L3 speed
+/// and 16 MiB at barely more than memory speed. So a block is as many channels as fit in
+/// kBlockBytes of inputs (2 MiB: two threads, two blocks each, 8 MiB in flight), at least one.
 /// \param d        the `(N, C, L)` view
 /// \param streams  input arrays read per element (1 forward, 2 backward)
 /// \param bytes    bytes per value
-/// \param threads  threads that will share the channels
-inline Index channel_block(const NCL& d, Index streams, Index bytes, Index threads) {
-  constexpr Index kRunBytes = Index(64) << 10, kBlockBytes = Index(4) << 20;
-  Index b = (kRunBytes + d.L * bytes - 1) / (d.L * bytes);
-  b = std::min(b, kBlockBytes / std::max<Index>(1, d.M() * streams * bytes));
-  b = std::min(b, (d.C + threads - 1) / threads);
-  return std::clamp<Index>(b, 1, kMaxChannelBlock);
+inline Index channel_block(const NCL& d, Index streams, Index bytes) {
+  constexpr Index kBlockBytes = Index(2) << 20;
+  return std::clamp<Index>(kBlockBytes / std::max<Index>(1, d.M() * streams * bytes), 1, kMaxChannelBlock);
 }
 
 /// \brief The two-phase per-channel kernel of the fused passes, software-pipelined over blocks
 /// of channels: while block `b` is written from cache, block `b + 1` is summed from memory.
 ///
 /// For each channel `c`: two sums over its values (`terms_of(c)` gives the summands, as for
-/// kernels::sum2()), then `finish(c, s0, s1)` once they are complete, then
-/// `out[i] = map_of(c, s0, s1)(in[i]...)` over its values. Each thread takes a contiguous range
-/// of blocks; only its first block is summed alone. Allocates nothing. `float` and `double`.
+/// kernels::sum2_into()), then `finish(c, s0, s1)` once they are complete, then
+/// `out[i] = map_of(c, s0, s1)(in[i]...)` over its values. Each thread takes an equal share of
+/// the channels and cuts it into blocks of nearly channel_block() channels, larger blocks first
+/// (so that every channel of block `b + 1` has a partner in block `b`); only its first block is
+/// summed alone, and only its last one is written alone. The `N` runs of a block are each one
+/// stream (kernels::map_sum2_segments()). Allocates nothing. `float` and `double`; runs shorter
+/// than a vector (`L` < kernels::kLanes) take the plain per-channel path.
 template <class Scalar, class TermsOf, class Finish, class MapOf, class... In>
 void pipelined_channels(const NCL& d, Scalar* out, bool nontemporal, const TermsOf& terms_of, const Finish& finish,
                         const MapOf& map_of, const In*... in) {
-  const Index work = d.N * d.C * d.L;
-  const Index threads = parallel::threads_for(d.C, work);
-  const Index B = channel_block(d, sizeof...(In), sizeof(Scalar), threads);
-  const Index blocks = (d.C + B - 1) / B;
-  parallel::parallel_ranges(blocks, work, [&](Index b0, Index b1) {
-    if (b0 >= b1) return;
-    const Index first = b0 * B, last = std::min(d.C, b1 * B);  // this thread's channels
-    std::array<double, kMaxChannelBlock> cur0{}, cur1{}, next0{}, next1{};
+  if (d.L < kernels::kLanes<Scalar>) {
+    for_each_channel<Scalar>(d, [&](Index c) {
+      const auto [s0, s1] = channel_sums<Scalar>(d, c, terms_of(c), in...);
+      finish(c, s0, s1);
+      channel_map(out, d, c, nontemporal, map_of(c, s0, s1), in...);
+    });
+    return;
+  }
+  const Index target = channel_block(d, sizeof...(In), sizeof(Scalar));
+  parallel::parallel_ranges(d.C, d.N * d.C * d.L, [&](Index first, Index last) {
+    if (first >= last) return;
+    const Index blocks = (last - first + target - 1) / target;
+    const Index base = (last - first) / blocks, larger = (last - first) % blocks;
+    const auto block_end = [&](Index b, Index start) { return start + base + (b < larger ? 1 : 0); };
+    // The running sums of the block being read from memory, and the totals of the block being
+    // written. Per channel, so that a short run costs no reduction.
+    std::array<kernels::Sums2<Scalar>, kMaxChannelBlock> next;
+    std::array<std::pair<double, double>, kMaxChannelBlock> cur;
     // The first block: its sums alone.
+    Index c0 = first, c1 = block_end(0, first);
     for (Index n = 0; n < d.N; ++n) {
-      for (Index c = first; c < std::min(last, first + B); ++c) {
-        const auto [a, b] = kernels::sum2(d.L, terms_of(c), (in + d.offset(n, c))...);
-        next0[c - first] += a;
-        next1[c - first] += b;
-      }
+      for (Index c = c0; c < c1; ++c) kernels::sum2_into(next[c - c0], d.L, terms_of(c), (in + d.offset(n, c))...);
     }
-    for (Index c = first; c < std::min(last, first + B); ++c) finish(c, next0[c - first], next1[c - first]);
-    for (Index c0 = first; c0 < last; c0 += B) {
-      const Index c1 = std::min(last, c0 + B), c2 = std::min(last, c1 + B);  // this block, the next one
-      for (Index k = 0; k < c1 - c0; ++k) cur0[k] = next0[k], cur1[k] = next1[k], next0[k] = next1[k] = 0;
-      for (Index n = 0; n < d.N; ++n) {
-        for (Index c = c0; c < c1; ++c) {
-          const Index o = d.offset(n, c);
-          const auto f = map_of(c, cur0[c - c0], cur1[c - c0]);
-          if (c + B < c2) {  // channel c + B of the next block lies B·L values further on
-            const auto [a, b] = kernels::map_sum2(out + o, d.L, nontemporal, f, terms_of(c + B), B * d.L, (in + o)...);
-            next0[c - c0] += a;
-            next1[c - c0] += b;
-          } else {
-            kernels::map(out + o, d.L, nontemporal, f, (in + o)...);
-          }
-        }
+    for (Index b = 0; b < blocks; ++b) {
+      const Index c2 = b + 1 < blocks ? block_end(b + 1, c1) : c1;  // the next block is [c1, c2)
+      for (Index c = c0; c < c1; ++c) {
+        cur[c - c0] = next[c - c0].total();
+        next[c - c0] = {};
+        finish(c, cur[c - c0].first, cur[c - c0].second);
       }
-      for (Index c = c1; c < c2; ++c) finish(c, next0[c - c1], next1[c - c1]);
+      // Channel c0 + k of this block pairs with channel c1 + k of the next, (c1 − c0)·L further on.
+      const auto map_k = [&](Index k) { return map_of(c0 + k, cur[k].first, cur[k].second); };
+      const auto terms_k = [&](Index k) { return terms_of(c1 + k); };
+      for (Index n = 0; n < d.N; ++n) {
+        const Index o = d.offset(n, c0);
+        kernels::map_sum2_segments(next.data(), c2 - c1, out + o, d.L, c1 - c0, nontemporal, map_k, terms_k,
+                                   (c1 - c0) * d.L, (in + o)...);
+      }
+      c0 = c1;
+      c1 = c2;
     }
     kernels::stream_fence();
   });
@@ -352,7 +356,7 @@ void batchnorm_forward_train_fused(const Tensor<Scalar>& x, const Tensor<Scalar>
   const NCL d = cache.dims;
   const double M = static_cast<double>(d.M());
   const auto terms_of = [&](Index c) {
-    const double K = x[d.offset(0, c)];
+    const Scalar K = x[d.offset(0, c)];
     return [K](auto v) {
       const auto t = v - K;
       return std::pair{t, t * t};
@@ -707,16 +711,19 @@ void batchnorm_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, 
   const auto dx_of = [&](Index c, Scalar sum_dy, Scalar sum_dy_xhat) {
     const Scalar mu = cache.mean[c], invstd = cache.invstd[c], gc = detail::gamma_at(gamma, c);
     //! [bn.dx_fused]
-    // dx = γ/(M√(σ²+ε)) · (M·dy − Σdy − x̂·Σ(dy·x̂)), with x̂ = (x − μ)·invstd
+    // dx = γ/(M√(σ²+ε)) · (M·dy − Σdy − x̂·Σ(dy·x̂)), with x̂ = (x − μ)·invstd;
+    // k = γ/(M√(σ²+ε)) distributed over the three terms, so each element costs three products
+    // and three differences
     const Scalar k = gc * invstd / M;
-    return [=](auto dy, auto x) { return k * (M * dy - sum_dy - (x - mu) * invstd * sum_dy_xhat); };
+    const Scalar k_dy = k * M, k_sum_dy = k * sum_dy, k_xhat = k * invstd * sum_dy_xhat;
+    return [=](auto dy, auto x) { return k_dy * dy - k_sum_dy - (x - mu) * k_xhat; };
     //! [bn.dx_fused]
   };
   // Pass 1 of a channel: Σdy and Σdy·(x − μ), so that Σdy·x̂ = invstd·Σdy·(x − μ); x̂ is rebuilt
-  // on the fly, never stored. In double for float and double.
+  // on the fly, never stored. Totals in double for float and double.
   using Acc = std::conditional_t<std::is_floating_point_v<Scalar>, double, Scalar>;
   const auto terms_of = [&](Index c) {
-    const Acc mu = Acc(cache.mean[c]);
+    const Scalar mu = cache.mean[c];
     return [mu](auto g, auto v) { return std::pair{g, g * (v - mu)}; };
   };
   const auto finish = [&](Index c, Acc sum_dy, Acc sum_dy_xmu) {
