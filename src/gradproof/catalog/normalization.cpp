@@ -859,8 +859,11 @@ std::vector<ResultRow> check_sum_of_y(const Spec& sp, const std::string& test) {
       for (Backward b : {Backward::staged, Backward::fused}) {
         const Eigen::VectorXd dx = as_f64(run_backward(p, pd, ones, b).dx);
         if (uniform) {
+          const std::string how = s.per_set() == 1 ? "γ (one value per set here, so uniform over every set whatever "
+                                                     "its values)"
+                                                   : "γ made uniform over every set";
           rows.push_back(oracle_row({term_id(sp, "dx"), test, "exact_zero", "float64", "pitfall", p.shape,
-                                     std::string("L = Σy with γ uniform over every set: ") + name(b) +
+                                     "L = Σy with " + how + ": " + name(b) +
                                          " dx equals the exact value 0 up to rounding (" + describe(p) + ")"},
                                     Oracle::complex_step, dx, Eigen::VectorXd::Zero(dx.size()), {dx.size()}, scale));
         } else {

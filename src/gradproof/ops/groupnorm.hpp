@@ -17,7 +17,7 @@
 /// set is a contiguous block: the family's core (normalization.hpp) with NormSets
 /// `{N·G, (C/G)·L, period = G, run = L}`. \f$\gamma\f$ is constant on each run of \f$L\f$
 /// values (one channel) but varies across the channels of a group. Every formula id
-/// `gn.<term>` marks the call that implements that term for group norm; the derivation is
+/// `gn.*` marks the call that implements that term for group norm; the derivation is
 /// `derivations/groupnorm.md`.
 #pragma once
 
@@ -118,7 +118,7 @@ NormForward<Scalar> groupnorm_forward(const Tensor<Scalar>& x, Opt<const Tensor<
   return out;
 }
 
-/// \brief Staged backward pass: one named step per chain-rule term, each marked `gn.<term>`.
+/// \brief Staged backward pass: one named step per chain-rule term, each marked with its gn formula id.
 /// \param dy      upstream gradient, shape of `x`
 /// \param x       the forward input
 /// \param gamma   `(C)` scale, or `nullptr` (as in the forward pass)

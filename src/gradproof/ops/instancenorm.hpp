@@ -18,7 +18,7 @@
 ///
 /// An instance-norm set is the contiguous run of \f$L\f$ values of one (sample, channel): the
 /// family's core (normalization.hpp) with NormSets `{N·C, L, period = C, run = L}`, and
-/// \f$\gamma\f$ is constant over every set. Every formula id `in.<term>` marks the call that
+/// \f$\gamma\f$ is constant over every set. Every formula id `in.*` marks the call that
 /// implements that term for instance norm; the derivation is `derivations/instancenorm.md`.
 #pragma once
 
@@ -214,7 +214,7 @@ NormForward<Scalar> instancenorm_forward_eval(const Tensor<Scalar>& x, Opt<const
   return out;
 }
 
-/// \brief Staged backward pass: one named step per chain-rule term, each marked `in.<term>`.
+/// \brief Staged backward pass: one named step per chain-rule term, each marked with its in formula id.
 /// For an eval-mode cache it applies the eval formulas (in.eval_dx, in.eval_dgamma).
 /// \param dy      upstream gradient, shape of `x`
 /// \param x       the forward input

@@ -14,7 +14,7 @@
 ///
 /// A layer-norm set is a contiguous row of \f$M\f$ values, so the computation is the family's
 /// core (normalization.hpp) with NormSets `{R, M, period = 1, run = 1}`: \f$\gamma_j\f$ scales
-/// position \f$j\f$ of every row. Every formula id `ln.<term>` marks the call that implements
+/// position \f$j\f$ of every row. Every formula id `ln.*` marks the call that implements
 /// that term for layer norm; the derivation is `derivations/layernorm.md`.
 #pragma once
 
@@ -119,7 +119,7 @@ NormForward<Scalar> layernorm_forward(const Tensor<Scalar>& x, Opt<const Tensor<
   return out;
 }
 
-/// \brief Staged backward pass: one named step per chain-rule term, each marked `ln.<term>`.
+/// \brief Staged backward pass: one named step per chain-rule term, each marked with its ln formula id.
 ///
 /// This is the version to read next to the derivation; it keeps every intermediate and is not
 /// fast.

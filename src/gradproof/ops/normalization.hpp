@@ -71,6 +71,7 @@ struct NormSets {
   /// Total number of values \f$R M\f$.
   Index size() const noexcept { return R * M; }
 
+  /// Same sets and the same parameter layout.
   bool operator==(const NormSets&) const = default;
 };
 
@@ -267,12 +268,16 @@ void forward_kernel(const NormSets& s, const Scalar* x, const Scalar* gamma, con
 ///
 /// Each step reads the terms before it and writes one term; a layer's staged backward calls
 /// them in order, each call marked with the layer's own formula id. `scale` multiplies the term
-/// (1 is the derivation; see NormTermScales). No step checks its arguments.
+/// (1 is the derivation; see NormTermScales). No step checks its arguments. Common parameters:
+/// `s` the sets, `x` the forward input and `dy` the upstream gradient (\f$R M\f$ values each),
+/// `cache` the forward pass's statistics, `out` the term computed.
 namespace steps {
 
 /// \f$\partial L/\partial\hat x_i = \gamma_{p(i)}\,\partial L/\partial y_i\f$.
+/// \param s      the sets
 /// \param dy     \f$R M\f$ upstream gradient
 /// \param gamma  \f$P\f$ scales or `nullptr`
+/// \param scale  term scale (1 = the derivation)
 /// \param out    \f$R M\f$ output
 template <class Scalar>
 void dl_dxhat(const NormSets& s, const Tensor<Scalar>& dy, const Tensor<Scalar>* gamma, double scale,
@@ -290,7 +295,12 @@ void dl_dxhat(const NormSets& s, const Tensor<Scalar>& dy, const Tensor<Scalar>*
 
 /// \f$\partial L/\partial\sigma^2 = -\tfrac12(\sigma^2+\varepsilon)^{-3/2}\sum_{i\in S}
 /// \partial L/\partial\hat x_i\,(x_i-\mu)\f$ per set.
-/// \param out  `(R)` output
+/// \param s         the sets
+/// \param x         \f$R M\f$ forward input
+/// \param cache     the forward pass's statistics
+/// \param dl_dxhat  \f$R M\f$ values of \f$\partial L/\partial\hat x\f$
+/// \param scale     term scale (1 = the derivation)
+/// \param out       `(R)` output
 template <class Scalar>
 void dl_dvar(const NormSets& s, const Tensor<Scalar>& x, const NormCache<Scalar>& cache,
              const Tensor<Scalar>& dl_dxhat, double scale, Tensor<Scalar>& out) {
@@ -306,7 +316,11 @@ void dl_dvar(const NormSets& s, const Tensor<Scalar>& x, const NormCache<Scalar>
 }
 
 /// \f$\partial\sigma^2/\partial\mu = -\tfrac{2}{M}\sum_{i\in S}(x_i - \mu)\f$ per set (zero up to rounding).
-/// \param out  `(R)` output
+/// \param s      the sets
+/// \param x      \f$R M\f$ forward input
+/// \param cache  the forward pass's statistics
+/// \param scale  term scale (1 = the derivation)
+/// \param out    `(R)` output
 template <class Scalar>
 void dvar_dmu(const NormSets& s, const Tensor<Scalar>& x, const NormCache<Scalar>& cache, double scale,
               Tensor<Scalar>& out) {
@@ -325,7 +339,13 @@ void dvar_dmu(const NormSets& s, const Tensor<Scalar>& x, const NormCache<Scalar
 
 /// \f$\partial L/\partial\mu = -(\sigma^2+\varepsilon)^{-1/2}\sum_{i\in S}\partial L/\partial\hat x_i
 /// + \partial L/\partial\sigma^2\cdot\partial\sigma^2/\partial\mu\f$ per set.
-/// \param out  `(R)` output
+/// \param s         the sets
+/// \param cache     the forward pass's statistics
+/// \param dl_dxhat  \f$R M\f$ values of \f$\partial L/\partial\hat x\f$
+/// \param dl_dvar   `(R)` values of \f$\partial L/\partial\sigma^2\f$
+/// \param dvar_dmu  `(R)` values of \f$\partial\sigma^2/\partial\mu\f$
+/// \param scale     term scale (1 = the derivation)
+/// \param out       `(R)` output
 template <class Scalar>
 void dl_dmu(const NormSets& s, const NormCache<Scalar>& cache, const Tensor<Scalar>& dl_dxhat,
             const Tensor<Scalar>& dl_dvar, const Tensor<Scalar>& dvar_dmu, double scale, Tensor<Scalar>& out) {
@@ -340,7 +360,11 @@ void dl_dmu(const NormSets& s, const NormCache<Scalar>& cache, const Tensor<Scal
 }
 
 /// \f$\partial\sigma^2/\partial x_i = 2(x_i - \mu)/M\f$ (the partial with \f$\mu\f$ held fixed).
-/// \param out  \f$R M\f$ output
+/// \param s      the sets
+/// \param x      \f$R M\f$ forward input
+/// \param cache  the forward pass's statistics
+/// \param scale  term scale (1 = the derivation)
+/// \param out    \f$R M\f$ output
 template <class Scalar>
 void dvar_dx(const NormSets& s, const Tensor<Scalar>& x, const NormCache<Scalar>& cache, double scale,
              Tensor<Scalar>& out) {
@@ -357,7 +381,9 @@ void dvar_dx(const NormSets& s, const Tensor<Scalar>& x, const NormCache<Scalar>
 }
 
 /// \f$\partial\mu/\partial x_i = 1/M\f$, one value per set.
-/// \param out  `(R)` output
+/// \param s      the sets
+/// \param scale  term scale (1 = the derivation)
+/// \param out    `(R)` output
 template <class Scalar>
 void dmu_dx(const NormSets& s, double scale, Tensor<Scalar>& out) {
   for (Index r = 0; r < s.R; ++r) {
@@ -370,8 +396,10 @@ void dmu_dx(const NormSets& s, double scale, Tensor<Scalar>& out) {
 
 /// \f$\partial L/\partial x_i = \partial L/\partial\hat x_i/\sqrt{\sigma^2+\varepsilon} +
 /// \partial L/\partial\sigma^2\cdot\partial\sigma^2/\partial x_i + \partial L/\partial\mu\cdot\partial\mu/\partial x_i\f$.
-/// \param t    the terms computed by the steps before
-/// \param out  \f$R M\f$ output
+/// \param s      the sets
+/// \param cache  the forward pass's statistics
+/// \param t      the terms computed by the steps before
+/// \param out    \f$R M\f$ output
 template <class Scalar>
 void dx(const NormSets& s, const NormCache<Scalar>& cache, const NormStagedTrace<Scalar>& t, Tensor<Scalar>& out) {
   for (Index r = 0; r < s.R; ++r) {
@@ -385,7 +413,11 @@ void dx(const NormSets& s, const NormCache<Scalar>& cache, const NormStagedTrace
 }
 
 /// \f$\partial L/\partial\gamma_p = \sum_{(r,i):\,p(r,i)=p} \partial L/\partial y_{r,i}\,\hat x_{r,i}\f$.
-/// \param out  \f$P\f$ output
+/// \param s      the sets
+/// \param dy     \f$R M\f$ upstream gradient
+/// \param x      \f$R M\f$ forward input
+/// \param cache  the forward pass's statistics
+/// \param out    \f$P\f$ output
 template <class Scalar>
 void dgamma(const NormSets& s, const Tensor<Scalar>& dy, const Tensor<Scalar>& x, const NormCache<Scalar>& cache,
             Tensor<Scalar>& out) {
@@ -402,6 +434,8 @@ void dgamma(const NormSets& s, const Tensor<Scalar>& dy, const Tensor<Scalar>& x
 }
 
 /// \f$\partial L/\partial\beta_p = \sum_{(r,i):\,p(r,i)=p} \partial L/\partial y_{r,i}\f$.
+/// \param s    the sets
+/// \param dy   \f$R M\f$ upstream gradient
 /// \param out  \f$P\f$ output
 template <class Scalar>
 void dbeta(const NormSets& s, const Tensor<Scalar>& dy, Tensor<Scalar>& out) {
@@ -433,6 +467,11 @@ NormStagedTrace<Scalar> buffers(const NormSets& s, const Shape& shape) {
 ///     \qquad g_i = \gamma_{p(i)}\,dy_i, \f]
 /// two passes per set (the sums, then dx) and no temporaries of the input's size. With
 /// constant statistics (instance norm eval): \f$dx_i = g_i/\sqrt{r_{\sigma^2}+\varepsilon}\f$.
+/// \param s       the sets
+/// \param dy      \f$R M\f$ upstream gradient
+/// \param x       \f$R M\f$ forward input
+/// \param gamma   \f$P\f$ scales or `nullptr`
+/// \param cache   the forward pass's statistics
 /// \param dx      \f$R M\f$ output
 /// \param dgamma  \f$P\f$ output or `nullptr`
 /// \param dbeta   \f$P\f$ output or `nullptr`
@@ -520,6 +559,7 @@ void backward_kernel(const NormSets& s, const Scalar* dy, const Scalar* x, const
 // The core as an op of its own: normalization over the sets of a NormSets, the general result
 // that the layers instantiate (and that the catalog checks on a layout none of them uses).
 
+/// The core's name in error messages.
 constexpr const char* kNorm = "norm";
 
 /// \brief Forward pass over the sets `s`, writing into caller-provided `y` and `cache`.
@@ -592,6 +632,10 @@ NormGrads<Scalar> backward_staged(const Tensor<Scalar>& dy, const Tensor<Scalar>
 }
 
 /// \brief Fused backward pass writing into caller-provided outputs; allocates nothing.
+/// \param dy      upstream gradient, shape of `x`
+/// \param x       the forward input
+/// \param gamma   `(P)` scales or `nullptr` (as in the forward pass)
+/// \param cache   from the forward pass on `x`
 /// \param dx      output, preallocated with the shape of `x`
 /// \param dgamma  output `(P)`, or `nullptr` to skip (must be `nullptr` when `gamma` is)
 /// \param dbeta   output `(P)`, or `nullptr` to skip

@@ -19,7 +19,7 @@
 ///
 /// Without a mean, \f$x\f$ reaches \f$\hat x\f$ by two paths (directly and through the mean
 /// square), not three, and the fused form has one projection, \f$\hat x\sum g\hat x\f$, instead
-/// of two. Every formula id `rms.<term>` marks the code that implements that term; the
+/// of two. Every formula id `rms.*` marks the code that implements that term; the
 /// derivation is `derivations/rmsnorm.md`.
 #pragma once
 
@@ -173,7 +173,7 @@ RMSNormForward<Scalar> rmsnorm_forward(const Tensor<Scalar>& x, Opt<const Tensor
   return out;
 }
 
-/// \brief Staged backward pass: one named step per chain-rule term, each marked `rms.<term>`.
+/// \brief Staged backward pass: one named step per chain-rule term, each marked with its rms formula id.
 /// \param dy      upstream gradient, shape of `x`
 /// \param x       the forward input
 /// \param gamma   `normalized_shape` scale, or `nullptr` (as in the forward pass)
