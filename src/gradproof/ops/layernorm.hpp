@@ -205,7 +205,8 @@ NormGrads<Scalar> layernorm_backward_staged(const Tensor<Scalar>& dy, const Tens
 /// \f[ dx_{r,j} = \frac{1}{M\sqrt{\sigma^2_r+\varepsilon}}
 ///     \Big(M g_{r,j} - \sum_k g_{r,k} - \hat x_{r,j} \sum_k g_{r,k}\hat x_{r,k}\Big),
 ///     \qquad g_{r,j} = \gamma_j\,dy_{r,j}, \f]
-/// two passes per row and no temporaries of the input's size.
+/// two passes per row for dx, a third when dγ or dβ is requested, and no temporaries of the
+/// input's size.
 /// \param dy      upstream gradient, shape of `x`
 /// \param x       the forward input
 /// \param gamma   `normalized_shape` scale, or `nullptr` (as in the forward pass)

@@ -465,7 +465,8 @@ NormStagedTrace<Scalar> buffers(const NormSets& s, const Shape& shape) {
 /// \f[ dx_i = \frac{1}{M\sqrt{\sigma^2+\varepsilon}}
 ///     \Big(M g_i - \sum_{j\in S} g_j - \hat x_i \sum_{j\in S} g_j \hat x_j\Big),
 ///     \qquad g_i = \gamma_{p(i)}\,dy_i, \f]
-/// two passes per set (the sums, then dx) and no temporaries of the input's size. With
+/// two passes per set for dx (the sums, then dx), a third when dγ or dβ is requested, and no
+/// temporaries of the input's size. With
 /// constant statistics (instance norm eval): \f$dx_i = g_i/\sqrt{r_{\sigma^2}+\varepsilon}\f$.
 /// \param s       the sets
 /// \param dy      \f$R M\f$ upstream gradient
@@ -557,7 +558,8 @@ void backward_kernel(const NormSets& s, const Scalar* dy, const Scalar* x, const
 
 // ------------------------------------------------------------------------------------------
 // The core as an op of its own: normalization over the sets of a NormSets, the general result
-// that the layers instantiate (and that the catalog checks on a layout none of them uses).
+// that the layers instantiate. The catalog checks it on its own, on layouts chosen to exercise
+// every way of indexing γ (period and run both above 1), as well as through each layer.
 
 /// The core's name in error messages.
 constexpr const char* kNorm = "norm";

@@ -254,7 +254,8 @@ RMSNormGrads<Scalar> rmsnorm_backward_staged(const Tensor<Scalar>& dy, const Ten
 ///
 /// \f[ dx_{r,j} = \frac{1}{\sqrt{\mathrm{ms}_r+\varepsilon}}
 ///     \Big(g_{r,j} - \hat x_{r,j}\,\frac1M\sum_k g_{r,k}\hat x_{r,k}\Big),\qquad g_{r,j} = \gamma_j\,dy_{r,j}, \f]
-/// two passes per row (the one projection, then dx) and no temporaries of the input's size.
+/// two passes per row for dx (the one projection, then dx), a third when dγ is requested, and
+/// no temporaries of the input's size.
 /// \param dy      upstream gradient, shape of `x`
 /// \param x       the forward input
 /// \param gamma   `normalized_shape` scale, or `nullptr` (as in the forward pass)
