@@ -59,3 +59,4 @@ html_static_path = ["_static"]
 html_show_sphinx = True
 html_copy_source = False
 html_theme_options = {"navigation_with_keys": True}
+html_favicon = "_static/favicon.svg"  # also spares the browser a request for /favicon.ico

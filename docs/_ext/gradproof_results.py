@@ -213,7 +213,10 @@ def fmt_num(v) -> str:
 
 
 def fmt_range(lo, hi) -> str:
-    return fmt_num(lo) if fmt_num(lo) == fmt_num(hi) else f"{fmt_num(lo)} – {fmt_num(hi)}"
+    """A tolerance that scales with the data, as its range over the rows (two digits)."""
+    if fmt_num(lo) == fmt_num(hi):
+        return fmt_num(lo)
+    return f"{lo:.2g}…{hi:.2g}"
 
 
 def fmt_shape(shape) -> str:

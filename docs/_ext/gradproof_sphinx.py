@@ -132,8 +132,15 @@ def load(env) -> gr.Results | None:
     return cache
 
 
+def note_code_dependencies(env) -> None:
+    """Pages rendered by this code are re-read when it changes, not only when their text does."""
+    env.note_dependency(__file__)
+    env.note_dependency(gr.__file__)
+
+
 class ResultsDirective(SphinxDirective):
     def results(self) -> gr.Results | None:
+        note_code_dependencies(self.env)
         path = self.config.gradproof_results
         if path:
             self.env.note_dependency(os.path.abspath(path))  # re-read this page when it changes
@@ -145,29 +152,52 @@ class ResultsDirective(SphinxDirective):
 
 # ---- {gradproof-formula} ---------------------------------------------------------------------
 
-def notes_of(group: gr.Group) -> str:
-    notes = []
-    for r in group.rows:
+def notes_of(rows: list[dict[str, Any]]) -> str:
+    notes: list[str] = []
+    for r in rows:
         n = r.get("note") or ""
         if n and n not in notes:
             notes.append(n)
-    if len(notes) > 2:
-        return f"{notes[0]} (and {len(notes) - 1} other notes)"
     return "; ".join(notes)
 
 
 def failing_rows_table(rows: list[dict[str, Any]], with_formula: bool = False) -> nodes.table:
-    headers = (["formula"] if with_formula else []) + [
-        "test", "oracle", "dtype", "shape", "max abs err", "max rel err", "atol", "rtol",
-        "worst at", "analytic", "numeric", "note"]
+    """One line per failing row, with the worst element: the numbers to start debugging from."""
+    headers = (["formula", "test"] if with_formula else []) + [
+        "oracle", "dtype", "shape", "worst at", "analytic", "oracle value", "|a \u2212 n|", "allowed"]
     body = []
     for r in rows:
-        body.append(([ref_to(r["formula"])] if with_formula else []) + [
-            nodes.literal(text=r["test"]), r["oracle"], r["dtype"], gr.fmt_shape(r["shape"]),
-            gr.fmt_num(r["max_abs_err"]), gr.fmt_num(r["max_rel_err"]), gr.fmt_num(r["atol"]),
-            gr.fmt_num(r["rtol"]), gr.fmt_shape(r.get("worst_index", [])),
-            gr.fmt_num(r.get("analytic")), gr.fmt_num(r.get("numeric")), r.get("note", "")])
+        a, n = r.get("analytic"), r.get("numeric")
+        allowed = r["atol"] + r["rtol"] * abs(n) if isinstance(n, (int, float)) else None
+        err = abs(a - n) if isinstance(a, (int, float)) and isinstance(n, (int, float)) else None
+        body.append(([ref_to(r["formula"]), nodes.literal(text=r["test"])] if with_formula else []) + [
+            r["oracle"], r["dtype"], gr.fmt_shape(r["shape"]), gr.fmt_shape(r.get("worst_index", [])),
+            gr.fmt_num(a), gr.fmt_num(n), gr.fmt_num(err), gr.fmt_num(allowed)])
     return make_table(headers, body, ["gradproof-failing-rows"], [["gradproof-row-failed"]] * len(body))
+
+
+def oracle_cell(g: gr.Group) -> nodes.paragraph:
+    """The oracle, with the kind of check under it when it is not a plain comparison."""
+    para = nodes.paragraph(text=g.oracle)
+    if g.kind != "oracle":
+        para += nodes.inline(text=g.kind.replace("_", " "), classes=["gradproof-kind"])
+    return para
+
+
+MEASURED = ["rows", "max abs err", "max rel err", "atol", "rtol", "result"]
+
+
+def measured_cells(g: gr.Group) -> list[Any]:
+    """What a group of rows measured, and the verdict (columns MEASURED)."""
+    return [str(len(g.rows)), gr.fmt_num(g.max_abs_err), gr.fmt_num(g.max_rel_err),
+            gr.fmt_range(*g.atol_range), gr.fmt_range(*g.rtol_range), verdict(g.passed, g.n_failed, len(g.rows))]
+
+
+def group_table(groups: list[gr.Group], first: list[str], first_cells) -> nodes.table:
+    """Measured errors and tolerances, one line per group."""
+    body = [first_cells(g) + measured_cells(g) for g in groups]
+    classes = [[] if g.passed else ["gradproof-row-failed"] for g in groups]
+    return make_table(first + MEASURED, body, ["gradproof-rows"], classes)
 
 
 class FormulaDirective(ResultsDirective):
@@ -192,47 +222,36 @@ class FormulaDirective(ResultsDirective):
         n_failed = sum(1 for r in rows if r["passed"] is not True)
         tests = gr.tests_of(rows)
         if status == gr.VERIFIED:
-            summary = f"all {len(rows)} result rows from {len(tests)} tests passed in this build"
+            summary = f"All {len(rows)} result rows from {len(tests)} tests passed in this build"
         elif status == gr.FAILED:
             summary = f"{n_failed} of {len(rows)} result rows FAILED in this build"
         else:
-            summary = "no result rows in this build: nothing has checked this formula"
+            summary = "No result rows in this build: nothing has checked this formula"
         head = nodes.paragraph()
         head += nodes.literal(text=fid)
-        head += nodes.Text(f" \u2014 {title}. {summary[0].upper()}{summary[1:]} ({self.provenance(res)}).")
+        head += nodes.Text(f" \u2014 {title}. {summary} ({self.provenance(res)}).")
         out += status_box(status, fid, [head])
 
-        binary = f"build/{res.preset}/tests/gradproof_tests"
-        if tests:
-            para = nodes.paragraph(text="Checked by: ")
-            for i, t in enumerate(tests):
-                if i:
-                    para += nodes.Text(", ")
-                para += nodes.literal(text=t)
-            para += nodes.Text(". Run only the tests labelled with this formula:")
+        out += nodes.paragraph(text="Run only the tests labelled with this formula:" if tests else
+                               "No test produced a result row for this formula. The tests labelled "
+                               "with it, if any, run with:")
+        out += nodes.literal_block(text=gr.run_only_command(f"build/{res.preset}/tests/gradproof_tests", fid),
+                                   language="none")
+        for test in tests:
+            trows = [r for r in rows if r["test"] == test]
+            shapes = []
+            for r in trows:
+                if gr.fmt_shape(r["shape"]) not in shapes:
+                    shapes.append(gr.fmt_shape(r["shape"]))
+            para = nodes.paragraph(classes=["gradproof-test"])
+            para += nodes.strong(text="Test ")
+            para += nodes.literal(text=test)
+            para += nodes.Text(f" \u2014 {notes_of(trows)}. Shapes: {', '.join(shapes)}.")
             out += para
-        else:
-            out += nodes.paragraph(text="No test produced a result row for this formula. "
-                                        "The tests labelled with it, if any, run with:")
-        out += nodes.literal_block(text=gr.run_only_command(binary, fid), language="sh")
-        if rows:
-            body, row_classes = [], []
-            for g in gr.group_rows(rows):
-                shapes = g.shapes
-                shape_text = ", ".join(gr.fmt_shape(s) for s in shapes) if len(shapes) <= 3 \
-                    else f"{len(shapes)} shapes"
-                body.append([nodes.literal(text=g.test.split("/")[-1]), g.oracle, g.dtype, g.kind,
-                             f"{len(g.rows)}: {shape_text}", gr.fmt_num(g.max_abs_err),
-                             gr.fmt_num(g.max_rel_err), gr.fmt_range(*g.atol_range),
-                             gr.fmt_range(*g.rtol_range), verdict(g.passed, g.n_failed, len(g.rows)),
-                             notes_of(g)])
-                row_classes.append([] if g.passed else ["gradproof-row-failed"])
-            out += make_table(["test", "oracle", "dtype", "kind", "rows: shapes", "max abs err",
-                               "max rel err", "atol", "rtol", "result", "what was compared"],
-                              body, ["gradproof-rows"], row_classes)
-            failing = [r for r in rows if r["passed"] is not True]
+            out += group_table(gr.group_rows(trows), ["oracle (kind)", "dtype"], lambda g: [oracle_cell(g), g.dtype])
+            failing = [r for r in trows if r["passed"] is not True]
             if failing:
-                out += nodes.paragraph(text=f"The {len(failing)} failing rows:",
+                out += nodes.paragraph(text=f"Its {len(failing)} failing rows, at the worst element:",
                                        classes=["gradproof-fail"])
                 out += failing_rows_table(failing)
         return [out]
@@ -314,20 +333,18 @@ class ReportDirective(ResultsDirective):
         for f in res.formulas + [{"id": fid, "title": "(not in the catalog)"} for fid in t.unknown_row_formulas]:
             rows = res.rows_of(f["id"])
             if not rows:
-                body.append([ref_to(f["id"]), "\u2014", "\u2014", "\u2014", "0", "\u2014", "\u2014", "\u2014",
+                body.append([ref_to(f["id"]), "\u2014", "\u2014", "0", "\u2014", "\u2014", "\u2014",
                              "\u2014", nodes.inline(text="\u2718 NOT VERIFIED: no result rows",
                                                     classes=["gradproof-fail"])])
-                classes.append(["gradproof-row-failed"])
+                classes.append(["gradproof-first", "gradproof-row-failed"])
                 continue
-            for g in gr.group_rows(rows, by_test=False):
-                body.append([ref_to(f["id"]), g.oracle, g.dtype, g.kind, str(len(g.rows)),
-                             gr.fmt_num(g.max_abs_err), gr.fmt_num(g.max_rel_err),
-                             gr.fmt_range(*g.atol_range), gr.fmt_range(*g.rtol_range),
-                             verdict(g.passed, g.n_failed, len(g.rows))])
-                classes.append([] if g.passed else ["gradproof-row-failed"])
+            groups = gr.group_rows(rows, by_test=False)
+            for i, g in enumerate(groups):  # the id once per formula, a rule above each formula
+                body.append([ref_to(f["id"]) if i == 0 else "", oracle_cell(g), g.dtype] + measured_cells(g))
+                classes.append((["gradproof-first"] if i == 0 else []) +
+                               ([] if g.passed else ["gradproof-row-failed"]))
         section = nodes.rubric(text="Every formula \u00d7 oracle \u00d7 dtype")
-        out += [section, make_table(["formula", "oracle", "dtype", "kind", "rows", "max abs err",
-                                     "max rel err", "atol", "rtol", "result"], body,
+        out += [section, make_table(["formula", "oracle (kind)", "dtype"] + MEASURED, body,
                                     ["gradproof-report"], classes)]
         failing = [r for r in res.rows if r["passed"] is not True]
         if failing:
@@ -379,6 +396,7 @@ def bench_plot(bench: gr.Bench, target: Path) -> None:
 class BenchDirective(SphinxDirective):
     def run(self) -> list[nodes.Node]:
         path = self.config.gradproof_bench
+        note_code_dependencies(self.env)
         if path:
             self.env.note_dependency(os.path.abspath(path))
         try:
@@ -417,26 +435,27 @@ class BenchDirective(SphinxDirective):
 
 # ---- Offline MathJax ------------------------------------------------------------------------
 
-# MathJax 2.7 from Debian's libjs-mathjax, TeX input with AMS, CommonHTML output, TeX web fonts:
-# only what the pages load (the browser test fails on any request that is not answered).
+# MathJax 2.7 from Debian's libjs-mathjax: the combined configuration TeX-AMS_CHTML (core, TeX
+# input with AMS, CommonHTML output) and what it loads on demand: the CHTML font metrics, the
+# operator tables, the TeX extensions that macros autoload, the menu and zoom (right click), and
+# the TeX web fonts (about 1.2 MB in all). The browser test fails on any request left unanswered.
 MATHJAX_FILES = [
     "MathJax.js",
     "config/TeX-AMS_CHTML.js",
     "extensions/MathMenu.js",
     "extensions/MathZoom.js",
-    "extensions/AssistiveMML.js",
-    "extensions/a11y/accessibility-menu.js",
 ]
 MATHJAX_DIRS = [
     "jax/output/CommonHTML",
-    "jax/element/mml",
-    "jax/input/TeX",
+    "jax/element/mml/optable",
     "extensions/TeX",
     "fonts/HTML-CSS/TeX/woff",
 ]
 MATHJAX_CONFIG = {
     "tex2jax": {"inlineMath": [["\\(", "\\)"]], "displayMath": [["\\[", "\\]"]], "processEscapes": False},
-    "TeX": {"equationNumbers": {"autoNumber": "none"}},
+    # Errors must show as errors (the browser test looks for them), not as the TeX source.
+    "TeX": {"equationNumbers": {"autoNumber": "none"}, "noErrors": {"disabled": True},
+            "noUndefined": {"disabled": True}},
     "CommonHTML": {"linebreaks": {"automatic": False}},
     "messageStyle": "none",
     "showMathMenu": False,
@@ -466,6 +485,7 @@ def copy_mathjax(app: Sphinx, exc: Exception | None) -> None:
     if not (src / "MathJax.js").is_file():
         logger.warning(f"MathJax not found in {src} (Debian package libjs-mathjax)")
         return
+    shutil.rmtree(dst, ignore_errors=True)  # exactly the files listed, nothing left from before
     for rel in MATHJAX_FILES:
         (dst / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src / rel, dst / rel)
@@ -473,11 +493,49 @@ def copy_mathjax(app: Sphinx, exc: Exception | None) -> None:
         shutil.copytree(src / rel, dst / rel, dirs_exist_ok=True)
 
 
+# ---- Debian's Furo, made to work offline ------------------------------------------------------
+
+def repair_furo(app: Sphinx, exc: Exception | None) -> None:
+    """Debian's furo (2022.12.07+dfsg) ships its sources unbundled: furo.js is an ES module that
+    imports gumshoe-patched.js (a classic script fails on the import; a module script is blocked
+    on file://), and furo.css imports normalize.css from /javascript/normalize.css/, a path of
+    Debian's web server, not of this site. Rebuild both as plain files in the site's _static."""
+    if exc is not None or app.builder.format != "html" or app.config.html_theme != "furo":
+        return
+    import furo
+
+    theme_static = Path(furo.__file__).parent / "theme" / "furo" / "static"
+    static = Path(app.outdir) / "_static"
+    gumshoe = (theme_static / "scripts" / "gumshoe-patched.js").read_text(encoding="utf-8")
+    main = (theme_static / "scripts" / "furo.js").read_text(encoding="utf-8")
+    imports = 'import Gumshoe from "./gumshoe-patched.js";'
+    # Gumshoe (the table-of-contents scroll spy) reads contents[-1].content even when a page's
+    # table of contents has no entries, and a short page (the landing page) is "at the bottom":
+    # a TypeError in the console on every load. Return early when there is nothing to spy on.
+    empty_toc = "var last = contents[contents.length - 1];"
+    gumshoe = gumshoe.replace(empty_toc, "if (!contents.length) return;\n      " + empty_toc)
+    css = (theme_static / "styles" / "furo.css").read_text(encoding="utf-8")
+    css_import = "@import url(/javascript/normalize.css/normalize.css);"
+    normalize = Path(app.config.gradproof_normalize_css)
+    if imports not in main and css_import not in css:
+        return  # a Furo that is bundled as upstream ships it: nothing to repair
+    if imports not in main or css_import not in css or empty_toc not in gumshoe or not normalize.is_file():
+        logger.warning("furo: unexpected Debian packaging; cannot make its scripts and styles work offline")
+        return
+    # Gumshoe is a UMD script: run as a classic script it defines window.Gumshoe.
+    (static / "scripts" / "furo.js").write_text(
+        f"{gumshoe}\n(function () {{\n{main.replace(imports, '')}\n}})();\n", encoding="utf-8")
+    (static / "styles" / "furo.css").write_text(css.replace(css_import, "@import url(normalize.css);"),
+                                               encoding="utf-8")
+    shutil.copyfile(normalize, static / "styles" / "normalize.css")
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     app.add_config_value("gradproof_results", "", "env")
     app.add_config_value("gradproof_bench", "", "env")
     app.add_config_value("gradproof_generated_dir", "", "env")
     app.add_config_value("gradproof_mathjax_src", "/usr/share/javascript/mathjax", "html")
+    app.add_config_value("gradproof_normalize_css", "/usr/share/javascript/normalize.css/normalize.css", "html")
     app.add_node(formula_ref)
     app.add_directive("gradproof-formula", FormulaDirective)
     app.add_directive("gradproof-ablation", AblationDirective)
@@ -486,5 +544,6 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.connect("doctree-resolved", resolve_formula_refs)
     app.connect("builder-inited", configure_mathjax, priority=900)  # after MyST's handler (500)
     app.connect("build-finished", copy_mathjax)
+    app.connect("build-finished", repair_furo)
     app.add_css_file("gradproof.css")
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
