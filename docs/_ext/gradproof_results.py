@@ -1,7 +1,7 @@
 """Reading what a build measured: results.json of the test run and bench/results.json.
 
 Plain Python (no Sphinx), shared by the Sphinx extension (gradproof_sphinx.py), the traceability
-check (trace.py) and their unit tests. Nothing here invents a value: every number the site shows
+check (traceability.py) and their unit tests. Nothing here invents a value: every number the site shows
 comes out of these files, and a formula is VERIFIED only if rows for it exist and all passed.
 """
 from __future__ import annotations

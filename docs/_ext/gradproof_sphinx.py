@@ -380,13 +380,14 @@ def bench_plot(bench: gr.Bench, target: Path) -> None:
         ax.bar(xs, ys, width, label=impl)
     for name, gbps in bench.bandwidth.items():
         ax.axhline(gbps, linestyle="--", linewidth=1, color="black")
-        ax.annotate(f"measured {name} {gbps:.1f} GB/s", (len(cases) - 0.5, gbps), ha="right", va="bottom",
-                    fontsize=8)
+        ax.annotate(f"measured {name}: {gbps:.1f} GB/s", (-0.45, gbps), ha="left", va="bottom", fontsize=8)
+    top = max([v or 0.0 for v in value.values()] + list(bench.bandwidth.values()) + [1.0])
+    ax.set_ylim(0, 1.12 * top)
     ax.set_xticks(range(len(cases)))
     ax.set_xticklabels([f"{op} {ps}\n{'x'.join(map(str, shape))}\n{th} thr" for op, ps, shape, th in cases],
                        fontsize=7)
     ax.set_ylabel("effective GB/s (minimum traffic)")
-    ax.legend(fontsize=8, ncol=min(3, len(impls)))
+    ax.legend(fontsize=8, ncol=len(impls), loc="lower left", bbox_to_anchor=(0, 1.01), frameon=False)
     fig.tight_layout()
     target.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(target, format="svg", metadata={"Date": None})
@@ -407,7 +408,8 @@ class BenchDirective(SphinxDirective):
         if bench is None:
             box = nodes.admonition(classes=["gradproof-status", "gradproof-no-bench", "warning"])
             box += nodes.title(text="No benchmark run in this build")
-            box += nodes.paragraph(text=f"There is no {path or 'benchmark results file'}: this build ran no "
+            shown = os.path.relpath(path, Path(self.env.srcdir).parent) if path else "benchmark results file"
+            box += nodes.paragraph(text=f"There is no {shown}: this build ran no "
                                         "benchmark, so this page shows no measurement. "
                                         "Run ./build.sh bench, then rebuild the site.")
             return [box]

@@ -80,7 +80,7 @@ let tries = 0;
     MathJax.Hub.Queue(() => report('typeset'));  // after any typesetting still queued
   } else if (window.MathJax && MathJax.Hub && MathJax.Hub.Register) {
     MathJax.Hub.Register.StartupHook('End', () => MathJax.Hub.Queue(() => report('typeset')));
-  } else if (++tries > 100) {
+  } else if (++tries > 40) {  // 2 s: MathJax.js is a local script that loads before the load event
     report('MathJax did not load');
   } else {
     setTimeout(wait, 50);
@@ -121,17 +121,18 @@ class Server:
         self.httpd.server_close()
 
 
-# Chromium sees only these system fonts. Debian's libjs-mathjax pulls in fonts-mathjax, and with
-# MathJax's fonts installed system-wide the browser never asks the site for its own copies: a
-# reader's machine has no such fonts, so the test hides them and the site's web fonts must load.
-FONT_DIRS = ["/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/truetype/liberation"]
+# Chromium sees the system's fonts except MathJax's. Debian's libjs-mathjax pulls in fonts-mathjax,
+# and with those installed the browser never asks the site for its own copies; a reader's machine
+# has no such fonts, so the test hides them and the site's web fonts must load.
+HIDDEN_FONTS = "/usr/share/fonts/opentype/mathjax/*"
 
 
 def fontconfig(profile: str) -> str:
     path = Path(profile) / "fonts.conf"
-    dirs = "".join(f"<dir>{d}</dir>" for d in FONT_DIRS)
-    path.write_text(f'<?xml version="1.0"?><fontconfig>{dirs}<cachedir>{profile}/fontcache</cachedir>'
-                    "</fontconfig>\n", encoding="utf-8")
+    path.write_text('<?xml version="1.0"?>\n<fontconfig>\n'
+                    '  <include ignore_missing="yes">/etc/fonts/fonts.conf</include>\n'
+                    f"  <selectfont><rejectfont><glob>{HIDDEN_FONTS}</glob></rejectfont></selectfont>\n"
+                    f"  <cachedir>{profile}/fontcache</cachedir>\n</fontconfig>\n", encoding="utf-8")
     return str(path)
 
 

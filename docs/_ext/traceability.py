@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Traceability check: the formula id is one thread through derivation, code, tests and results.
 
-    trace.py --results build/release/verification/results.json \\
+    traceability.py --results build/release/verification/results.json \\
              --test-binary build/release/tests/gradproof_tests [--root .]
 
 Fails (exit 1, one line per problem) when:
