@@ -194,6 +194,7 @@ BatchNormForward<Scalar> batchnorm_forward_train(const Tensor<Scalar>& x, Opt<co
                                {d, true, Tensor<Scalar>({d.C}), Tensor<Scalar>({d.C}), Tensor<Scalar>({d.C})}};
   const Scalar M = Scalar(static_cast<double>(d.M()));
   for (Index c = 0; c < d.C; ++c) {
+    //! [bn.forward]
     // Two passes over the channel: mean first, then the centred second moment, which avoids
     // the cancellation of E[x²] − E[x]².
     Scalar sum = Scalar(0);
@@ -215,6 +216,7 @@ BatchNormForward<Scalar> batchnorm_forward_train(const Tensor<Scalar>& x, Opt<co
       detail::ChunkMap<Scalar>(out.y.data() + d.offset(n, c), d.L) =
           (detail::ConstChunkMap<Scalar>(x.data() + d.offset(n, c), d.L) - mu) * (invstd * g) + b;
     }
+    //! [bn.forward]
   }
 
   if (running) {
