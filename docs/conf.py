@@ -4,6 +4,9 @@ GRADPROOF_RESULTS      results.json of the test run of this build (default: pres
 GRADPROOF_BENCH        bench/results.json of this build's benchmark run, if any
 GRADPROOF_DOXYGEN_XML  Doxygen's XML output for Breathe
 GRADPROOF_GENERATED    where figures made at build time (the benchmark plot) are written
+GRADPROOF_SITE_DIR     the site's build directory (build/site), for the defaults of the two above
+
+Without them, the defaults are those of the release preset, so a bare sphinx-build works too.
 """
 import os
 import sys
@@ -56,7 +59,7 @@ highlight_language = "c++"
 html_theme = "furo"
 html_title = "gradproof"
 html_static_path = ["_static"]
+html_favicon = "_static/favicon.svg"  # also spares the browser a request for /favicon.ico
 html_show_sphinx = True
 html_copy_source = False
 html_theme_options = {"navigation_with_keys": True}
-html_favicon = "_static/favicon.svg"  # also spares the browser a request for /favicon.ico
