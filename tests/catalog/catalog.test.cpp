@@ -49,6 +49,14 @@ BOOST_AUTO_TEST_CASE(formula_id_form_is_checked) {
 
 BOOST_AUTO_TEST_CASE(unknown_ablation_op_is_an_error) {
   BOOST_CHECK_THROW(catalog::ablate("nope"), std::invalid_argument);
+  BOOST_CHECK_THROW(catalog::ablation_summary("nope"), std::invalid_argument);
+}
+
+BOOST_AUTO_TEST_CASE(every_ablation_table_says_what_it_shows) {
+  for (const auto& a : catalog::registry().ablations) {
+    BOOST_TEST(!a.summary.empty(), "ablation table of " << a.op << " has no summary");
+    BOOST_TEST(catalog::ablation_summary(a.op) == a.summary);
+  }
 }
 
 BOOST_AUTO_TEST_SUITE_END()

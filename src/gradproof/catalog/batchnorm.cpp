@@ -1148,7 +1148,10 @@ void register_batchnorm(Registry& r) {
     add(id, "bn/negative_controls/" + id.substr(3) + "_drop_and_flip",
         [id](const std::string& t) { return check_negative_controls(id, t); });
   }
-  r.ablations.push_back({"bn", bn_ablation});
+  r.ablations.push_back({"bn", bn_ablation,
+                         "Every term is caught except ∂σ²/∂μ: it is zero at the batch mean, so dropping or\n"
+                         "flipping it changes dx only at the level of rounding. `grad_mean += grad_var * (-2.0 * 0.0)`\n"
+                         "is not a bug; it is a term that happens to be zero."});
 }
 
 }  // namespace gradproof::catalog

@@ -29,7 +29,7 @@ constexpr const char* kUsage =
     "  list                         formula ids with their titles\n"
     "  verify [--op OP] [--json FILE]\n"
     "                               run the catalog's checks, print a table (and write JSON)\n"
-    "  ablate OP                    the negative-control table of an op (e.g. bn)\n"
+    "  ablate OP                    the negative-control table of an op (bn, norm, ln, gn, in, rms)\n"
     "  collect PARTS_DIR OUT.json   merge a test run's result parts into results.json\n";
 
 std::string utc_now() {
@@ -163,9 +163,8 @@ int cmd_ablate(const std::string& op) {
               << (r.caught ? "yes" : "no") << std::setw(10) << (r.expected_caught ? "yes" : "no")
               << (r.passed ? "as derived" : "UNEXPECTED") << '\n';
   }
-  std::cout << "\nEvery term is caught except ∂σ²/∂μ: it is zero at the batch mean, so dropping or\n"
-               "flipping it changes dx only at the level of rounding. `grad_mean += grad_var * (-2.0 * 0.0)`\n"
-               "is not a bug; it is a term that happens to be zero.\n";
+  const std::string summary = catalog::ablation_summary(op);
+  if (!summary.empty()) std::cout << '\n' << summary << '\n';
   return ok ? 0 : 1;
 }
 

@@ -98,11 +98,6 @@ struct BatchNormStagedTrace {
   Tensor<Scalar> dmu_dx;    ///< `(C)`: \f$\partial\mu/\partial x_i\f$, the same for every i (bn.dmu_dx)
 };
 
-/// A nullable pointer argument; `nullptr` means "absent". (The alias keeps the scalar type from
-/// being deduced from it, so that a literal `nullptr` can be passed.)
-template <class T>
-using Opt = std::type_identity_t<T>*;
-
 namespace detail {
 
 constexpr const char* kBatchNorm = "batchnorm";

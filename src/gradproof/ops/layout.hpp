@@ -8,8 +8,14 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <type_traits>
 
 namespace gradproof::ops {
+
+/// A nullable pointer argument; `nullptr` means "absent". (The alias keeps the scalar type from
+/// being deduced from it, so that a literal `nullptr` can be passed.)
+template <class T>
+using Opt = std::type_identity_t<T>*;
 
 /// \brief An `(N, C, L)` view of a row-major tensor of shape `(N, C)`, `(N, C, L)` or `(N, C, H, W)`.
 ///
