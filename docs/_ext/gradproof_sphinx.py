@@ -110,6 +110,26 @@ def resolve_formula_refs(app: Sphinx, doctree: nodes.document, docname: str) -> 
             node.replace_self(text)
 
 
+class missing_derivations(nodes.container):
+    """Becomes a warning box listing the catalog formulas that no page derives (known only once
+    every page has been read), or nothing when every formula has its derivation."""
+
+
+def resolve_missing_derivations(app: Sphinx, doctree: nodes.document, docname: str) -> None:
+    labels = app.env.get_domain("std").labels
+    for node in list(doctree.findall(missing_derivations)):
+        missing = [fid for fid in node["formulas"] if fid not in labels]
+        if not missing:
+            node.replace_self([])
+            continue
+        box = nodes.admonition(classes=["gradproof-status", "gradproof-not-derived", "warning"])
+        box += nodes.title(text=f"\u2718 NOT DERIVED: {len(missing)} of {len(node['formulas'])} catalog "
+                                "formulas have no derivation on this site")
+        box += nodes.paragraph(text="They are checked by the tests (their rows are below), but no page of "
+                                    "derivations/ labels them: " + ", ".join(missing) + ".")
+        node.replace_self(box)
+
+
 def ref_to(fid: str) -> formula_ref:
     return formula_ref("", "", formula=fid)
 
@@ -179,7 +199,7 @@ def failing_rows_table(rows: list[dict[str, Any]], with_formula: bool = False) -
 def oracle_cell(g: gr.Group) -> nodes.paragraph:
     """The oracle, with the kind of check under it when it is not a plain comparison."""
     para = nodes.paragraph(text=g.oracle)
-    if g.kind != "oracle":
+    if g.kind not in ("oracle", g.oracle):
         para += nodes.inline(text=g.kind.replace("_", " "), classes=["gradproof-kind"])
     return para
 
@@ -322,6 +342,7 @@ class ReportDirective(ResultsDirective):
         if not bad:
             body.append(nodes.paragraph(text="Every formula of the catalog has result rows and every row passed."))
         out.append(status_box(status, headline, body))
+        out.append(missing_derivations(formulas=[f["id"] for f in res.formulas]))
         out.append(make_table(
             ["formulas", "verified", "failed", "no rows", "result rows", "passed", "failed",
              "negative controls", "controls failed"],
@@ -543,7 +564,9 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("gradproof-ablation", AblationDirective)
     app.add_directive("gradproof-report", ReportDirective)
     app.add_directive("gradproof-bench", BenchDirective)
+    app.add_node(missing_derivations)
     app.connect("doctree-resolved", resolve_formula_refs)
+    app.connect("doctree-resolved", resolve_missing_derivations)
     app.connect("builder-inited", configure_mathjax, priority=900)  # after MyST's handler (500)
     app.connect("build-finished", copy_mathjax)
     app.connect("build-finished", repair_furo)

@@ -111,6 +111,10 @@ class DirectivesTest(unittest.TestCase):
                       self.text)
         self.assertIn("NOT VERIFIED: no result rows", self.text)
 
+    def test_report_lists_formulas_no_page_derives(self):
+        # The test page labels none of them, so all three are listed.
+        self.assertIn("NOT DERIVED: 3 of 3 catalog formulas have no derivation on this site", self.text)
+
     def test_ablation_table(self):
         self.assertIn("all 1 negative controls behaved as expected", self.text)
 
@@ -123,6 +127,15 @@ class DirectivesTest(unittest.TestCase):
 
 
 class EdgesTest(unittest.TestCase):
+    def test_no_missing_derivation_box_when_every_formula_is_labelled(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            page = "".join(f"({fid})=\n## {fid}\n\ntext\n\n" for fid in ("bn.ok", "bn.bad", "bn.none"))
+            html, warnings, _ = build(Path(tmp), "# R\n\n" + page + "```{gradproof-report}\n```\n")
+        self.assertEqual(warnings, "")
+        self.assertNotIn("NOT DERIVED", html)
+        self.assertIn("FAILED", html)
+
+
     def test_unknown_formula_id_is_a_warning(self):
         with tempfile.TemporaryDirectory() as tmp:
             _, warnings, _ = build(Path(tmp), "# X\n\n```{gradproof-formula} bn.ghost\n```\n")
