@@ -33,6 +33,7 @@ struct NCL {
 };
 
 /// Builds the `(N, C, L)` view of `shape` after checking that its rank is 2, 3 or 4.
+/// \param shape  shape of the argument, rank 2, 3 or 4
 /// \param what   name of the argument, for the error message
 /// \param op     name of the operation, for the error message
 /// \throws InvalidArgument for a rank outside [2, 4] or an empty tensor.
