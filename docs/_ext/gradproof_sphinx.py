@@ -21,6 +21,7 @@ those files, so an incremental build re-reads them when a new test run rewrites 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -172,11 +173,24 @@ class ResultsDirective(SphinxDirective):
 
 # ---- {gradproof-formula} ---------------------------------------------------------------------
 
+# An integer tuple such as (6,) or (2, 5): the shape a note names. Notes that differ only in these
+# say the same thing about different shapes, which the test line lists once anyway.
+_SHAPE_IN_NOTE = re.compile(r"\((?:\d+, )*\d+,?\)")
+
+
 def notes_of(rows: list[dict[str, Any]]) -> str:
+    """The distinct notes of `rows`, in order; notes differing only in a shape are given once."""
     notes: list[str] = []
+    seen: dict[str, int] = {}  # note with shapes blanked -> its index in notes
     for r in rows:
         n = r.get("note") or ""
-        if n and n not in notes:
+        if not n:
+            continue
+        key = _SHAPE_IN_NOTE.sub("(\u2026)", n)
+        if key in seen:
+            notes[seen[key]] = key  # a second shape: say it once, without the shape
+        else:
+            seen[key] = len(notes)
             notes.append(n)
     return "; ".join(notes)
 

@@ -327,19 +327,26 @@ BOOST_AUTO_TEST_CASE(layernorm_without_bias_has_no_dbeta) {
 
 // LayerNorm over one element is allowed (PyTorch allows it): σ² = 0, x̂ = 0, so y = β exactly
 // and the exact gradient in x is 0. Group norm with groups of one value (N > 1) likewise.
+// A set of one value: μ = x exactly, so x̂ = 0 and y = β exactly. The true dx is 0 as well, but
+// the fused kernel computes it as the cancellation (M·g − Σg)/√ε with M = 1, and when the compiler
+// contracts M·g − Σg into a fused multiply-add (release, -march=native) the result is the
+// rounding error of γ·dy times 1/√ε: zero only up to a few ulps of the terms. That bound is asserted.
 BOOST_AUTO_TEST_CASE(sets_of_one_value_give_beta_and_zero_gradient) {
+  const double eps = 1e-5, u = std::numeric_limits<double>::epsilon();
   const TensorD x = iota({4, 1}), dy = iota({4, 1}), g({1}, 1.5), b({1}, 0.25);
   const auto f = layernorm_forward<double>(x, &g, &b, {{1}});
   for (Index i = 0; i < 4; ++i) BOOST_TEST(f.y[i] == 0.25);
-  BOOST_TEST(max_abs(layernorm_backward(dy, x, &g, f.cache).dx) == 0.0);
-  BOOST_TEST(max_abs(layernorm_backward_staged(dy, x, &g, f.cache).dx) == 0.0);
-  BOOST_TEST(max_abs(layernorm_backward(dy, x, &g, f.cache).dgamma) == 0.0);  // dγ = Σ dy x̂ = 0
+  const double terms = 1.5 * max_abs(dy) / std::sqrt(eps);  // |γ dy| / √(0 + ε)
+  BOOST_TEST(max_abs(layernorm_backward(dy, x, &g, f.cache).dx) <= 4 * u * terms);
+  BOOST_TEST(max_abs(layernorm_backward_staged(dy, x, &g, f.cache).dx) <= 4 * u * terms);
+  BOOST_TEST(max_abs(layernorm_backward(dy, x, &g, f.cache).dgamma) == 0.0);  // dγ = Σ dy x̂, x̂ = 0 exactly
 
   const TensorD xg = iota({2, 3}), dyg = iota({2, 3}), gc({3}, 2.0), bc = iota({3});
   const auto fg = groupnorm_forward<double>(xg, &gc, &bc, {3});
   for (Index i = 0; i < 6; ++i) BOOST_TEST(fg.y[i] == bc[i % 3]);
-  BOOST_TEST(max_abs(groupnorm_backward(dyg, xg, &gc, fg.cache).dx) == 0.0);
-  BOOST_TEST(max_abs(groupnorm_backward_staged(dyg, xg, &gc, fg.cache).dx) == 0.0);
+  const double terms_g = 2.0 * max_abs(dyg) / std::sqrt(eps);
+  BOOST_TEST(max_abs(groupnorm_backward(dyg, xg, &gc, fg.cache).dx) <= 4 * u * terms_g);
+  BOOST_TEST(max_abs(groupnorm_backward_staged(dyg, xg, &gc, fg.cache).dx) <= 4 * u * terms_g);
 }
 
 BOOST_AUTO_TEST_CASE(instancenorm_eval_uses_running_statistics) {
@@ -349,9 +356,11 @@ BOOST_AUTO_TEST_CASE(instancenorm_eval_uses_running_statistics) {
   const auto f = instancenorm_forward_eval<double>(x, &g, &b, run);
   BOOST_TEST(!f.cache.training);
   for (Index i = 0; i < x.size(); ++i) {
+    // y = γ x̂ + β can cancel (here down to 0.02 from terms near 0.27), so the bound is a few
+    // ulps of the terms |γ x̂| + |β|, not of y.
     const Index c = (i / 4) % 3;
-    BOOST_TEST(f.y[i] == g[c] * (x[i] - run.mean[c]) / std::sqrt(run.var[c] + 1e-5) + 0.25,
-               boost::test_tools::tolerance(1e-15));
+    const double gxh = g[c] * (x[i] - run.mean[c]) / std::sqrt(run.var[c] + 1e-5);
+    BOOST_TEST(std::abs(f.y[i] - (gxh + 0.25)) <= 4 * std::numeric_limits<double>::epsilon() * (std::abs(gxh) + 0.25));
   }
   // Eval backward: y is affine in x.
   const TensorD dy = iota({2, 3, 4});

@@ -126,6 +126,20 @@ class DirectivesTest(unittest.TestCase):
         self.assertNotIn("cdn.jsdelivr", self.html)
 
 
+class NotesTest(unittest.TestCase):
+    def test_notes_that_differ_only_in_a_shape_are_given_once(self):
+        import gradproof_sphinx as gs
+        rows = [{"note": "forward y (normalized_shape (6,))"}, {"note": "forward y (normalized_shape (2, 5))"},
+                {"note": "eps = 0.001: max |dx| = 0.0253"}, {"note": "eps = 1e-05: max |dx| = 0.00025"},
+                {"note": "forward y (normalized_shape (6,))"}, {"note": ""}]
+        self.assertEqual(gs.notes_of(rows), "forward y (normalized_shape (\u2026)); eps = 0.001: max |dx| = 0.0253; "
+                                            "eps = 1e-05: max |dx| = 0.00025")
+
+    def test_a_single_shape_is_kept(self):
+        import gradproof_sphinx as gs
+        self.assertEqual(gs.notes_of([{"note": "Jacobian (2, 3)"}]), "Jacobian (2, 3)")
+
+
 class EdgesTest(unittest.TestCase):
     def test_no_missing_derivation_box_when_every_formula_is_labelled(self):
         with tempfile.TemporaryDirectory() as tmp:
