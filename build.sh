@@ -3,6 +3,7 @@
 #
 #   ./build.sh test     build and run every test (presets dev and asan) and the install test
 #   ./build.sh site     build, test, benchmark and render the site; prints the path of index.html
+#                       (non-zero exit if any check failed; the site still shows the failure)
 #   ./build.sh serve    serve the built site on http://127.0.0.1:8000/ (PORT=... to change)
 #   ./build.sh bench [ARGS]   run the benchmarks (preset bench), write build/bench/bench/results.json
 #                       (ARGS go to gradproof_bench, e.g. --threads 2 --reps 40; see --help)
@@ -12,7 +13,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
 
-log() { printf '\033[1m== %s\033[0m\n' "$*" >&2; }
+log() { printf '\033[1m== [%3ds] %s\033[0m\n' "$SECONDS" "$*" >&2; }
 die() { printf 'build.sh: %s\n' "$*" >&2; exit 1; }
 
 # ---- Packages ----------------------------------------------------------------------------------
@@ -59,24 +60,25 @@ cmd_test() {
   log "all tests passed (dev, asan); results: build/dev/verification/results.json"
 }
 
-cmd_site() {
-  die "site: not built yet (see issue 3)"
+# ---- The site (issue 3) ------------------------------------------------------------------------
+SITE_PRESET=release            # the build whose test results the site shows
+SITE_DIR="$here/build/site"    # doxygen/, doctrees/, html/, generated/, artifacts/
+PY=/usr/bin/python3            # Debian's: Sphinx, MyST, Breathe, matplotlib, Selenium
+
+sync_tree() {  # sync_tree SRC DST: copy changed files only, so unchanged ones keep their mtime
+  local src=$1 dst=$2 f
+  mkdir -p "$dst"
+  while IFS= read -r -d '' f; do
+    cmp -s "$src/$f" "$dst/$f" || { mkdir -p "$(dirname "$dst/$f")"; cp "$src/$f" "$dst/$f"; }
+  done < <(cd "$src" && find . -type f -print0)
+  while IFS= read -r -d '' f; do
+    [ -e "$src/$f" ] || rm -f "$dst/$f"
+  done < <(cd "$dst" && find . -type f -print0)
 }
 
-cmd_serve() {
-  die "serve: not built yet (see issue 3)"
-}
-
-cmd_bench() {  # the comparisons need libtorch and oneDNN: the bench group of packages.txt
-  deps build bench
-  build_preset bench
-  log "benchmarks (load average $(cut -d' ' -f1-3 /proc/loadavg); other work on the machine skews them)"
-  build/bench/bench/gradproof_bench --out "$here/build/bench/bench/results.json" "$@"
-}
-
-# Called by cmd_site: runs the benchmarks for the Performance page (GRADPROOF_SKIP_BENCH=1 skips
-# them; the page then shows the results file of an earlier run, or says that there is none) and
-# exports GRADPROOF_BENCH, the results file that docs/conf.py hands to the {gradproof-bench} directive.
+# The benchmarks for the Performance page (GRADPROOF_SKIP_BENCH=1 skips them: the page then shows
+# the results file of an earlier run, or says that there is none). Exports GRADPROOF_BENCH, the
+# results file that docs/conf.py hands to the {gradproof-bench} directive.
 site_bench() {
   if [ "${GRADPROOF_SKIP_BENCH:-0}" = 1 ]; then
     log "benchmarks skipped (GRADPROOF_SKIP_BENCH=1)"
@@ -86,7 +88,59 @@ site_bench() {
   export GRADPROOF_BENCH="$here/build/bench/bench/results.json"
 }
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+cmd_site() {
+  deps build site
+  local status=0 build="$here/build/$SITE_PRESET"
+  local results="$build/verification/results.json" tests="$build/tests/gradproof_tests"
+
+  build_preset "$SITE_PRESET"
+  # The site shows this run's results, failures included; a failure makes the command fail at
+  # the end, after the site that shows it has been built.
+  log "ctest ($SITE_PRESET): the test run the site reports"
+  ctest --preset "$SITE_PRESET" || status=1
+  [ -f "$results" ] || die "site: the test run wrote no $results"
+
+  site_bench
+
+  log "doxygen (XML for the API reference)"
+  rm -rf "$SITE_DIR/doxygen-new" && mkdir -p "$SITE_DIR/doxygen-new"
+  GRADPROOF_DOXYGEN_OUT="$SITE_DIR/doxygen-new" doxygen docs/Doxyfile
+  sync_tree "$SITE_DIR/doxygen-new" "$SITE_DIR/doxygen"  # unchanged XML: API pages not re-read
+
+  log "sphinx: unit tests of the extension, then the site"
+  "$PY" tests/site/sphinx_ext_test.py >"$SITE_DIR/sphinx_ext_test.log" 2>&1 \
+    || { cat "$SITE_DIR/sphinx_ext_test.log"; die "site: the extension's unit tests failed"; }
+  GRADPROOF_RESULTS="$results" GRADPROOF_DOXYGEN_XML="$SITE_DIR/doxygen/xml" \
+    GRADPROOF_SITE_DIR="$SITE_DIR" GRADPROOF_GENERATED="$SITE_DIR/generated" \
+    /usr/bin/sphinx-build -W --keep-going -q -b html -d "$SITE_DIR/doctrees" docs "$SITE_DIR/html" \
+    || die "site: sphinx-build reported warnings or errors"
+
+  log "traceability (derivations, code markers, test labels, result rows)"
+  "$PY" docs/_ext/traceability.py --results "$results" --test-binary "$tests" || status=1
+
+  log "browser test (headless Chromium, every page, served and from file://)"
+  "$PY" tests/site/browser_test.py "$SITE_DIR/html" --artifacts "$SITE_DIR/artifacts" || status=1
+
+  [ "$status" -eq 0 ] || log "the site is built, and shows what failed; see the messages above"
+  echo "$SITE_DIR/html/index.html"
+  return "$status"
+}
+
+cmd_serve() {
+  local port=${PORT:-8000}
+  [ -f "$SITE_DIR/html/index.html" ] || die "serve: no site yet; run ./build.sh site first"
+  log "serving $SITE_DIR/html on http://127.0.0.1:$port/ (Ctrl-C stops)"
+  exec "$PY" -m http.server "$port" --bind 127.0.0.1 --directory "$SITE_DIR/html"
+}
+
+cmd_bench() {  # the comparisons need libtorch and oneDNN: the bench group of packages.txt
+  deps build bench
+  build_preset bench
+  log "benchmarks (load average $(cut -d' ' -f1-3 /proc/loadavg); other work on the machine skews them)"
+  build/bench/bench/gradproof_bench --out "$here/build/bench/bench/results.json" "$@"
+}
+
+usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
 
 case "${1:-}" in
   test) cmd_test ;;

@@ -63,19 +63,29 @@ class Tensor {
     }
   }
 
+  /// The extents, outermost first.
   const Shape& shape() const noexcept { return shape_; }
+  /// Number of axes.
   Index rank() const noexcept { return static_cast<Index>(shape_.size()); }
+  /// Extent of one axis (bounds-checked).
   Index dim(Index axis) const { return shape_.at(static_cast<std::size_t>(axis)); }
+  /// Number of elements, the product of the extents.
   Index size() const noexcept { return static_cast<Index>(data_.size()); }
+  /// True when some extent is 0.
   bool empty() const noexcept { return data_.empty(); }
 
+  /// The elements, row-major.
   Scalar* data() noexcept { return data_.data(); }
+  /// The elements, row-major (read only).
   const Scalar* data() const noexcept { return data_.data(); }
+  /// Element `i` in row-major order (unchecked).
   Scalar& operator[](Index i) { return data_[static_cast<std::size_t>(i)]; }
+  /// Element `i` in row-major order (unchecked, read only).
   const Scalar& operator[](Index i) const { return data_[static_cast<std::size_t>(i)]; }
 
   /// A flat Eigen view of all elements (row-major order).
   Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>> flat() { return {data(), size()}; }
+  /// A flat read-only Eigen view of all elements (row-major order).
   Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>> flat() const { return {data(), size()}; }
 
   /// Element-wise conversion to another scalar type (e.g. float to double for an oracle).
@@ -114,8 +124,7 @@ inline Index numel(const Shape& shape) {
   return n;
 }
 
-/// Float and double aliases, as published for every op.
-using TensorF = Tensor<float>;
-using TensorD = Tensor<double>;
+using TensorF = Tensor<float>;   ///< The float alias, as published for every op.
+using TensorD = Tensor<double>;  ///< The double alias, as published for every op.
 
 }  // namespace gradproof

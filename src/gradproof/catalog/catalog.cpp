@@ -8,6 +8,8 @@ const Registry& registry() {
   static const Registry r = [] {
     Registry built;
     register_batchnorm(built);
+    register_normalization(built);
+    register_rmsnorm(built);
     return built;
   }();
   return r;
@@ -30,6 +32,12 @@ std::vector<Check> checks(const std::string& op) {
 std::vector<check::AblationRow> ablate(const std::string& op) {
   for (const auto& a : registry().ablations)
     if (a.op == op) return a.run();
+  throw std::invalid_argument("ablate: no negative-control table for op '" + op + "'");
+}
+
+std::string ablation_summary(const std::string& op) {
+  for (const auto& a : registry().ablations)
+    if (a.op == op) return a.summary;
   throw std::invalid_argument("ablate: no negative-control table for op '" + op + "'");
 }
 

@@ -32,6 +32,7 @@ struct Check {
 struct Ablation {
   std::string op;                                         ///< op family
   std::function<std::vector<check::AblationRow>()> run;  ///< runs every drop/flip
+  std::string summary;                                    ///< what the table shows, in a few lines
 };
 
 /// Everything one op family contributes to the catalog.
@@ -54,7 +55,18 @@ std::vector<Check> checks(const std::string& op = "");
 /// \throws std::invalid_argument if the op has no ablation table.
 std::vector<check::AblationRow> ablate(const std::string& op);
 
+/// What the negative-control table of `op` shows (printed under it by `gradproof ablate`).
+/// \throws std::invalid_argument if the op has no ablation table.
+std::string ablation_summary(const std::string& op);
+
 /// Adds batch normalization (`bn.*`) to a registry.
 void register_batchnorm(Registry& r);
+
+/// Adds the normalization family with a mean to a registry: the general core over a set
+/// (`norm.*`), layer norm (`ln.*`), group norm (`gn.*`) and instance norm (`in.*`).
+void register_normalization(Registry& r);
+
+/// Adds RMS normalization (`rms.*`) to a registry.
+void register_rmsnorm(Registry& r);
 
 }  // namespace gradproof::catalog

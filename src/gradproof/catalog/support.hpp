@@ -9,7 +9,10 @@
 
 #include <Eigen/Core>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -44,6 +47,23 @@ class Rng {
   static double f32(double v) { return static_cast<double>(static_cast<float>(v)); }
   std::mt19937_64 gen_;
 };
+
+/// \brief Sets the sample mean and the (biased) standard deviation of `t` at the flat indices
+/// `idx` to exactly `mean` and `sd` (before the final rounding of each value to float).
+///
+/// Random data of a small set can be nearly constant by chance (two draws 0.03 apart, say), and
+/// then the problem is ill-conditioned: float32 loses \f$\log_2(|\mu|/\sigma)\f$ bits when it
+/// centres, and a difference step that is small against \f$|x|\f$ is not small against
+/// \f$\sigma\f$. The tolerance policy assumes \f$|\mu|/\sigma\f$ of order 10 at most; this
+/// makes the test data honour that assumption for every shape, including \f$M = 2\f$.
+inline void set_moments(TensorD& t, const std::vector<Index>& idx, double mean, double sd) {
+  double m = 0, v = 0;
+  for (Index i : idx) m += t[i];
+  m /= static_cast<double>(idx.size());
+  for (Index i : idx) v += (t[i] - m) * (t[i] - m);
+  const double s = std::sqrt(v / static_cast<double>(idx.size()));
+  for (Index i : idx) t[i] = static_cast<double>(static_cast<float>(mean + sd * (t[i] - m) / s));
+}
 
 /// Flattens a tensor into a `Vec<S>` (row-major order).
 template <class S>
@@ -125,6 +145,75 @@ inline Eigen::VectorXd flat_rowmajor(const Eigen::MatrixXd& J) {
   Eigen::VectorXd v(J.size());
   for (Eigen::Index i = 0; i < J.rows(); ++i) v.segment(i * J.cols(), J.cols()) = J.row(i).transpose();
   return v;
+}
+
+/// An analytic result in one dtype, laid out like the oracle's values it is compared with.
+struct Analytic {
+  std::string dtype;       ///< `float64` or `float32`
+  Eigen::VectorXd values;  ///< the analytic values, widened to double
+};
+
+/// \brief One row per (oracle, analytic dtype): the oracle's full Jacobian of `f` at `at`
+/// against each analytic Jacobian (flattened row-major, or a gradient when `f` is scalar).
+/// \param scale  natural magnitude of the compared entries, for the absolute tolerance (see
+///               check::tolerance_policy()); negative means \f$\max_i|n_i|\f$
+template <class F>
+void jacobian_rows(std::vector<check::ResultRow>& rows, RowMeta meta, F&& f, const Eigen::VectorXd& at,
+                   const std::vector<Analytic>& analytic, double scale) {
+  for (Oracle o : all_oracles()) {
+    const Eigen::MatrixXd J = check::jacobian(o, f, at);
+    const Eigen::VectorXd numeric = flat_rowmajor(J);
+    for (const Analytic& a : analytic) {
+      meta.oracle = check::name(o);
+      meta.dtype = a.dtype;
+      rows.push_back(oracle_row(meta, o, a.values, numeric, {J.rows(), J.cols()}, scale));
+    }
+  }
+}
+
+/// A vector-Jacobian product \f$v \mapsto J^T v\f$ (m to n), as computed by a backward pass.
+using Vjp = std::function<Eigen::VectorXd(const Eigen::VectorXd&)>;
+
+/// The natural magnitude of \f$v^T J u\f$: the sum of the magnitudes of the terms it is made of.
+using ProjectionScale = std::function<double(const Eigen::VectorXd& v, const Eigen::VectorXd& u)>;
+
+/// \brief Random projections for shapes too large for full Jacobians: `K` pairs \f$(u, v)\f$
+/// of standard normal vectors, and per oracle and analytic dtype one row comparing
+/// \f$\langle \mathrm{vjp}(v), u\rangle\f$ with \f$\langle v, J u\rangle\f$ from the oracle's JVP.
+/// \param m       number of outputs of `f`
+/// \param vjps    (dtype, backward pass) pairs
+/// \param scale   natural magnitude of one projection; the largest over the `K` pairs is used
+template <class F>
+void projection_rows(std::vector<check::ResultRow>& rows, RowMeta meta, F&& f, const Eigen::VectorXd& at,
+                     Eigen::Index m, const std::vector<std::pair<std::string, Vjp>>& vjps, int K, std::uint64_t seed,
+                     const ProjectionScale& scale) {
+  Rng rng(seed);
+  std::vector<Eigen::VectorXd> us, vs;
+  double magnitude = 0;
+  for (int k = 0; k < K; ++k) {
+    Eigen::VectorXd u(at.size()), v(m);
+    for (Eigen::Index j = 0; j < u.size(); ++j) u[j] = rng.normal();
+    for (Eigen::Index i = 0; i < m; ++i) v[i] = rng.normal();
+    magnitude = std::max(magnitude, scale(v, u));
+    us.push_back(std::move(u));
+    vs.push_back(std::move(v));
+  }
+  std::vector<Eigen::VectorXd> analytic;
+  for (const auto& [dtype, vjp] : vjps) {
+    Eigen::VectorXd a(K);
+    for (int k = 0; k < K; ++k) a[k] = vjp(vs[static_cast<std::size_t>(k)]).dot(us[static_cast<std::size_t>(k)]);
+    analytic.push_back(std::move(a));
+  }
+  for (Oracle o : all_oracles()) {
+    Eigen::VectorXd numeric(K);
+    for (int k = 0; k < K; ++k)
+      numeric[k] = vs[static_cast<std::size_t>(k)].dot(check::jvp(o, f, at, us[static_cast<std::size_t>(k)]));
+    for (std::size_t a = 0; a < vjps.size(); ++a) {
+      meta.oracle = check::name(o);
+      meta.dtype = vjps[a].first;
+      rows.push_back(oracle_row(meta, o, analytic[a], numeric, {K}, magnitude));
+    }
+  }
 }
 
 }  // namespace gradproof::catalog::support

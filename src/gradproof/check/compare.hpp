@@ -129,11 +129,11 @@ struct ResultRow {
   std::string dtype{};                ///< dtype of the analytic result: `float64` or `float32`
   std::string kind{};                 ///< `oracle`, `property`, `agreement`, `pitfall`, `reference`, ...
   std::vector<std::int64_t> shape{};  ///< shape of the input the check ran on
-  double max_abs_err = 0;
-  double max_rel_err = 0;
-  double atol = 0;
-  double rtol = 0;
-  bool passed = false;
+  double max_abs_err = 0;  ///< as in Comparison::max_abs_err
+  double max_rel_err = 0;  ///< as in Comparison::max_rel_err
+  double atol = 0;         ///< absolute tolerance used
+  double rtol = 0;         ///< relative tolerance used
+  bool passed = false;     ///< every element within \f$\mathrm{atol} + \mathrm{rtol}\,|n_i|\f$
   std::vector<std::int64_t> worst_index{};  ///< index of the worst element in `value_shape`
   double analytic = 0;                    ///< analytic value at the worst element
   double numeric = 0;                     ///< reference value at the worst element

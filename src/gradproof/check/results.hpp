@@ -28,6 +28,7 @@ struct AblationRow {
 
 namespace json {
 
+/// A JSON string literal: quotes, backslashes and control characters escaped; UTF-8 passes through.
 inline void string(std::ostream& out, const std::string& s) {
   out << '"';
   for (unsigned char ch : s) {
@@ -61,6 +62,7 @@ inline void number(std::ostream& out, double v) {
   out << s.str();
 }
 
+/// A JSON array of integers, e.g. a shape `[2,3,4]`.
 inline void ints(std::ostream& out, const std::vector<std::int64_t>& v) {
   out << '[';
   for (std::size_t i = 0; i < v.size(); ++i) out << (i ? "," : "") << v[i];

@@ -105,11 +105,6 @@ struct BatchNormStagedTrace {
   Tensor<Scalar> dmu_dx;    ///< `(C)`: \f$\partial\mu/\partial x_i\f$, the same for every i (bn.dmu_dx)
 };
 
-/// A nullable pointer argument; `nullptr` means "absent". (The alias keeps the scalar type from
-/// being deduced from it, so that a literal `nullptr` can be passed.)
-template <class T>
-using Opt = std::type_identity_t<T>*;
-
 namespace detail {
 
 constexpr const char* kBatchNorm = "batchnorm";
@@ -315,6 +310,7 @@ void batchnorm_forward_train_reference(const Tensor<Scalar>& x, const Tensor<Sca
   const NCL d = cache.dims;
   const Scalar M = Scalar(static_cast<double>(d.M()));
   for (Index c = 0; c < d.C; ++c) {
+    //! [bn.forward]
     // Two passes over the channel: mean first, then the centred second moment, which avoids
     // the cancellation of E[x²] − E[x]².
     Scalar sum = Scalar(0);
@@ -336,6 +332,7 @@ void batchnorm_forward_train_reference(const Tensor<Scalar>& x, const Tensor<Sca
       ChunkMap<Scalar>(y.data() + d.offset(n, c), d.L) =
           (ConstChunkMap<Scalar>(x.data() + d.offset(n, c), d.L) - mu) * (invstd * g) + b;
     }
+    //! [bn.forward]
   }
 }
 

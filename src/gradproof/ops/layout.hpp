@@ -8,8 +8,14 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <type_traits>
 
 namespace gradproof::ops {
+
+/// A nullable pointer argument; `nullptr` means "absent". (The alias keeps the scalar type from
+/// being deduced from it, so that a literal `nullptr` can be passed.)
+template <class T>
+using Opt = std::type_identity_t<T>*;
 
 /// \brief An `(N, C, L)` view of a row-major tensor of shape `(N, C)`, `(N, C, L)` or `(N, C, H, W)`.
 ///
@@ -27,6 +33,7 @@ struct NCL {
 };
 
 /// Builds the `(N, C, L)` view of `shape` after checking that its rank is 2, 3 or 4.
+/// \param shape  shape of the argument, rank 2, 3 or 4
 /// \param what   name of the argument, for the error message
 /// \param op     name of the operation, for the error message
 /// \throws InvalidArgument for a rank outside [2, 4] or an empty tensor.

@@ -1,0 +1,338 @@
+"""Reading what a build measured: results.json of the test run and bench/results.json.
+
+Plain Python (no Sphinx), shared by the Sphinx extension (gradproof_sphinx.py), the traceability
+check (traceability.py) and their unit tests. Nothing here invents a value: every number the site shows
+comes out of these files, and a formula is VERIFIED only if rows for it exist and all passed.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+VERIFIED = "VERIFIED"
+FAILED = "FAILED"
+NOT_VERIFIED = "NOT VERIFIED"
+
+ROW_KEYS = ("formula", "test", "oracle", "dtype", "kind", "shape", "max_abs_err", "max_rel_err",
+            "atol", "rtol", "passed")
+ABLATION_KEYS = ("op", "term", "change", "caught", "expected_caught", "passed")
+
+
+class DataError(Exception):
+    """A results file is missing, unreadable or not in the expected schema."""
+
+
+# ---- results.json ----------------------------------------------------------------------------
+
+@dataclass
+class Results:
+    path: Path
+    preset: str
+    generated_utc: str
+    compiler: str
+    formulas: list[dict[str, Any]]  # {"id", "op", "title"}, catalog order
+    rows: list[dict[str, Any]]
+    ablation: list[dict[str, Any]]
+
+    def formula(self, fid: str) -> dict[str, Any] | None:
+        return next((f for f in self.formulas if f["id"] == fid), None)
+
+    def rows_of(self, fid: str) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r["formula"] == fid]
+
+    def ablation_of(self, op: str) -> list[dict[str, Any]]:
+        return [a for a in self.ablation if a["op"] == op]
+
+    def unknown_row_formulas(self) -> list[str]:
+        """Formula ids that rows name but the catalog does not list."""
+        known = {f["id"] for f in self.formulas}
+        return sorted({r["formula"] for r in self.rows} - known)
+
+
+def load_results(path: str | Path) -> Results:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: no results file; run the tests of this build first (ctest)") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read results: {e}") from None
+    if not isinstance(data, dict) or data.get("schema") != 1:
+        raise DataError(f"{path}: expected a results object with \"schema\": 1")
+    for key in ("formulas", "rows", "ablation"):
+        if not isinstance(data.get(key), list):
+            raise DataError(f"{path}: \"{key}\" must be a list")
+    for i, f in enumerate(data["formulas"]):
+        if not all(k in f for k in ("id", "op", "title")):
+            raise DataError(f"{path}: formulas[{i}] lacks one of id, op, title")
+    for i, r in enumerate(data["rows"]):
+        missing = [k for k in ROW_KEYS if k not in r]
+        if missing:
+            raise DataError(f"{path}: rows[{i}] lacks {', '.join(missing)}")
+    for i, a in enumerate(data["ablation"]):
+        missing = [k for k in ABLATION_KEYS if k not in a]
+        if missing:
+            raise DataError(f"{path}: ablation[{i}] lacks {', '.join(missing)}")
+    return Results(path=path, preset=str(data.get("preset", "?")),
+                   generated_utc=str(data.get("generated_utc", "?")),
+                   compiler=str(data.get("compiler", "?")), formulas=data["formulas"],
+                   rows=data["rows"], ablation=data["ablation"])
+
+
+def status_of(rows: list[dict[str, Any]]) -> str:
+    """VERIFIED only if there are rows and every one passed."""
+    if not rows:
+        return NOT_VERIFIED
+    return VERIFIED if all(r["passed"] is True for r in rows) else FAILED
+
+
+def _max(values):
+    """Largest value; None (a NaN written as null) dominates, since it never passes."""
+    values = list(values)
+    if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
+        return None
+    return max(values) if values else None
+
+
+@dataclass
+class Group:
+    """Rows of one test x oracle x dtype (x kind): one line of a formula's table."""
+    test: str
+    oracle: str
+    dtype: str
+    kind: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        seen: list[tuple[int, ...]] = []
+        for r in self.rows:
+            s = tuple(r["shape"])
+            if s not in seen:
+                seen.append(s)
+        return seen
+
+    @property
+    def n_failed(self) -> int:
+        return sum(1 for r in self.rows if r["passed"] is not True)
+
+    @property
+    def passed(self) -> bool:
+        return self.n_failed == 0
+
+    @property
+    def max_abs_err(self):
+        return _max(r["max_abs_err"] for r in self.rows)
+
+    @property
+    def max_rel_err(self):
+        return _max(r["max_rel_err"] for r in self.rows)
+
+    @property
+    def atol_range(self) -> tuple[float, float]:
+        v = [r["atol"] for r in self.rows]
+        return min(v), max(v)
+
+    @property
+    def rtol_range(self) -> tuple[float, float]:
+        v = [r["rtol"] for r in self.rows]
+        return min(v), max(v)
+
+    @property
+    def failing_rows(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r["passed"] is not True]
+
+
+def group_rows(rows: list[dict[str, Any]], by_test: bool = True) -> list[Group]:
+    """Groups rows by (test, oracle, dtype, kind), or (oracle, dtype, kind) if not by_test,
+    keeping the order in which each group first appears."""
+    groups: dict[tuple, Group] = {}
+    for r in rows:
+        test = r["test"] if by_test else ""
+        key = (test, r["oracle"], r["dtype"], r["kind"])
+        if key not in groups:
+            groups[key] = Group(test, r["oracle"], r["dtype"], r["kind"])
+        groups[key].rows.append(r)
+    return list(groups.values())
+
+
+def tests_of(rows: list[dict[str, Any]]) -> list[str]:
+    """Test names in order of first appearance."""
+    out: list[str] = []
+    for r in rows:
+        if r["test"] not in out:
+            out.append(r["test"])
+    return out
+
+
+@dataclass
+class Totals:
+    formulas: int
+    rows: int
+    passed: int
+    failed: int
+    formulas_verified: list[str]
+    formulas_failed: list[str]
+    formulas_without_rows: list[str]
+    unknown_row_formulas: list[str]
+    ablation: int
+    ablation_failed: int
+
+
+def totals(res: Results) -> Totals:
+    verified, failed, missing = [], [], []
+    for f in res.formulas:
+        s = status_of(res.rows_of(f["id"]))
+        {VERIFIED: verified, FAILED: failed, NOT_VERIFIED: missing}[s].append(f["id"])
+    n_failed = sum(1 for r in res.rows if r["passed"] is not True)
+    return Totals(formulas=len(res.formulas), rows=len(res.rows), passed=len(res.rows) - n_failed,
+                  failed=n_failed, formulas_verified=verified, formulas_failed=failed,
+                  formulas_without_rows=missing, unknown_row_formulas=res.unknown_row_formulas(),
+                  ablation=len(res.ablation),
+                  ablation_failed=sum(1 for a in res.ablation if a["passed"] is not True))
+
+
+def run_only_command(test_binary: str, fid: str) -> str:
+    """The command that runs exactly the tests labelled with a formula id."""
+    return f"{test_binary} --run_test=@{fid}"
+
+
+# ---- Formatting ------------------------------------------------------------------------------
+
+def fmt_num(v) -> str:
+    """Errors and tolerances: three significant digits; null (a NaN in the run) shown as NaN."""
+    if v is None:
+        return "NaN"
+    if v == 0:
+        return "0"
+    return f"{v:.3g}"
+
+
+def fmt_range(lo, hi) -> str:
+    """A tolerance that scales with the data, as its range over the rows (two digits)."""
+    if fmt_num(lo) == fmt_num(hi):
+        return fmt_num(lo)
+    return f"{lo:.2g}…{hi:.2g}"
+
+
+def fmt_shape(shape) -> str:
+    s = ", ".join(str(d) for d in shape)
+    return f"({s},)" if len(shape) == 1 else f"({s})"
+
+
+# ---- Test labels, from the test binary ----------------------------------------------------------
+
+_DOT_NODE = re.compile(r'^(tu\d+)\[.*?label="(.*)"\];$')
+_DOT_EDGE = re.compile(r'^(tu\d+) -> (tu\d+);$')
+
+
+def parse_dot_labels(dot: str) -> dict[str, list[str]]:
+    """Maps each label to the full names (suite/.../case) of the test units that carry it, from
+    the output of `gradproof_tests --list_content=DOT` (Boost.Test's --list_labels gives only
+    the label names; the DOT listing also says which test carries which label)."""
+    name: dict[str, str] = {}
+    labels: dict[str, list[str]] = {}
+    parent: dict[str, str] = {}
+    for line in dot.splitlines():
+        line = line.strip()
+        m = _DOT_NODE.match(line)
+        if m:
+            unit, text = m.groups()
+            parts = text.split("|")
+            name[unit] = parts[0]
+            labels[unit] = []
+            for p in parts[2:]:
+                if p.startswith("labels:"):
+                    labels[unit] = [w[1:] for w in p.split()[1:] if w.startswith("@")]
+            continue
+        m = _DOT_EDGE.match(line)
+        if m:
+            parent[m.group(2)] = m.group(1)
+
+    def full(unit: str) -> str:
+        parts = []
+        while unit in parent:  # the root (master suite) has no parent and no place in names
+            parts.append(name[unit])
+            unit = parent[unit]
+        return "/".join(reversed(parts))
+
+    out: dict[str, list[str]] = {}
+    for unit, labs in labels.items():
+        for lab in labs:
+            out.setdefault(lab, []).append(full(unit))
+    return out
+
+
+def parse_list_labels(text: str) -> list[str]:
+    """Label names from `gradproof_tests --list_labels`."""
+    lines = text.splitlines()
+    if not lines or not lines[0].startswith("Available labels"):
+        return []
+    return [ln.strip() for ln in lines[1:] if ln.strip()]
+
+
+# ---- bench/results.json (issue 4) ---------------------------------------------------------------
+
+BENCH_ROW_KEYS = ("op", "pass", "impl", "shape", "threads", "median_ms", "min_ms", "max_ms", "gbps",
+                  "fraction_of_bandwidth")
+
+
+@dataclass
+class Bench:
+    path: Path
+    rows: list[dict[str, Any]]
+    bandwidth: dict[str, float]  # name -> GB/s, e.g. {"triad": 58.1, "read": 61.0}
+    machine: dict[str, str]      # name -> description
+    extra: dict[str, Any]
+
+
+def _named_numbers(v: Any, default_name: str) -> dict[str, float]:
+    if v is None:
+        return {}
+    if isinstance(v, (int, float)):
+        return {default_name: float(v)}
+    if isinstance(v, dict):
+        return {str(k): float(x) for k, x in v.items() if isinstance(x, (int, float))}
+    raise DataError(f"bandwidth must be a number or an object of numbers, got {type(v).__name__}")
+
+
+def load_bench(path: str | Path) -> Bench | None:
+    """The benchmark results, or None if this build ran no benchmark.
+
+    Accepted: a list of rows, or an object {"rows": [...], "bandwidth": number | {name: GB/s},
+    "machine": str | {name: str}, ...}; every row has BENCH_ROW_KEYS."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read benchmark results: {e}") from None
+    if isinstance(data, list):
+        data = {"rows": data}
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+        raise DataError(f"{path}: expected a list of rows or an object with a \"rows\" list")
+    for i, r in enumerate(data["rows"]):
+        missing = [k for k in BENCH_ROW_KEYS if k not in r]
+        if missing:
+            raise DataError(f"{path}: rows[{i}] lacks {', '.join(missing)}")
+    bw_key = next((k for k in ("bandwidth", "bandwidth_gbps") if k in data), None)
+    bandwidth = _named_numbers(data.get(bw_key), "measured") if bw_key else {}
+    machine = data.get("machine", {})
+    if isinstance(machine, str):
+        machine = {"machine": machine}
+    elif isinstance(machine, dict):
+        machine = {str(k): (v if isinstance(v, str) else json.dumps(v)) for k, v in machine.items()}
+    else:
+        raise DataError(f"{path}: \"machine\" must be a string or an object")
+    extra = {k: v for k, v in data.items() if k not in ("rows", "machine", bw_key)}
+    return Bench(path=path, rows=data["rows"], bandwidth=bandwidth, machine=machine, extra=extra)
+
+
+def bench_case_key(row: dict[str, Any]) -> tuple:
+    """Rows with the same key are the implementations of one case."""
+    return (row["op"], row["pass"], tuple(row["shape"]), row["threads"])

@@ -1,0 +1,701 @@
+// The RMS-normalization entries of the catalog: every rms.* formula and the checks that verify it.
+// RMS norm is the member of the family without a mean: two paths from x to x̂ instead of three,
+// one projection in the fused form, no Σdx = 0, and an ε-corrected moment of the same form as
+// the members with a mean.
+#include "gradproof/catalog/catalog.hpp"
+#include "gradproof/catalog/support.hpp"
+#include "gradproof/ops/rmsnorm.hpp"
+
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <sstream>
+
+namespace gradproof::catalog {
+namespace {
+
+using namespace support;
+using check::ResultRow;
+using ops::NormSets;
+
+// A case: the input shape and the number of trailing axes normalized over.
+struct Case {
+  Shape shape;
+  Index axes = 1;
+};
+
+const std::vector<Case>& jacobian_cases() {
+  static const std::vector<Case> c = {{{4, 6}, 1}, {{3, 2, 5}, 2}, {{2, 3, 2, 2}, 3}, {{2, 2}, 1},
+                                      {{2, 3, 4}, 1}, {{2, 3}, 2},   {{4, 1}, 1}};
+  return c;
+}
+const std::vector<Case>& projection_cases() {
+  static const std::vector<Case> c = {{{16, 128}, 1}, {{4, 8, 32}, 2}, {{2, 4, 8, 8}, 3}};
+  return c;
+}
+const std::vector<Case>& term_cases() {
+  static const std::vector<Case> c = {{{4, 6}, 1}, {{3, 2, 5}, 2}, {{2, 3, 2, 2}, 3}};
+  return c;
+}
+const std::vector<Case>& identity_cases() {
+  static const std::vector<Case> c = {{{4, 6}, 1}, {{2, 3, 2, 2}, 3}, {{16, 128}, 1}};
+  return c;
+}
+
+struct Problem {
+  Shape shape, normalized;
+  NormSets sets;
+  std::optional<double> eps = 1e-5;
+  TensorD x, gamma, w;
+  ops::RMSNormConfig cfg() const { return {normalized, eps}; }
+  double eps_value() const { return ops::rmsnorm_eps<double>(cfg()); }
+};
+
+std::uint64_t seed_of(const Case& c) {
+  std::uint64_t h = 7809847782465536322ull;
+  for (Index v : c.shape) h = (h ^ static_cast<std::uint64_t>(v)) * 1099511628211ull;
+  return (h ^ static_cast<std::uint64_t>(c.axes)) * 1099511628211ull;
+}
+
+Problem make_problem(const Case& c, std::uint64_t seed) {
+  Problem p;
+  p.shape = c.shape;
+  p.normalized = Shape(c.shape.end() - c.axes, c.shape.end());
+  p.sets = ops::norm::detail::layernorm_sets(c.shape, p.normalized, "rmsnorm");
+  Rng rng(seed);
+  // Rows with different means and spreads (RMS norm does not centre: a row's mean is part of
+  // its root mean square); |mean|/sd ≤ 6 keeps every row's mean square of order one.
+  // A row of one value is y = γ·x/√(x² + ε), which turns over within √ε of x = 0: the difference
+  // oracles' steps assume features of size one, so such rows keep |x| ≥ 0.5.
+  p.x = rng.normal_tensor(p.shape);
+  if (p.sets.M == 1)
+    for (Index i = 0; i < p.x.size(); ++i) p.x[i] = rng.signed_uniform(0.5, 2);
+  for (Index r = 0; r < p.sets.R; ++r) {
+    std::vector<Index> idx;
+    for (Index i = 0; i < p.sets.M; ++i) idx.push_back(p.sets.offset(r) + i);
+    const double mean = rng.uniform(-2, 3), sd = rng.uniform(0.5, 2);
+    if (p.sets.M > 1) set_moments(p.x, idx, mean, sd);
+  }
+  p.gamma = TensorD(p.normalized);
+  for (Index k = 0; k < p.gamma.size(); ++k) p.gamma[k] = rng.signed_uniform(0.5, 1.5);
+  p.w = rng.normal_tensor(p.shape);
+  return p;
+}
+
+Problem make_problem(const Case& c) { return make_problem(c, seed_of(c)); }
+
+Index row_of(const Problem& p, Index i) { return i / p.sets.M; }
+Index col_of(const Problem& p, Index i) { return i % p.sets.M; }
+
+std::string describe(const Problem& p) {
+  std::ostringstream s;
+  s << "normalized_shape " << to_string(p.normalized) << ", eps ";
+  if (p.eps) s << *p.eps;
+  else s << "None = " << p.eps_value();
+  return s.str();
+}
+
+template <class S>
+Tensor<S> cast_to(const TensorD& t) {
+  return t.cast<S>();
+}
+
+template <class T>
+struct Prepared {
+  Tensor<T> x, gamma;
+  ops::RMSNormForward<T> fwd;
+  explicit Prepared(const Problem& p)
+      : x(p.x.cast<T>()), gamma(p.gamma.cast<T>()), fwd(ops::rmsnorm_forward<T>(x, &gamma, p.cfg())) {}
+};
+
+enum class Backward { staged, fused };
+const char* name(Backward b) { return b == Backward::staged ? "staged" : "fused"; }
+
+template <class T>
+ops::RMSNormGrads<T> run_backward(const Prepared<T>& pr, const Tensor<T>& dy, Backward b,
+                                  const ops::RMSNormTermScales& scales = {},
+                                  ops::RMSNormStagedTrace<T>* trace = nullptr) {
+  return b == Backward::staged ? ops::rmsnorm_backward_staged(dy, pr.x, &pr.gamma, pr.fwd.cache, scales, trace)
+                               : ops::rmsnorm_backward(dy, pr.x, &pr.gamma, pr.fwd.cache);
+}
+
+auto y_of_x(const Problem& p) {
+  return [&p](const auto& xv) {
+    using S = typename std::decay_t<decltype(xv)>::Scalar;
+    const Tensor<S> g = cast_to<S>(p.gamma);
+    return to_vec(ops::rmsnorm_forward<S>(from_vec(p.shape, xv), &g, p.cfg()).y);
+  };
+}
+
+auto loss_of_gamma(const Problem& p) {
+  return [&p](const auto& gv) {
+    using S = typename std::decay_t<decltype(gv)>::Scalar;
+    const Tensor<S> g = from_vec(p.normalized, gv), x = cast_to<S>(p.x);
+    const Tensor<S> y = ops::rmsnorm_forward<S>(x, &g, p.cfg()).y;
+    Vec<S> out(1);
+    out[0] = (to_vec(y).array() * to_vec(cast_to<S>(p.w)).array()).sum();
+    return out;
+  };
+}
+
+auto loss_of_x(const Problem& p) {
+  return [&p](const auto& xv) {
+    using S = typename std::decay_t<decltype(xv)>::Scalar;
+    const Vec<S> y = y_of_x(p)(xv);
+    Vec<S> out(1);
+    out[0] = (y.array() * to_vec(cast_to<S>(p.w)).array()).sum();
+    return out;
+  };
+}
+
+template <class T>
+Vjp dx_vjp(std::shared_ptr<const Prepared<T>> pr, const Problem& p, Backward b) {
+  return [pr, &p, b](const Eigen::VectorXd& dy) {
+    return as_f64(run_backward(*pr, from_vec(p.shape, Eigen::VectorXd(dy)).template cast<T>(), b).dx);
+  };
+}
+
+// ----------------------------------------------------------------------------------------------
+// Tolerance scales: the magnitudes of the terms that cancel.
+
+double xhat_at(const Problem& p, const ops::RMSNormCache<double>& c, Index i) { return p.x[i] * c.invrms[row_of(p, i)]; }
+
+// ∂dxᵢ/∂dy_k = r (γᵢ δ_ik − x̂ᵢ x̂_k γ_k / M): terms of size r|γ| and r|γ| x̂²/M.
+double dx_entry_scale(const Problem& p, const ops::RMSNormCache<double>& c) {
+  double s = 0;
+  for (Index i = 0; i < p.x.size(); ++i) {
+    const double xh = xhat_at(p, c, i);
+    s = std::max(s, c.invrms[row_of(p, i)] * std::abs(p.gamma[col_of(p, i)]) * (1 + xh * xh));
+  }
+  return s;
+}
+
+// vᵀJu = Σ_r r (Σ γᵢvᵢuᵢ − (Σ γᵢvᵢx̂ᵢ)(Σ x̂ᵢuᵢ)/M): the sum of the magnitudes of the two terms.
+ProjectionScale dx_projection_scale(std::shared_ptr<const Prepared<double>> pd, const Problem& p) {
+  return [pd, &p](const Eigen::VectorXd& v, const Eigen::VectorXd& u) {
+    const auto& c = pd->fwd.cache;
+    double total = 0;
+    for (Index r = 0; r < p.sets.R; ++r) {
+      double vu = 0, xv = 0, xu = 0;
+      for (Index i = p.sets.offset(r), e = i + p.sets.M; i < e; ++i) {
+        const double g = p.gamma[col_of(p, i)], xh = xhat_at(p, c, i);
+        vu += std::abs(g * v[i] * u[i]);
+        xv += g * xh * v[i];
+        xu += xh * u[i];
+      }
+      total += c.invrms[r] * (vu + std::abs(xv * xu) / static_cast<double>(p.sets.M));
+    }
+    return total;
+  };
+}
+
+// r (|gᵢ| + |x̂ᵢ|·|mean g x̂|) with g = γ dy: the size of dxᵢ before cancellation.
+Eigen::VectorXd dx_term_magnitudes(const Problem& p, const ops::RMSNormCache<double>& c, const TensorD& dy) {
+  const NormSets& s = p.sets;
+  Eigen::VectorXd t(dy.size());
+  for (Index r = 0; r < s.R; ++r) {
+    double mgx = 0;
+    for (Index i = s.offset(r), e = i + s.M; i < e; ++i)
+      mgx += p.gamma[col_of(p, i)] * dy[i] * xhat_at(p, c, i) / static_cast<double>(s.M);
+    for (Index i = s.offset(r), e = i + s.M; i < e; ++i)
+      t[i] = c.invrms[r] * (std::abs(p.gamma[col_of(p, i)] * dy[i]) + std::abs(xhat_at(p, c, i) * mgx));
+  }
+  return t;
+}
+
+// ----------------------------------------------------------------------------------------------
+// Whole-op checks.
+
+std::vector<ResultRow> dx_against_oracles(const std::string& formula, const std::string& test, Backward b,
+                                          std::optional<double> eps = 1e-5) {
+  std::vector<ResultRow> rows;
+  const bool default_eps = !eps;
+  for (const Case& c : jacobian_cases()) {
+    Problem p = make_problem(c);
+    p.eps = eps;
+    const auto pd = std::make_shared<const Prepared<double>>(p);
+    const auto pf = std::make_shared<const Prepared<float>>(p);
+    std::vector<Analytic> analytic = {{"float64", flat_rowmajor(jacobian_from_vjp(p.x.size(), dx_vjp(pd, p, b)))}};
+    // With eps = None the float32 pass uses float32's epsilon, a different function from the
+    // float64 oracles' (which use float64's): only the float64 pass is compared then.
+    if (!default_eps)
+      analytic.push_back({"float32", flat_rowmajor(jacobian_from_vjp(p.x.size(), dx_vjp(pf, p, b)))});
+    RowMeta meta{formula, test, "", "", "oracle", p.shape,
+                 std::string("full Jacobian dy/dx (") + name(b) + " backward, " + describe(p) + ")"};
+    jacobian_rows(rows, meta, y_of_x(p), as_f64(p.x), analytic, dx_entry_scale(p, pd->fwd.cache));
+  }
+  for (const Case& c : projection_cases()) {
+    Problem p = make_problem(c);
+    p.eps = eps;
+    const auto pd = std::make_shared<const Prepared<double>>(p);
+    const auto pf = std::make_shared<const Prepared<float>>(p);
+    std::vector<std::pair<std::string, Vjp>> vjps = {{"float64", dx_vjp(pd, p, b)}};
+    if (!default_eps) vjps.push_back({"float32", dx_vjp(pf, p, b)});
+    RowMeta meta{formula, test, "", "", "oracle", p.shape,
+                 std::string("4 random projections v^T J u (") + name(b) + " backward, " + describe(p) + ")"};
+    projection_rows(rows, meta, y_of_x(p), as_f64(p.x), p.x.size(), vjps, 4, seed_of(c) + 7,
+                    dx_projection_scale(pd, p));
+  }
+  return rows;
+}
+
+std::vector<ResultRow> dgamma_against_oracles(const std::string& test) {
+  std::vector<ResultRow> rows;
+  for (const Case& c : jacobian_cases()) {
+    const Problem p = make_problem(c);
+    const Prepared<double> pd(p);
+    const Prepared<float> pf(p);
+    // dγⱼ = Σ_r dy x̂: its terms are |dy x̂|.
+    Eigen::VectorXd acc = Eigen::VectorXd::Zero(p.gamma.size());
+    for (Index i = 0; i < p.x.size(); ++i) acc[col_of(p, i)] += std::abs(p.w[i] * xhat_at(p, pd.fwd.cache, i));
+    for (Backward b : {Backward::staged, Backward::fused}) {
+      std::vector<Analytic> analytic = {{"float64", as_f64(run_backward(pd, p.w, b).dgamma)},
+                                        {"float32", as_f64(run_backward(pf, p.w.cast<float>(), b).dgamma)}};
+      jacobian_rows(rows,
+                    {"rms.dgamma", test, "", "", "oracle", p.shape,
+                     std::string("gradient of L = <w, y> in gamma (") + name(b) + " backward, " + describe(p) + ")"},
+                    loss_of_gamma(p), as_f64(p.gamma), analytic, acc.maxCoeff());
+    }
+  }
+  return rows;
+}
+
+// ----------------------------------------------------------------------------------------------
+// Term checks, with the other nodes of the graph held fixed.
+
+struct TermSetup {
+  Problem p;
+  std::shared_ptr<const Prepared<double>> pd;
+  std::shared_ptr<const Prepared<float>> pf;
+  ops::RMSNormStagedTrace<double> td;
+  ops::RMSNormStagedTrace<float> tf;
+};
+
+TermSetup term_setup(const Case& c) {
+  TermSetup s{make_problem(c, seed_of(c) + 1), nullptr, nullptr, {}, {}};
+  s.pd = std::make_shared<const Prepared<double>>(s.p);
+  s.pf = std::make_shared<const Prepared<float>>(s.p);
+  run_backward(*s.pd, s.p.w, Backward::staged, {}, &s.td);
+  run_backward(*s.pf, s.p.w.cast<float>(), Backward::staged, {}, &s.tf);
+  return s;
+}
+
+// L = <w, γ x̂> for a given x̂.
+template <class S>
+Vec<S> loss_of_xhat(const Problem& p, const Tensor<S>& xh) {
+  Vec<S> out(1);
+  out[0] = S(0);
+  for (Index i = 0; i < xh.size(); ++i) out[0] += S(p.w[i]) * S(p.gamma[col_of(p, i)]) * xh[i];
+  return out;
+}
+
+// ms_r = (1/M) Σⱼ x_{r,j}².
+template <class S>
+Vec<S> ms_of(const Problem& p, const Tensor<S>& x) {
+  Vec<S> m = Vec<S>::Constant(p.sets.R, S(0));
+  for (Index i = 0; i < x.size(); ++i) m[row_of(p, i)] += x[i] * x[i];
+  return m / S(static_cast<double>(p.sets.M));
+}
+
+std::vector<ResultRow> check_dl_dxhat(const std::string& test) {
+  std::vector<ResultRow> rows;
+  for (const Case& c : term_cases()) {
+    const TermSetup s = term_setup(c);
+    Eigen::VectorXd at(s.p.x.size());
+    for (Index i = 0; i < at.size(); ++i) at[i] = xhat_at(s.p, s.pd->fwd.cache, i);
+    const auto f = [&p = s.p](const auto& xhv) { return loss_of_xhat(p, from_vec(p.shape, xhv)); };
+    jacobian_rows(rows,
+                  {"rms.dl_dxhat", test, "", "", "oracle", s.p.shape,
+                   "gradient of L = <w, γ x̂> in x̂ (" + describe(s.p) + ")"},
+                  f, at, {{"float64", as_f64(s.td.dl_dxhat)}, {"float32", as_f64(s.tf.dl_dxhat)}}, -1);
+  }
+  return rows;
+}
+
+std::vector<ResultRow> check_dl_dms(const std::string& test) {
+  std::vector<ResultRow> rows;
+  for (const Case& c : term_cases()) {
+    const TermSetup s = term_setup(c);
+    // x̂ = x/√(ms + ε) with x held fixed and ms a node of its own.
+    const auto f = [&s](const auto& msv) {
+      using S = typename std::decay_t<decltype(msv)>::Scalar;
+      using std::sqrt;
+      Tensor<S> xh(s.p.shape);
+      for (Index i = 0; i < xh.size(); ++i) xh[i] = S(s.p.x[i]) / sqrt(msv[row_of(s.p, i)] + S(s.p.eps_value()));
+      return loss_of_xhat(s.p, xh);
+    };
+    Eigen::VectorXd acc = Eigen::VectorXd::Zero(s.p.sets.R);  // ½ r³ Σ |∂L/∂x̂ᵢ xᵢ|
+    for (Index i = 0; i < s.p.x.size(); ++i) {
+      const double r = s.pd->fwd.cache.invrms[row_of(s.p, i)];
+      acc[row_of(s.p, i)] += 0.5 * r * r * r * std::abs(s.td.dl_dxhat[i] * s.p.x[i]);
+    }
+    jacobian_rows(rows,
+                  {"rms.dl_dms", test, "", "", "oracle", s.p.shape,
+                   "gradient of L in the mean square (one per row) with x held fixed (" + describe(s.p) + ")"},
+                  f, as_f64(s.pd->fwd.cache.ms), {{"float64", as_f64(s.td.dl_dms)}, {"float32", as_f64(s.tf.dl_dms)}},
+                  acc.maxCoeff());
+  }
+  return rows;
+}
+
+std::vector<ResultRow> check_dms_dx(const std::string& test) {
+  std::vector<ResultRow> rows;
+  for (const Case& c : term_cases()) {
+    const TermSetup s = term_setup(c);
+    const Index n = s.p.x.size(), R = s.p.sets.R;
+    const auto block = [&](const auto& t) {
+      Eigen::MatrixXd J = Eigen::MatrixXd::Zero(R, n);
+      for (Index i = 0; i < n; ++i) J(row_of(s.p, i), i) = static_cast<double>(t[i]);
+      return flat_rowmajor(J);
+    };
+    const auto f = [&s](const auto& xv) { return ms_of(s.p, from_vec(s.p.shape, xv)); };
+    // 2xᵢ/M: a product, no cancellation.
+    jacobian_rows(rows,
+                  {"rms.dms_dx", test, "", "", "oracle", s.p.shape,
+                   "Jacobian of the row mean squares ms(x) (" + describe(s.p) + ")"},
+                  f, as_f64(s.p.x), {{"float64", block(s.td.dms_dx)}, {"float32", block(s.tf.dms_dx)}}, -1);
+  }
+  return rows;
+}
+
+// ----------------------------------------------------------------------------------------------
+// References, staged = fused and the properties.
+
+std::vector<long double> ref_ms(const Problem& p) {
+  std::vector<long double> ms(static_cast<std::size_t>(p.sets.R), 0);
+  for (Index i = 0; i < p.x.size(); ++i)
+    ms[static_cast<std::size_t>(row_of(p, i))] += static_cast<long double>(p.x[i]) * p.x[i] / p.sets.M;
+  return ms;
+}
+
+std::vector<ResultRow> forward_rows(const std::string& test, const Problem& p) {
+  std::vector<ResultRow> rows;
+  const auto ms = ref_ms(p);
+  Eigen::VectorXd ref(p.x.size());
+  double scale = 0;
+  for (Index i = 0; i < p.x.size(); ++i) {
+    const long double y =
+        p.gamma[col_of(p, i)] * p.x[i] / std::sqrt(ms[static_cast<std::size_t>(row_of(p, i))] + p.eps_value());
+    ref[i] = static_cast<double>(y);
+    scale = std::max(scale, static_cast<double>(std::abs(y)));  // a product: no cancellation
+  }
+  const auto one = [&](auto tag) {
+    using T = decltype(tag);
+    const Prepared<T> pr(p);
+    rows.push_back(oracle_row({"rms.forward", test, "reference", dtype_name<T>(), "reference", p.shape,
+                               "forward y against a long-double recomputation (" + describe(p) + ")"},
+                              Oracle::complex_step, as_f64(pr.fwd.y), ref, {p.x.size()}, scale));
+  };
+  one(double{});
+  one(float{});
+  return rows;
+}
+
+std::vector<ResultRow> staged_equals_fused_rows(const std::string& test, const Problem& p, const std::string& what) {
+  std::vector<ResultRow> rows;
+  const Prepared<double> pd(p);
+  const Prepared<float> pf(p);
+  const auto ref = run_backward(pd, p.w, Backward::staged);
+  const auto fd = run_backward(pd, p.w, Backward::fused);
+  const auto ff = run_backward(pf, p.w.cast<float>(), Backward::fused);
+  const double scale = dx_term_magnitudes(p, pd.fwd.cache, p.w).maxCoeff();
+  rows.push_back(oracle_row({"rms.dx_fused", test, "staged_f64", "float64", "agreement", p.shape,
+                             "fused dx against staged dx, both float64 (" + describe(p) + ")" + what},
+                            Oracle::complex_step, as_f64(fd.dx), as_f64(ref.dx), {p.x.size()}, scale));
+  rows.push_back(oracle_row({"rms.dx_fused", test, "staged_f64", "float32", "agreement", p.shape,
+                             "fused dx in float32 against staged dx in float64 (" + describe(p) + ")" + what},
+                            Oracle::complex_step, as_f64(ff.dx), as_f64(ref.dx), {p.x.size()}, scale));
+  return rows;
+}
+
+// Per row: the one projection identity Σᵢ dxᵢ x̂ᵢ = ε (ms+ε)^(−3/2) Σᵢ gᵢ x̂ᵢ, g = γ dy (the same
+// form as the members with a mean), and Σᵢ dxᵢ = r (Σ g − Σx̂ · Σ g x̂ / M), which is not zero:
+// without a mean, y is not invariant to shifting x.
+std::vector<ResultRow> check_dx_properties(const std::string& formula, const std::string& test, Backward b) {
+  std::vector<ResultRow> rows;
+  for (const Case& c : identity_cases()) {
+    const Problem p = make_problem(c, seed_of(c) + 3);
+    const Prepared<double> ref(p);
+    const auto& rc = ref.fwd.cache;
+    const Eigen::VectorXd terms = dx_term_magnitudes(p, rc, p.w);
+    const Index R = p.sets.R;
+    const double M = static_cast<double>(p.sets.M);
+    Eigen::VectorXd moment_pred(R), sum_pred(R);
+    for (Index r = 0; r < R; ++r) {
+      long double g = 0, gx = 0, xs = 0;
+      for (Index i = p.sets.offset(r), e = i + p.sets.M; i < e; ++i) {
+        const long double gi = static_cast<long double>(p.gamma[col_of(p, i)]) * p.w[i];
+        g += gi;
+        gx += gi * xhat_at(p, rc, i);
+        xs += xhat_at(p, rc, i);
+      }
+      const long double inv = rc.invrms[r];
+      moment_pred[r] = static_cast<double>(p.eps_value() * inv * inv * inv * gx);
+      sum_pred[r] = static_cast<double>(inv * (g - xs * gx / M));
+    }
+    const auto one = [&](auto tag) {
+      using T = decltype(tag);
+      const Prepared<T> pr(p);
+      const Tensor<T> dx = run_backward(pr, p.w.cast<T>(), b).dx;
+      std::vector<long double> a1(static_cast<std::size_t>(R), 0), a2 = a1;
+      Eigen::VectorXd s1(R), s2(R), mag1 = Eigen::VectorXd::Zero(R), mag2 = mag1;
+      for (Index i = 0; i < dx.size(); ++i) {
+        const Index r = row_of(p, i);
+        const double xh = xhat_at(p, rc, i);
+        a1[static_cast<std::size_t>(r)] += static_cast<long double>(dx[i]);
+        a2[static_cast<std::size_t>(r)] += static_cast<long double>(dx[i]) * xh;
+        mag1[r] += terms[i];
+        mag2[r] += terms[i] * std::abs(xh);
+      }
+      for (Index r = 0; r < R; ++r) {
+        s1[r] = static_cast<double>(a1[static_cast<std::size_t>(r)]);
+        s2[r] = static_cast<double>(a2[static_cast<std::size_t>(r)]);
+      }
+      const std::string dt = dtype_name<T>();
+      rows.push_back(oracle_row({formula, test, "identity", dt, "property", p.shape,
+                                 std::string("per row Σᵢ dxᵢ x̂ᵢ = ε (ms+ε)^(−3/2) Σᵢ γᵢ dyᵢ x̂ᵢ, the one projection (") +
+                                     name(b) + " backward, " + describe(p) + ")"},
+                                Oracle::complex_step, s2, moment_pred, {R}, mag2.maxCoeff()));
+      ResultRow row = oracle_row({formula, test, "identity", dt, "property", p.shape, ""}, Oracle::complex_step, s1,
+                                 sum_pred, {R}, mag1.maxCoeff());
+      const double size = sum_pred.cwiseAbs().maxCoeff();
+      std::ostringstream note;
+      note << "per row Σᵢ dxᵢ = (ms+ε)^(−1/2) (Σg − Σx̂ · Σgx̂ / M), not zero without a mean: max |Σ dx| = " << size
+           << " (" << name(b) << " backward, " << describe(p) << ")";
+      row.note = note.str();
+      row.passed = row.passed && size > 1e3 * row.atol;
+      rows.push_back(row);
+    };
+    one(double{});
+    one(float{});
+  }
+  return rows;
+}
+
+// dγⱼ = Σ_r dy_{r,j} x̂_{r,j} against a long-double recomputation.
+std::vector<ResultRow> dgamma_identity_rows(const std::string& test, const Problem& p,
+                                            const std::vector<Backward>& kinds) {
+  std::vector<ResultRow> rows;
+  const auto ms = ref_ms(p);
+  const Index P = p.gamma.size();
+  std::vector<long double> ref(static_cast<std::size_t>(P), 0), mag = ref;
+  for (Index i = 0; i < p.x.size(); ++i) {
+    const long double term = p.w[i] * p.x[i] / std::sqrt(ms[static_cast<std::size_t>(row_of(p, i))] + p.eps_value());
+    ref[static_cast<std::size_t>(col_of(p, i))] += term;
+    mag[static_cast<std::size_t>(col_of(p, i))] += std::abs(term);
+  }
+  Eigen::VectorXd refv(P);
+  double scale = 0;
+  for (Index k = 0; k < P; ++k) {
+    refv[k] = static_cast<double>(ref[static_cast<std::size_t>(k)]);
+    scale = std::max(scale, static_cast<double>(mag[static_cast<std::size_t>(k)]));
+  }
+  const auto one = [&](auto tag, Backward b) {
+    using T = decltype(tag);
+    const Prepared<T> pr(p);
+    rows.push_back(oracle_row({"rms.dgamma", test, "reference", dtype_name<T>(), "property", p.shape,
+                               std::string("dγ = Σ_rows dy x̂ against a long-double recomputation (") + name(b) +
+                                   " backward, " + describe(p) + ")"},
+                              Oracle::complex_step, as_f64(run_backward(pr, p.w.cast<T>(), b).dgamma), refv, {P},
+                              scale));
+  };
+  for (Backward b : kinds) {
+    one(double{}, b);
+    one(float{}, b);
+  }
+  return rows;
+}
+
+// L = Σy: with a mean and γ uniform over the set this gradient is exactly 0; RMS norm has no
+// mean, so it is r·(γᵢ − x̂ᵢ·mean(γ x̂)) even for uniform γ, and not zero.
+std::vector<ResultRow> check_sum_of_y(const std::string& test) {
+  std::vector<ResultRow> rows;
+  for (const Case& c : term_cases()) {
+    Problem p = make_problem(c, seed_of(c) + 6);
+    for (Index k = 0; k < p.gamma.size(); ++k) p.gamma[k] = p.gamma[0];  // uniform over the row
+    const TensorD ones(p.shape, 1.0);
+    const Prepared<double> pd(p);
+    const auto& cc = pd.fwd.cache;
+    Eigen::VectorXd predicted(p.x.size());
+    for (Index r = 0; r < p.sets.R; ++r) {
+      long double mgx = 0;
+      for (Index i = p.sets.offset(r), e = i + p.sets.M; i < e; ++i)
+        mgx += static_cast<long double>(p.gamma[col_of(p, i)]) * xhat_at(p, cc, i) / p.sets.M;
+      for (Index i = p.sets.offset(r), e = i + p.sets.M; i < e; ++i)
+        predicted[i] = static_cast<double>(cc.invrms[r] * (p.gamma[col_of(p, i)] - xhat_at(p, cc, i) * mgx));
+    }
+    const double scale = dx_term_magnitudes(p, cc, ones).maxCoeff();
+    for (Backward b : {Backward::staged, Backward::fused}) {
+      const Eigen::VectorXd dx = as_f64(run_backward(pd, ones, b).dx);
+      ResultRow row = oracle_row({"rms.dx", test, "closed_form", "float64", "pitfall", p.shape, ""},
+                                 Oracle::complex_step, dx, predicted, {dx.size()}, scale);
+      const double size = predicted.cwiseAbs().maxCoeff();
+      std::ostringstream note;
+      note << "L = Σy with γ uniform over the row: " << name(b)
+           << " dx against the closed form (ms+ε)^(−1/2)·(γ − x̂ᵢ·mean γx̂), which is not zero without a mean: "
+              "max |dx| = "
+           << size << " (" << describe(p) << ")";
+      row.note = note.str();
+      row.passed = row.passed && size > 1e3 * row.atol;
+      rows.push_back(row);
+    }
+  }
+  return rows;
+}
+
+// ----------------------------------------------------------------------------------------------
+// Negative controls.
+
+struct Term {
+  const char* id;
+  double ops::RMSNormTermScales::*scale;
+};
+const Term kTerms[] = {{"rms.dl_dxhat", &ops::RMSNormTermScales::dl_dxhat},
+                       {"rms.dl_dms", &ops::RMSNormTermScales::dl_dms},
+                       {"rms.dms_dx", &ops::RMSNormTermScales::dms_dx}};
+
+std::vector<check::AblationRow> rms_ablation() {
+  std::vector<check::AblationRow> out;
+  for (const Term& t : kTerms) {
+    for (const char* change : {"drop", "flip"}) {
+      check::AblationRow row{"rms", t.id, change};
+      row.expected_caught = true;
+      double max_change = 0, ref_scale = 0;
+      for (const Case& c : term_cases()) {
+        const Problem p = make_problem(c);
+        const Prepared<double> pd(p);
+        ops::RMSNormTermScales scales;
+        scales.*(t.scale) = std::string(change) == "drop" ? 0.0 : -1.0;
+        const Eigen::VectorXd dx = as_f64(run_backward(pd, p.w, Backward::staged, scales).dx);
+        const Eigen::VectorXd ref = as_f64(run_backward(pd, p.w, Backward::staged).dx);
+        const Eigen::VectorXd numeric = check::jacobian(Oracle::complex_step, loss_of_x(p), as_f64(p.x)).row(0).transpose();
+        const auto cmp = check::compare(
+            dx, numeric, check::tolerance_policy("float64", Oracle::complex_step, numeric.cwiseAbs().maxCoeff()));
+        row.caught = row.caught || !cmp.passed;
+        row.max_abs_err = std::max(row.max_abs_err, cmp.max_abs_err);
+        max_change = std::max(max_change, (dx - ref).cwiseAbs().maxCoeff());
+        ref_scale = std::max(ref_scale, ref.cwiseAbs().maxCoeff());
+      }
+      row.max_rel_err = row.max_abs_err / ref_scale;
+      std::ostringstream note;
+      note << "staged dx with the term " << (std::string(change) == "drop" ? "set to 0" : "sign-flipped")
+           << ", against the complex-step gradient of L = <w, y> on shapes (4, 6), (3, 2, 5), (2, 3, 2, 2); "
+           << "largest change of dx from the correct staged dx: " << max_change;
+      row.note = note.str();
+      row.passed = row.caught == row.expected_caught;
+      out.push_back(row);
+    }
+  }
+  return out;
+}
+
+std::vector<ResultRow> check_negative_controls(const std::string& formula, const std::string& test) {
+  std::vector<ResultRow> rows;
+  for (const auto& a : rms_ablation()) {
+    if (a.term != formula) continue;
+    ResultRow r{formula, test, "complex_step", "float64", "negative_control", {}};
+    r.max_abs_err = a.max_abs_err;
+    r.max_rel_err = a.max_rel_err;
+    r.passed = a.passed;
+    r.note = a.change + ": " + (a.caught ? "caught by the oracle check" : "not caught") + "; must be caught. " + a.note;
+    rows.push_back(r);
+  }
+  return rows;
+}
+
+// The benchmark shape (4096, 1024), normalized over the last axis.
+const Problem& benchmark_problem() {
+  static const Problem p = make_problem({{4096, 1024}, 1}, 1024);
+  return p;
+}
+
+}  // namespace
+
+void register_rmsnorm(Registry& r) {
+  r.formulas.insert(r.formulas.end(),
+                    {{"rms.forward", "rms", "RMS norm forward: ms = mean(x²) over normalized_shape, y = γ ⊙ x/√(ms + ε)"},
+                     {"rms.dl_dxhat", "rms", "∂L/∂x̂_{r,j} = γⱼ ∂L/∂y_{r,j}"},
+                     {"rms.dl_dms", "rms", "∂L/∂ms_r = −½ (ms_r+ε)^(−3/2) Σⱼ ∂L/∂x̂_{r,j} x_{r,j}"},
+                     {"rms.dms_dx", "rms", "∂ms_r/∂x_{r,j} = 2x_{r,j}/M"},
+                     {"rms.dx", "rms", "RMS norm ∂L/∂x: assembly of the two paths x → x̂, x → ms (staged)"},
+                     {"rms.dgamma", "rms", "∂L/∂γⱼ = Σ_r dy_{r,j} x̂_{r,j}"},
+                     {"rms.dx_fused", "rms", "RMS norm dx = (ms+ε)^(−1/2) · (g − x̂ Σ g x̂ / M), g = γ ⊙ dy: one projection"}});
+
+  const auto add = [&r](const std::string& formula, const std::string& name,
+                        std::function<std::vector<ResultRow>(const std::string&)> fn) {
+    r.checks.push_back({formula, name, [fn, name] { return fn(name); }});
+  };
+  add("rms.forward", "rms/forward/matches_a_long_double_reference", [](const std::string& t) {
+    std::vector<ResultRow> rows;
+    std::vector<Case> cases = jacobian_cases();
+    cases.insert(cases.end(), projection_cases().begin(), projection_cases().end());
+    for (const Case& c : cases) {
+      const auto rr = forward_rows(t, make_problem(c, seed_of(c) + 5));
+      rows.insert(rows.end(), rr.begin(), rr.end());
+    }
+    return rows;
+  });
+  add("rms.forward", "rms/forward/matches_a_long_double_reference_with_the_default_eps", [](const std::string& t) {
+    std::vector<ResultRow> rows;
+    for (const Case& c : jacobian_cases()) {
+      Problem p = make_problem(c, seed_of(c) + 5);
+      p.eps = std::nullopt;
+      // The float64 pass against a reference with float64's epsilon (the float32 pass would use float32's).
+      auto rr = forward_rows(t, p);
+      rows.push_back(rr.front());
+    }
+    return rows;
+  });
+  add("rms.forward", "rms/forward/matches_a_long_double_reference_at_the_benchmark_shape",
+      [](const std::string& t) { return forward_rows(t, benchmark_problem()); });
+  add("rms.dl_dxhat", "rms/terms/dl_dxhat_matches_oracles", check_dl_dxhat);
+  add("rms.dl_dms", "rms/terms/dl_dms_matches_oracles", check_dl_dms);
+  add("rms.dms_dx", "rms/terms/dms_dx_matches_oracles", check_dms_dx);
+  add("rms.dx", "rms/dx/staged_dx_matches_oracles",
+      [](const std::string& t) { return dx_against_oracles("rms.dx", t, Backward::staged); });
+  add("rms.dx", "rms/dx/staged_dx_obeys_the_one_projection_identity",
+      [](const std::string& t) { return check_dx_properties("rms.dx", t, Backward::staged); });
+  add("rms.dx", "rms/pitfalls/sum_of_y_gradient_does_not_vanish_without_a_mean", check_sum_of_y);
+  add("rms.dgamma", "rms/params/dgamma_matches_oracles", dgamma_against_oracles);
+  add("rms.dgamma", "rms/params/dgamma_equals_sum_dy_xhat", [](const std::string& t) {
+    std::vector<ResultRow> rows;
+    for (const Case& c : identity_cases()) {
+      const auto rr = dgamma_identity_rows(t, make_problem(c, seed_of(c) + 4), {Backward::staged, Backward::fused});
+      rows.insert(rows.end(), rr.begin(), rr.end());
+    }
+    return rows;
+  });
+  add("rms.dgamma", "rms/params/dgamma_equals_sum_dy_xhat_at_the_benchmark_shape",
+      [](const std::string& t) { return dgamma_identity_rows(t, benchmark_problem(), {Backward::fused}); });
+  add("rms.dx_fused", "rms/dx_fused/fused_dx_matches_oracles",
+      [](const std::string& t) { return dx_against_oracles("rms.dx_fused", t, Backward::fused); });
+  add("rms.dx_fused", "rms/dx_fused/fused_dx_matches_oracles_with_the_default_eps", [](const std::string& t) {
+    return dx_against_oracles("rms.dx_fused", t, Backward::fused, std::nullopt);
+  });
+  add("rms.dx_fused", "rms/dx_fused/fused_agrees_with_staged", [](const std::string& t) {
+    std::vector<ResultRow> rows;
+    std::vector<Case> cases = jacobian_cases();
+    cases.insert(cases.end(), projection_cases().begin(), projection_cases().end());
+    for (const Case& c : cases) {
+      const auto rr = staged_equals_fused_rows(t, make_problem(c, seed_of(c) + 2), "");
+      rows.insert(rows.end(), rr.begin(), rr.end());
+    }
+    return rows;
+  });
+  add("rms.dx_fused", "rms/dx_fused/fused_dx_obeys_the_one_projection_identity",
+      [](const std::string& t) { return check_dx_properties("rms.dx_fused", t, Backward::fused); });
+  add("rms.dx_fused", "rms/dx_fused/fused_float32_matches_staged_float64_at_the_benchmark_shape",
+      [](const std::string& t) { return staged_equals_fused_rows(t, benchmark_problem(), " (benchmark shape)"); });
+  for (const Term& term : kTerms) {
+    const std::string id = term.id;
+    add(id, "rms/negative_controls/" + id.substr(4) + "_drop_and_flip",
+        [id](const std::string& t) { return check_negative_controls(id, t); });
+  }
+  r.ablations.push_back({"rms", rms_ablation,
+                         "Every term is caught: without a mean there is no term that vanishes (nothing like\n"
+                         "∂σ²/∂μ), and each of the two paths x → x̂ and x → ms carries part of the gradient."});
+}
+
+}  // namespace gradproof::catalog

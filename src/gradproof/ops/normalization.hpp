@@ -1,0 +1,686 @@
+/// \file
+/// \brief The normalization family's shared core: normalize contiguous sets of a row-major
+/// tensor. Forward, staged backward (one step per chain-rule term) and fused backward, derived
+/// once for "normalize over a set \f$S\f$".
+///
+/// Layer, group and instance normalization differ only in the set \f$S\f$ that a mean and a
+/// variance are taken over, and for all three every \f$S\f$ is a contiguous block of the
+/// row-major input:
+/// - layer norm: the trailing `prod(normalized_shape)` values of one leading index;
+///   \f$\gamma, \beta\f$ have one value per element of \f$S\f$;
+/// - group norm: the \f$(C/G)\cdot L\f$ values of group \f$g\f$ of sample \f$n\f$;
+///   \f$\gamma, \beta\f$ have one value per channel, constant on runs of \f$L\f$ values;
+/// - instance norm: the \f$L\f$ values of channel \f$c\f$ of sample \f$n\f$;
+///   \f$\gamma, \beta\f$ have one value per channel, constant over all of \f$S\f$.
+///
+/// So the input is an \f$R \times M\f$ matrix, one set per row, and a layer is a NormSets: the
+/// two extents plus the rule that says which \f$\gamma\f$ scales value \f$i\f$ of set \f$r\f$.
+/// Batch norm is the member whose sets are strided (channel \f$c\f$ of every sample); it keeps
+/// its own implementation (batchnorm.hpp). RMS norm, the member without a mean, is in rmsnorm.hpp.
+///
+/// Shape legend:
+/// - \f$R\f$ sets, \f$M\f$ values per set; \f$i\f$ runs over one set; set \f$r\f$ occupies the
+///   flat offsets \f$[rM, (r+1)M)\f$;
+/// - `x`, `y`, `dy`, `dx`: \f$R M\f$ values (any shape with that many elements);
+/// - statistics \f$\mu, \sigma^2, 1/\sqrt{\sigma^2+\varepsilon}\f$ and the per-set terms: `(R)`;
+/// - \f$\gamma, \beta\f$ and their gradients: \f$P\f$ values (NormSets::params()); value \f$i\f$
+///   of set \f$r\f$ is scaled by \f$\gamma_{p(r,i)}\f$ (NormSets::param()).
+///
+/// The general derivation is `derivations/normalization.md`; the formula ids `norm.*` mark the
+/// code below. Each layer marks its own instance of every term (`ln.*`, `gn.*`, `in.*`) around
+/// the call to the step it uses.
+#pragma once
+
+#include "gradproof/ops/layout.hpp"
+#include "gradproof/tensor.hpp"
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <sstream>
+#include <string>
+#include <utility>
+
+namespace gradproof::ops {
+
+/// \brief The sets of a normalization layer: \f$R\f$ contiguous rows of \f$M\f$ values, and how
+/// the affine parameters are laid out over them.
+///
+/// Value \f$i\f$ of set \f$r\f$ is scaled by \f$\gamma_{p(r,i)}\f$ with
+/// \f$p(r, i) = (r \bmod \mathit{period})\cdot(M/\mathit{run}) + \lfloor i/\mathit{run}\rfloor\f$:
+/// - layer norm: `period = 1`, `run = 1` (one parameter per element of the set, shared by all rows);
+/// - group norm: `period = G`, `run = L` (set \f$(n, g)\f$ spans channels \f$g\,C/G \ldots\f$, each
+///   a run of \f$L\f$ values);
+/// - instance norm: `period = C`, `run = L = M` (one parameter for the whole set \f$(n, c)\f$).
+struct NormSets {
+  Index R = 0;       ///< number of sets (rows)
+  Index M = 0;       ///< values per set
+  Index period = 1;  ///< sets \f$r\f$ and \f$r + \mathit{period}\f$ use the same parameters
+  Index run = 1;     ///< consecutive values of a set that share one parameter; divides \f$M\f$
+
+  /// Flat offset of the first value of set `r`.
+  Index offset(Index r) const noexcept { return r * M; }
+  /// Parameters per set, \f$M/\mathit{run}\f$.
+  Index per_set() const noexcept { return M / run; }
+  /// Number of affine parameters \f$P = \mathit{period}\cdot M/\mathit{run}\f$.
+  Index params() const noexcept { return period * per_set(); }
+  /// Index \f$p(r, i)\f$ of the parameter that scales value `i` of set `r`.
+  Index param(Index r, Index i) const noexcept { return (r % period) * per_set() + i / run; }
+  /// Index of the first parameter of set `r` (the parameters of one set are contiguous).
+  Index param_base(Index r) const noexcept { return (r % period) * per_set(); }
+  /// Total number of values \f$R M\f$.
+  Index size() const noexcept { return R * M; }
+
+  /// Same sets and the same parameter layout.
+  bool operator==(const NormSets&) const = default;
+};
+
+/// \brief Scales applied to each chain-rule term of a staged backward of the family.
+///
+/// All ones is the derivation. The negative controls set one scale to 0 (drop the term) or -1
+/// (flip its sign) and show that the checks notice, except for \f$\partial\sigma^2/\partial\mu\f$,
+/// which is zero because \f$\mu\f$ is the mean of the very values \f$\sigma^2\f$ is taken over.
+struct NormTermScales {
+  double dl_dxhat = 1;  ///< \f$\partial L/\partial\hat x_i\f$
+  double dl_dvar = 1;   ///< \f$\partial L/\partial\sigma^2\f$
+  double dvar_dmu = 1;  ///< \f$\partial\sigma^2/\partial\mu\f$
+  double dl_dmu = 1;    ///< \f$\partial L/\partial\mu\f$
+  double dvar_dx = 1;   ///< \f$\partial\sigma^2/\partial x_i\f$ in the assembly
+  double dmu_dx = 1;    ///< \f$\partial\mu/\partial x_i\f$ in the assembly
+};
+
+/// The intermediate terms of a staged backward, for term-by-term checks.
+template <class Scalar>
+struct NormStagedTrace {
+  Tensor<Scalar> dl_dxhat;  ///< shape of `x`: \f$\partial L/\partial\hat x_i\f$
+  Tensor<Scalar> dl_dvar;   ///< `(R)`: \f$\partial L/\partial\sigma^2\f$ per set
+  Tensor<Scalar> dvar_dmu;  ///< `(R)`: \f$\partial\sigma^2/\partial\mu\f$ per set
+  Tensor<Scalar> dl_dmu;    ///< `(R)`: \f$\partial L/\partial\mu\f$ per set
+  Tensor<Scalar> dvar_dx;   ///< shape of `x`: \f$\partial\sigma^2/\partial x_i\f$
+  Tensor<Scalar> dmu_dx;    ///< `(R)`: \f$\partial\mu/\partial x_i\f$, the same for every i of a set
+};
+
+/// What a backward pass of the family needs from its forward pass.
+template <class Scalar>
+struct NormCache {
+  NormSets sets;           ///< the sets the statistics were taken over
+  Shape shape;             ///< shape of the forward input
+  Shape param_shape;       ///< shape of \f$\gamma\f$, \f$\beta\f$ and their gradients
+  bool training = true;    ///< statistics of the input (true) or running statistics (instance norm eval)
+  bool has_gamma = false;  ///< the forward pass had \f$\gamma\f$
+  bool has_beta = false;   ///< the forward pass had \f$\beta\f$
+  Tensor<Scalar> mean;     ///< `(R)`: \f$\mu\f$ of each set (or the running mean of its channel)
+  Tensor<Scalar> var;      ///< `(R)`: biased \f$\sigma^2\f$ of each set (or the running variance)
+  Tensor<Scalar> invstd;   ///< `(R)`: \f$1/\sqrt{\sigma^2+\varepsilon}\f$
+};
+
+/// Output of a forward pass of the family: `y` and the cache for backward.
+template <class Scalar>
+struct NormForward {
+  Tensor<Scalar> y;           ///< same shape as `x`
+  NormCache<Scalar> cache;  ///< statistics used to normalise
+};
+
+/// Gradients of the loss with respect to the inputs of a normalization layer.
+template <class Scalar>
+struct NormGrads {
+  Tensor<Scalar> dx;      ///< same shape as `x`
+  Tensor<Scalar> dgamma;  ///< shape of \f$\gamma\f$; empty when the layer has no \f$\gamma\f$
+  Tensor<Scalar> dbeta;   ///< shape of \f$\beta\f$; empty when the forward pass had no \f$\beta\f$
+};
+
+namespace norm {
+
+namespace detail {
+
+template <class S>
+using Map = Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>;
+template <class S>
+using CMap = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>;
+
+template <class Scalar>
+const Scalar* data_or_null(const Tensor<Scalar>* t) {
+  return t ? t->data() : nullptr;
+}
+
+template <class Scalar>
+void require_optional_shape(const Tensor<Scalar>* t, const Shape& expected, const char* op, const char* what) {
+  if (t != nullptr) require_shape(*t, expected, op, what);
+}
+
+/// Checks a NormSets for internal consistency (the layers build valid ones; the core API checks).
+inline void check_sets(const NormSets& s, const char* op) {
+  if (s.R < 1 || s.M < 1 || s.period < 1 || s.run < 1 || s.M % s.run != 0) {
+    std::ostringstream msg;
+    msg << op << ": sets must have R >= 1, M >= 1, period >= 1 and run >= 1 dividing M; got R = " << s.R
+        << ", M = " << s.M << ", period = " << s.period << ", run = " << s.run;
+    throw InvalidArgument(msg.str());
+  }
+}
+
+/// Gives the cache the shape of a pass over `s` (allocating only when a statistic is not `(R)`)
+/// and records what the forward pass had.
+template <class Scalar>
+void prepare_cache(NormCache<Scalar>& cache, const NormSets& s, const Shape& shape, const Shape& param_shape,
+                   bool training, bool has_gamma, bool has_beta) {
+  cache.sets = s;
+  cache.shape = shape;
+  cache.param_shape = param_shape;
+  cache.training = training;
+  cache.has_gamma = has_gamma;
+  cache.has_beta = has_beta;
+  for (Tensor<Scalar>* t : {&cache.mean, &cache.var, &cache.invstd})
+    if (t->shape() != Shape{s.R}) *t = Tensor<Scalar>({s.R});
+}
+
+/// Checks `dy`, `x`, `gamma` and the cache before a backward pass of `op`.
+template <class Scalar>
+void check_backward(const char* op, const Tensor<Scalar>& dy, const Tensor<Scalar>& x, const Tensor<Scalar>* gamma,
+                    const NormCache<Scalar>& cache) {
+  require_shape(dy, x.shape(), op, "dy (must match x)");
+  const NormSets& s = cache.sets;
+  if (x.shape() != cache.shape || s.size() != x.size() || cache.mean.size() != s.R || cache.invstd.size() != s.R) {
+    std::ostringstream msg;
+    msg << op << ": cache was made for an input of shape " << to_string(cache.shape) << " but x has shape "
+        << to_string(x.shape());
+    throw InvalidArgument(msg.str());
+  }
+  if ((gamma != nullptr) != cache.has_gamma) {
+    std::ostringstream msg;
+    msg << op << ": gamma is " << (gamma ? "given" : "null") << " but the forward pass had "
+        << (cache.has_gamma ? "gamma" : "none");
+    throw InvalidArgument(msg.str());
+  }
+  require_optional_shape(gamma, cache.param_shape, op, "gamma");
+}
+
+/// Checks the caller's outputs of a fused backward pass of `op`.
+template <class Scalar>
+void check_outputs(const char* op, const Tensor<Scalar>& x, const Tensor<Scalar>* gamma, const NormCache<Scalar>& cache,
+                   const Tensor<Scalar>& dx, const Tensor<Scalar>* dgamma, const Tensor<Scalar>* dbeta) {
+  require_shape(dx, x.shape(), op, "dx (output)");
+  if (dgamma && !gamma) {
+    throw InvalidArgument(std::string(op) + ": dgamma requested but gamma is null (no affine transform)");
+  }
+  if (dbeta && !cache.has_beta) {
+    throw InvalidArgument(std::string(op) + ": dbeta requested but the forward pass had no beta");
+  }
+  require_optional_shape(dgamma, cache.param_shape, op, "dgamma (output)");
+  require_optional_shape(dbeta, cache.param_shape, op, "dbeta (output)");
+}
+
+}  // namespace detail
+
+/// \brief \f$y = \gamma\,(x - \mu_r)/\sqrt{\sigma^2_r + \varepsilon} + \beta\f$ on set `r`, given
+/// its statistics (`mu`, `invstd`); \f$\gamma = 1\f$, \f$\beta = 0\f$ where null.
+template <class Scalar>
+void normalize_set(const NormSets& s, Index r, const Scalar* x, const Scalar* gamma, const Scalar* beta,
+                   const Scalar& mu, const Scalar& invstd, Scalar* y) {
+  const Index o = s.offset(r), base = s.param_base(r);
+  if (s.run == 1) {  // γ, β elementwise over the set
+    auto ys = detail::Map<Scalar>(y + o, s.M);
+    ys = (detail::CMap<Scalar>(x + o, s.M) - mu) * invstd;
+    if (gamma) ys *= detail::CMap<Scalar>(gamma + base, s.M);
+    if (beta) ys += detail::CMap<Scalar>(beta + base, s.M);
+    return;
+  }
+  for (Index q = 0; q < s.per_set(); ++q) {  // γ, β constant on each run
+    const Index oq = o + q * s.run;
+    const Scalar g = gamma ? gamma[base + q] : Scalar(1);
+    const Scalar b = beta ? beta[base + q] : Scalar(0);
+    detail::Map<Scalar>(y + oq, s.run) = (detail::CMap<Scalar>(x + oq, s.run) - mu) * (invstd * g) + b;
+  }
+}
+
+/// \brief The forward kernel of every member with a mean: the statistics of each set and
+/// \f$y = \gamma\hat x + \beta\f$. Checks nothing; the callers do.
+/// \param s       the sets
+/// \param x       \f$R M\f$ input values
+/// \param gamma   \f$P\f$ scales or `nullptr`
+/// \param beta    \f$P\f$ shifts or `nullptr`
+/// \param eps     \f$\varepsilon > 0\f$
+/// \param y       \f$R M\f$ outputs
+/// \param mean    `(R)` output \f$\mu\f$
+/// \param var     `(R)` output biased \f$\sigma^2\f$
+/// \param invstd  `(R)` output \f$1/\sqrt{\sigma^2+\varepsilon}\f$
+template <class Scalar>
+void forward_kernel(const NormSets& s, const Scalar* x, const Scalar* gamma, const Scalar* beta, double eps, Scalar* y,
+                    Scalar* mean, Scalar* var, Scalar* invstd) {
+  using std::sqrt;
+  const Scalar M = Scalar(static_cast<double>(s.M));
+  for (Index r = 0; r < s.R; ++r) {
+    //! [norm.forward]
+    // Two passes over the set: the mean, then the centred second moment, which avoids the
+    // cancellation of E[x²] − E[x]². Then x̂ = (x − μ)/√(σ² + ε) and y = γ x̂ + β.
+    const auto xs = detail::CMap<Scalar>(x + s.offset(r), s.M);
+    const Scalar mu = xs.sum() / M;
+    const Scalar v = (xs - mu).square().sum() / M;
+    const Scalar is = Scalar(1) / sqrt(v + Scalar(eps));
+    mean[r] = mu;
+    var[r] = v;
+    invstd[r] = is;
+    normalize_set(s, r, x, gamma, beta, mu, is, y);
+    //! [norm.forward]
+  }
+}
+
+/// \brief The steps of the staged backward, one per chain-rule term, over all sets at once.
+///
+/// Each step reads the terms before it and writes one term; a layer's staged backward calls
+/// them in order, each call marked with the layer's own formula id. `scale` multiplies the term
+/// (1 is the derivation; see NormTermScales). No step checks its arguments. Common parameters:
+/// `s` the sets, `x` the forward input and `dy` the upstream gradient (\f$R M\f$ values each),
+/// `cache` the forward pass's statistics, `out` the term computed.
+namespace steps {
+
+/// \f$\partial L/\partial\hat x_i = \gamma_{p(i)}\,\partial L/\partial y_i\f$.
+/// \param s      the sets
+/// \param dy     \f$R M\f$ upstream gradient
+/// \param gamma  \f$P\f$ scales or `nullptr`
+/// \param scale  term scale (1 = the derivation)
+/// \param out    \f$R M\f$ output
+template <class Scalar>
+void dl_dxhat(const NormSets& s, const Tensor<Scalar>& dy, const Tensor<Scalar>* gamma, double scale,
+              Tensor<Scalar>& out) {
+  for (Index r = 0; r < s.R; ++r) {
+    for (Index i = 0; i < s.M; ++i) {
+      //! [norm.dl_dxhat]
+      // ∂L/∂x̂ᵢ = γ_p(i) ∂L/∂yᵢ: y = γ x̂ + β is linear in x̂ (γ = 1 without an affine transform)
+      const Scalar g = gamma ? (*gamma)[s.param(r, i)] : Scalar(1);
+      out[s.offset(r) + i] = Scalar(scale) * g * dy[s.offset(r) + i];
+      //! [norm.dl_dxhat]
+    }
+  }
+}
+
+/// \f$\partial L/\partial\sigma^2 = -\tfrac12(\sigma^2+\varepsilon)^{-3/2}\sum_{i\in S}
+/// \partial L/\partial\hat x_i\,(x_i-\mu)\f$ per set.
+/// \param s         the sets
+/// \param x         \f$R M\f$ forward input
+/// \param cache     the forward pass's statistics
+/// \param dl_dxhat  \f$R M\f$ values of \f$\partial L/\partial\hat x\f$
+/// \param scale     term scale (1 = the derivation)
+/// \param out       `(R)` output
+template <class Scalar>
+void dl_dvar(const NormSets& s, const Tensor<Scalar>& x, const NormCache<Scalar>& cache,
+             const Tensor<Scalar>& dl_dxhat, double scale, Tensor<Scalar>& out) {
+  for (Index r = 0; r < s.R; ++r) {
+    //! [norm.dl_dvar]
+    // ∂L/∂σ² = Σ_{i∈S} ∂L/∂x̂ᵢ · (xᵢ − μ) · (−½)(σ² + ε)^(−3/2): σ² reaches L only through the x̂ᵢ of its set
+    const Scalar is = cache.invstd[r];
+    Scalar acc = Scalar(0);
+    for (Index i = s.offset(r), e = i + s.M; i < e; ++i) acc += dl_dxhat[i] * (x[i] - cache.mean[r]);
+    out[r] = Scalar(scale) * acc * Scalar(-0.5) * is * is * is;
+    //! [norm.dl_dvar]
+  }
+}
+
+/// \f$\partial\sigma^2/\partial\mu = -\tfrac{2}{M}\sum_{i\in S}(x_i - \mu)\f$ per set (zero up to rounding).
+/// \param s      the sets
+/// \param x      \f$R M\f$ forward input
+/// \param cache  the forward pass's statistics
+/// \param scale  term scale (1 = the derivation)
+/// \param out    `(R)` output
+template <class Scalar>
+void dvar_dmu(const NormSets& s, const Tensor<Scalar>& x, const NormCache<Scalar>& cache, double scale,
+              Tensor<Scalar>& out) {
+  const Scalar M = Scalar(static_cast<double>(s.M));
+  for (Index r = 0; r < s.R; ++r) {
+    //! [norm.dvar_dmu]
+    // ∂σ²/∂μ = −(2/M) Σ_{i∈S} (xᵢ − μ), which is 0 because μ is the mean of these same xᵢ.
+    // Computed anyway: in floating point it is a rounding-level number, and the ablation shows
+    // that keeping or dropping it changes nothing.
+    Scalar centred = Scalar(0);
+    for (Index i = s.offset(r), e = i + s.M; i < e; ++i) centred += x[i] - cache.mean[r];
+    out[r] = Scalar(scale) * Scalar(-2) * centred / M;
+    //! [norm.dvar_dmu]
+  }
+}
+
+/// \f$\partial L/\partial\mu = -(\sigma^2+\varepsilon)^{-1/2}\sum_{i\in S}\partial L/\partial\hat x_i
+/// + \partial L/\partial\sigma^2\cdot\partial\sigma^2/\partial\mu\f$ per set.
+/// \param s         the sets
+/// \param cache     the forward pass's statistics
+/// \param dl_dxhat  \f$R M\f$ values of \f$\partial L/\partial\hat x\f$
+/// \param dl_dvar   `(R)` values of \f$\partial L/\partial\sigma^2\f$
+/// \param dvar_dmu  `(R)` values of \f$\partial\sigma^2/\partial\mu\f$
+/// \param scale     term scale (1 = the derivation)
+/// \param out       `(R)` output
+template <class Scalar>
+void dl_dmu(const NormSets& s, const NormCache<Scalar>& cache, const Tensor<Scalar>& dl_dxhat,
+            const Tensor<Scalar>& dl_dvar, const Tensor<Scalar>& dvar_dmu, double scale, Tensor<Scalar>& out) {
+  for (Index r = 0; r < s.R; ++r) {
+    //! [norm.dl_dmu]
+    // ∂L/∂μ = Σ_{i∈S} ∂L/∂x̂ᵢ · (−1/√(σ² + ε)) + ∂L/∂σ² · ∂σ²/∂μ: μ reaches L through every x̂ᵢ and through σ²
+    Scalar direct = Scalar(0);
+    for (Index i = s.offset(r), e = i + s.M; i < e; ++i) direct += dl_dxhat[i];
+    out[r] = Scalar(scale) * (-direct * cache.invstd[r] + dl_dvar[r] * dvar_dmu[r]);
+    //! [norm.dl_dmu]
+  }
+}
+
+/// \f$\partial\sigma^2/\partial x_i = 2(x_i - \mu)/M\f$ (the partial with \f$\mu\f$ held fixed).
+/// \param s      the sets
+/// \param x      \f$R M\f$ forward input
+/// \param cache  the forward pass's statistics
+/// \param scale  term scale (1 = the derivation)
+/// \param out    \f$R M\f$ output
+template <class Scalar>
+void dvar_dx(const NormSets& s, const Tensor<Scalar>& x, const NormCache<Scalar>& cache, double scale,
+             Tensor<Scalar>& out) {
+  const Scalar M = Scalar(static_cast<double>(s.M));
+  for (Index r = 0; r < s.R; ++r) {
+    for (Index i = s.offset(r), e = i + s.M; i < e; ++i) {
+      //! [norm.dvar_dx]
+      // ∂σ²/∂xᵢ = 2(xᵢ − μ)/M with μ fixed; it is also the total derivative, since the extra
+      // term ∂σ²/∂μ · ∂μ/∂xᵢ is 0
+      out[i] = Scalar(scale) * Scalar(2) * (x[i] - cache.mean[r]) / M;
+      //! [norm.dvar_dx]
+    }
+  }
+}
+
+/// \f$\partial\mu/\partial x_i = 1/M\f$, one value per set.
+/// \param s      the sets
+/// \param scale  term scale (1 = the derivation)
+/// \param out    `(R)` output
+template <class Scalar>
+void dmu_dx(const NormSets& s, double scale, Tensor<Scalar>& out) {
+  for (Index r = 0; r < s.R; ++r) {
+    //! [norm.dmu_dx]
+    // ∂μ/∂xᵢ = 1/M for every i of the set
+    out[r] = Scalar(scale) / Scalar(static_cast<double>(s.M));
+    //! [norm.dmu_dx]
+  }
+}
+
+/// \f$\partial L/\partial x_i = \partial L/\partial\hat x_i/\sqrt{\sigma^2+\varepsilon} +
+/// \partial L/\partial\sigma^2\cdot\partial\sigma^2/\partial x_i + \partial L/\partial\mu\cdot\partial\mu/\partial x_i\f$.
+/// \param s      the sets
+/// \param cache  the forward pass's statistics
+/// \param t      the terms computed by the steps before
+/// \param out    \f$R M\f$ output
+template <class Scalar>
+void dx(const NormSets& s, const NormCache<Scalar>& cache, const NormStagedTrace<Scalar>& t, Tensor<Scalar>& out) {
+  for (Index r = 0; r < s.R; ++r) {
+    for (Index i = s.offset(r), e = i + s.M; i < e; ++i) {
+      //! [norm.dx]
+      // ∂L/∂xᵢ = ∂L/∂x̂ᵢ / √(σ² + ε) + ∂L/∂σ² · ∂σ²/∂xᵢ + ∂L/∂μ · ∂μ/∂xᵢ: the three paths x → x̂, x → σ², x → μ
+      out[i] = t.dl_dxhat[i] * cache.invstd[r] + t.dl_dvar[r] * t.dvar_dx[i] + t.dl_dmu[r] * t.dmu_dx[r];
+      //! [norm.dx]
+    }
+  }
+}
+
+/// \f$\partial L/\partial\gamma_p = \sum_{(r,i):\,p(r,i)=p} \partial L/\partial y_{r,i}\,\hat x_{r,i}\f$.
+/// \param s      the sets
+/// \param dy     \f$R M\f$ upstream gradient
+/// \param x      \f$R M\f$ forward input
+/// \param cache  the forward pass's statistics
+/// \param out    \f$P\f$ output
+template <class Scalar>
+void dgamma(const NormSets& s, const Tensor<Scalar>& dy, const Tensor<Scalar>& x, const NormCache<Scalar>& cache,
+            Tensor<Scalar>& out) {
+  out.flat().setZero();
+  for (Index r = 0; r < s.R; ++r) {
+    for (Index i = 0; i < s.M; ++i) {
+      //! [norm.dgamma]
+      // ∂L/∂γ_p = Σ dyᵢ x̂ᵢ over every value that γ_p scales (across sets too: the sets share γ)
+      const Index k = s.offset(r) + i;
+      out[s.param(r, i)] += dy[k] * (x[k] - cache.mean[r]) * cache.invstd[r];
+      //! [norm.dgamma]
+    }
+  }
+}
+
+/// \f$\partial L/\partial\beta_p = \sum_{(r,i):\,p(r,i)=p} \partial L/\partial y_{r,i}\f$.
+/// \param s    the sets
+/// \param dy   \f$R M\f$ upstream gradient
+/// \param out  \f$P\f$ output
+template <class Scalar>
+void dbeta(const NormSets& s, const Tensor<Scalar>& dy, Tensor<Scalar>& out) {
+  out.flat().setZero();
+  for (Index r = 0; r < s.R; ++r) {
+    for (Index i = 0; i < s.M; ++i) {
+      //! [norm.dbeta]
+      // ∂L/∂β_p = Σ dyᵢ over every value that β_p shifts
+      out[s.param(r, i)] += dy[s.offset(r) + i];
+      //! [norm.dbeta]
+    }
+  }
+}
+
+/// Allocates the intermediate terms of a staged backward over `s` for an input of `shape`.
+template <class Scalar>
+NormStagedTrace<Scalar> buffers(const NormSets& s, const Shape& shape) {
+  return {Tensor<Scalar>(shape), Tensor<Scalar>({s.R}), Tensor<Scalar>({s.R}),
+          Tensor<Scalar>({s.R}), Tensor<Scalar>(shape), Tensor<Scalar>({s.R})};
+}
+
+}  // namespace steps
+
+/// \brief The fused backward kernel of every member with a mean. Checks nothing; the callers do.
+///
+/// Training:
+/// \f[ dx_i = \frac{1}{M\sqrt{\sigma^2+\varepsilon}}
+///     \Big(M g_i - \sum_{j\in S} g_j - \hat x_i \sum_{j\in S} g_j \hat x_j\Big),
+///     \qquad g_i = \gamma_{p(i)}\,dy_i, \f]
+/// two passes per set for dx (the sums, then dx), a third when dγ or dβ is requested, and no
+/// temporaries of the input's size. With
+/// constant statistics (instance norm eval): \f$dx_i = g_i/\sqrt{r_{\sigma^2}+\varepsilon}\f$.
+/// \param s       the sets
+/// \param dy      \f$R M\f$ upstream gradient
+/// \param x       \f$R M\f$ forward input
+/// \param gamma   \f$P\f$ scales or `nullptr`
+/// \param cache   the forward pass's statistics
+/// \param dx      \f$R M\f$ output
+/// \param dgamma  \f$P\f$ output or `nullptr`
+/// \param dbeta   \f$P\f$ output or `nullptr`
+template <class Scalar>
+void backward_kernel(const NormSets& s, const Scalar* dy, const Scalar* x, const Scalar* gamma,
+                     const NormCache<Scalar>& cache, Scalar* dx, Scalar* dgamma, Scalar* dbeta) {
+  using detail::CMap;
+  using detail::Map;
+  if (dgamma) Map<Scalar>(dgamma, s.params()).setZero();
+  if (dbeta) Map<Scalar>(dbeta, s.params()).setZero();
+  const Scalar M = Scalar(static_cast<double>(s.M));
+  for (Index r = 0; r < s.R; ++r) {
+    const Index o = s.offset(r), base = s.param_base(r);
+    const Scalar mu = cache.mean[r], is = cache.invstd[r];
+    // The parameter gradients, accumulated over the sets that share the parameters.
+    if (s.run == 1) {
+      if (dgamma) Map<Scalar>(dgamma + base, s.M) += CMap<Scalar>(dy + o, s.M) * (CMap<Scalar>(x + o, s.M) - mu) * is;
+      if (dbeta) Map<Scalar>(dbeta + base, s.M) += CMap<Scalar>(dy + o, s.M);
+    } else {
+      for (Index q = 0; q < s.per_set(); ++q) {
+        const auto dyq = CMap<Scalar>(dy + o + q * s.run, s.run);
+        if (dgamma) dgamma[base + q] += (dyq * (CMap<Scalar>(x + o + q * s.run, s.run) - mu)).sum() * is;
+        if (dbeta) dbeta[base + q] += dyq.sum();
+      }
+    }
+    if (!cache.training) {  // constant statistics: y is affine in x
+      if (s.run == 1) {
+        auto dxs = Map<Scalar>(dx + o, s.M);
+        dxs = CMap<Scalar>(dy + o, s.M) * is;
+        if (gamma) dxs *= CMap<Scalar>(gamma + base, s.M);
+      } else {
+        for (Index q = 0; q < s.per_set(); ++q)
+          Map<Scalar>(dx + o + q * s.run, s.run) =
+              CMap<Scalar>(dy + o + q * s.run, s.run) * (is * (gamma ? gamma[base + q] : Scalar(1)));
+      }
+      continue;
+    }
+    //! [norm.dx_fused]
+    // dx = (1/(M√(σ²+ε))) · (M·g − Σg − x̂·Σ(g·x̂)) with g = γ ⊙ dy and x̂ = (x − μ)·invstd.
+    // Pass 1: Σg and Σg·(x − μ); x̂ is rebuilt on the fly, never stored.
+    Scalar sum_g = Scalar(0), sum_g_xmu = Scalar(0);
+    if (s.run == 1) {  // γ elementwise over the set
+      const auto dys = CMap<Scalar>(dy + o, s.M), xs = CMap<Scalar>(x + o, s.M);
+      if (gamma) {
+        const auto gs = CMap<Scalar>(gamma + base, s.M);
+        sum_g = (gs * dys).sum();
+        sum_g_xmu = (gs * dys * (xs - mu)).sum();
+      } else {
+        sum_g = dys.sum();
+        sum_g_xmu = (dys * (xs - mu)).sum();
+      }
+    } else {  // γ constant on runs: Σg = Σ_q γ_q Σ_run dy
+      for (Index q = 0; q < s.per_set(); ++q) {
+        const Index oq = o + q * s.run;
+        const Scalar gq = gamma ? gamma[base + q] : Scalar(1);
+        const auto dyq = CMap<Scalar>(dy + oq, s.run);
+        sum_g += gq * dyq.sum();
+        sum_g_xmu += gq * (dyq * (CMap<Scalar>(x + oq, s.run) - mu)).sum();
+      }
+    }
+    const Scalar sum_g_xhat = sum_g_xmu * is;
+    // Pass 2: dx = k·(M·g − Σg − (x − μ)·invstd·Σ(g·x̂)), k = invstd/M.
+    const Scalar k = is / M, c = is * sum_g_xhat;
+    if (s.run == 1) {
+      const auto dys = CMap<Scalar>(dy + o, s.M), xs = CMap<Scalar>(x + o, s.M);
+      auto dxs = Map<Scalar>(dx + o, s.M);
+      if (gamma) {
+        dxs = k * (M * CMap<Scalar>(gamma + base, s.M) * dys - sum_g - (xs - mu) * c);
+      } else {
+        dxs = k * (M * dys - sum_g - (xs - mu) * c);
+      }
+    } else {
+      for (Index q = 0; q < s.per_set(); ++q) {
+        const Index oq = o + q * s.run;
+        const Scalar gq = gamma ? gamma[base + q] : Scalar(1);
+        Map<Scalar>(dx + oq, s.run) =
+            k * ((M * gq) * CMap<Scalar>(dy + oq, s.run) - sum_g - (CMap<Scalar>(x + oq, s.run) - mu) * c);
+      }
+    }
+    //! [norm.dx_fused]
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// The core as an op of its own: normalization over the sets of a NormSets, the general result
+// that the layers instantiate. The catalog checks it on its own, on layouts chosen to exercise
+// every way of indexing γ (period and run both above 1), as well as through each layer.
+
+/// The core's name in error messages.
+constexpr const char* kNorm = "norm";
+
+/// \brief Forward pass over the sets `s`, writing into caller-provided `y` and `cache`.
+///
+/// The cache's statistics are reallocated only when they are not `(R)`, so a reused cache
+/// makes the call allocation-free.
+/// \param s      the sets; \f$R M\f$ must equal the size of `x`
+/// \param x      input, any shape with \f$R M\f$ values
+/// \param gamma  `(P)` scales or `nullptr`
+/// \param beta   `(P)` shifts or `nullptr`
+/// \param eps    \f$\varepsilon\f$, finite and > 0
+/// \param y      output, preallocated with the shape of `x`
+/// \param cache  output cache
+/// \throws InvalidArgument on inconsistent sets, sizes or \f$\varepsilon\f$.
+template <class Scalar>
+void forward_into(const NormSets& s, const Tensor<Scalar>& x, Opt<const Tensor<Scalar>> gamma,
+                  Opt<const Tensor<Scalar>> beta, double eps, Tensor<Scalar>& y, NormCache<Scalar>& cache) {
+  detail::check_sets(s, kNorm);
+  if (x.size() != s.size()) {
+    std::ostringstream msg;
+    msg << kNorm << ": x must have R*M = " << s.size() << " values; got shape " << to_string(x.shape());
+    throw InvalidArgument(msg.str());
+  }
+  detail::require_optional_shape(gamma, Shape{s.params()}, kNorm, "gamma");
+  detail::require_optional_shape(beta, Shape{s.params()}, kNorm, "beta");
+  require_positive_eps(eps, kNorm);
+  require_shape(y, x.shape(), kNorm, "y (output)");
+  detail::prepare_cache(cache, s, x.shape(), Shape{s.params()}, true, gamma != nullptr, beta != nullptr);
+  forward_kernel(s, x.data(), detail::data_or_null(gamma), detail::data_or_null(beta), eps, y.data(),
+                 cache.mean.data(), cache.var.data(), cache.invstd.data());
+}
+
+/// \brief Forward pass over the sets `s` (allocating wrapper of forward_into()).
+template <class Scalar>
+NormForward<Scalar> forward(const NormSets& s, const Tensor<Scalar>& x, Opt<const Tensor<Scalar>> gamma,
+                            Opt<const Tensor<Scalar>> beta, double eps = 1e-5) {
+  NormForward<Scalar> out{Tensor<Scalar>(x.shape()), {}};
+  forward_into(s, x, gamma, beta, eps, out.y, out.cache);
+  return out;
+}
+
+/// \brief Staged backward pass over the sets of the cache: the steps of norm::steps in order.
+/// \param dy      upstream gradient, shape of `x`
+/// \param x       the forward input
+/// \param gamma   `(P)` scales or `nullptr` (as in the forward pass)
+/// \param cache   from the forward pass on `x`
+/// \param scales  term scales for negative controls; leave at the default
+/// \param trace   if not `nullptr`, receives the intermediate terms
+/// \return dx, dgamma (if `gamma`), dbeta (if the forward pass had \f$\beta\f$).
+template <class Scalar>
+NormGrads<Scalar> backward_staged(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, Opt<const Tensor<Scalar>> gamma,
+                                  const NormCache<Scalar>& cache, const NormTermScales& scales = {},
+                                  NormStagedTrace<Scalar>* trace = nullptr) {
+  detail::check_backward(kNorm, dy, x, gamma, cache);
+  const NormSets& s = cache.sets;
+  NormGrads<Scalar> g{Tensor<Scalar>(x.shape()), gamma ? Tensor<Scalar>(cache.param_shape) : Tensor<Scalar>(),
+                      cache.has_beta ? Tensor<Scalar>(cache.param_shape) : Tensor<Scalar>()};
+  if (gamma) steps::dgamma(s, dy, x, cache, g.dgamma);
+  if (cache.has_beta) steps::dbeta(s, dy, g.dbeta);
+  NormStagedTrace<Scalar> t = steps::buffers<Scalar>(s, x.shape());
+  steps::dl_dxhat(s, dy, gamma, scales.dl_dxhat, t.dl_dxhat);
+  steps::dl_dvar(s, x, cache, t.dl_dxhat, scales.dl_dvar, t.dl_dvar);
+  steps::dvar_dmu(s, x, cache, scales.dvar_dmu, t.dvar_dmu);
+  steps::dl_dmu(s, cache, t.dl_dxhat, t.dl_dvar, t.dvar_dmu, scales.dl_dmu, t.dl_dmu);
+  steps::dvar_dx(s, x, cache, scales.dvar_dx, t.dvar_dx);
+  steps::dmu_dx(s, scales.dmu_dx, t.dmu_dx);
+  steps::dx(s, cache, t, g.dx);
+  if (trace) *trace = std::move(t);
+  return g;
+}
+
+/// \brief Fused backward pass writing into caller-provided outputs; allocates nothing.
+/// \param dy      upstream gradient, shape of `x`
+/// \param x       the forward input
+/// \param gamma   `(P)` scales or `nullptr` (as in the forward pass)
+/// \param cache   from the forward pass on `x`
+/// \param dx      output, preallocated with the shape of `x`
+/// \param dgamma  output `(P)`, or `nullptr` to skip (must be `nullptr` when `gamma` is)
+/// \param dbeta   output `(P)`, or `nullptr` to skip
+/// \throws InvalidArgument on mismatched shapes of any argument or output.
+template <class Scalar>
+void backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, Opt<const Tensor<Scalar>> gamma,
+                   const NormCache<Scalar>& cache, Tensor<Scalar>& dx, Opt<Tensor<Scalar>> dgamma,
+                   Opt<Tensor<Scalar>> dbeta) {
+  detail::check_backward(kNorm, dy, x, gamma, cache);
+  detail::check_outputs(kNorm, x, gamma, cache, dx, dgamma, dbeta);
+  backward_kernel(cache.sets, dy.data(), x.data(), detail::data_or_null(gamma), cache, dx.data(),
+                  dgamma ? dgamma->data() : nullptr, dbeta ? dbeta->data() : nullptr);
+}
+
+/// \brief Fused backward pass (allocating wrapper of backward_into()).
+template <class Scalar>
+NormGrads<Scalar> backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, Opt<const Tensor<Scalar>> gamma,
+                           const NormCache<Scalar>& cache) {
+  NormGrads<Scalar> g{Tensor<Scalar>(x.shape()), gamma ? Tensor<Scalar>(cache.param_shape) : Tensor<Scalar>(),
+                      cache.has_beta ? Tensor<Scalar>(cache.param_shape) : Tensor<Scalar>()};
+  backward_into(dy, x, gamma, cache, g.dx, gamma ? &g.dgamma : nullptr, cache.has_beta ? &g.dbeta : nullptr);
+  return g;
+}
+
+}  // namespace norm
+}  // namespace gradproof::ops
+
+/// \cond INTERNAL
+// Explicit instantiation for float and double: declared here, defined once in normalization.cpp.
+#define GRADPROOF_NORM_INSTANTIATE(PREFIX, S)                                                                    \
+  PREFIX template void norm::forward_into<S>(const NormSets&, const Tensor<S>&, const Tensor<S>*,               \
+                                             const Tensor<S>*, double, Tensor<S>&, NormCache<S>&);              \
+  PREFIX template NormForward<S> norm::forward<S>(const NormSets&, const Tensor<S>&, const Tensor<S>*,          \
+                                                  const Tensor<S>*, double);                                     \
+  PREFIX template NormGrads<S> norm::backward_staged<S>(const Tensor<S>&, const Tensor<S>&, const Tensor<S>*,   \
+                                                        const NormCache<S>&, const NormTermScales&,             \
+                                                        NormStagedTrace<S>*);                                    \
+  PREFIX template void norm::backward_into<S>(const Tensor<S>&, const Tensor<S>&, const Tensor<S>*,             \
+                                              const NormCache<S>&, Tensor<S>&, Tensor<S>*, Tensor<S>*);          \
+  PREFIX template NormGrads<S> norm::backward<S>(const Tensor<S>&, const Tensor<S>&, const Tensor<S>*,          \
+                                                 const NormCache<S>&);
+namespace gradproof::ops {
+GRADPROOF_NORM_INSTANTIATE(extern, float)
+GRADPROOF_NORM_INSTANTIATE(extern, double)
+}  // namespace gradproof::ops
+/// \endcond
