@@ -8,6 +8,7 @@ namespace gradproof::bench {
 void libtorch_set_threads(int) {}
 std::string libtorch_version() { return {}; }
 std::vector<Case> libtorch_batchnorm(const BnPtr&) { return {}; }
+std::vector<Case> libtorch_rownorm(const RowNormPtr&) { return {}; }
 #endif
 
 #if !defined(GRADPROOF_BENCH_ONEDNN)

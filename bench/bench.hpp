@@ -45,18 +45,36 @@ struct BnProblem {
   TensorD ref_dx, ref_dgamma, ref_dbeta;    ///< staged backward in double
 };
 
+/// Inputs of one layer-norm or RMS-norm shape `(R, M)`, normalised over the last axis, and the
+/// float64 reference results.
+struct RowNormProblem {
+  std::string op;  ///< layernorm or rmsnorm
+  Shape shape;
+  double eps = 1e-5;
+  TensorF x, dy, gamma, beta;  ///< beta unused for RMS norm
+  TensorD ref_y, ref_dx, ref_dgamma, ref_dbeta;  ///< ref_dbeta empty for RMS norm
+};
+
 using BnPtr = std::shared_ptr<const BnProblem>;
+using RowNormPtr = std::shared_ptr<const RowNormProblem>;
 
 /// Deterministic inputs for a batch-norm shape, with our fused results filled in.
 BnPtr make_bn_problem(const Shape& shape);
+
+/// Deterministic inputs for a layer-norm or RMS-norm shape, with the float64 references.
+RowNormPtr make_rownorm_problem(const std::string& op, const Shape& shape);
 
 /// max |a_i - r_i| / max |r_i|.
 double relative_difference(const float* a, const double* ref, Index n);
 
 std::vector<Case> ours_batchnorm(const BnPtr& p);
+std::vector<Case> ours_rownorm(const RowNormPtr& p);
 
 /// Empty when the benchmark was built without libtorch.
 std::vector<Case> libtorch_batchnorm(const BnPtr& p);
+/// at::native_layer_norm and its backward; RMS norm composed from libtorch ops (1.13 has no
+/// rms_norm), its backward by libtorch's autograd. Empty without libtorch.
+std::vector<Case> libtorch_rownorm(const RowNormPtr& p);
 /// Empty when the benchmark was built without oneDNN.
 std::vector<Case> onednn_batchnorm(const BnPtr& p);
 

@@ -92,32 +92,41 @@ std::string memory_total() {
 
 }  // namespace
 
-CacheFlusher::CacheFlusher(Index bytes) : buffer_(static_cast<std::size_t>(bytes) / sizeof(double), 1.0) {}
-
-void CacheFlusher::operator()() {
-  const Index n = static_cast<Index>(buffer_.size());
-  std::vector<double> part(static_cast<std::size_t>(parallel::max_threads()), 0.0);
-  const Index parts = static_cast<Index>(part.size());
-  parallel::parallel_for(parts, n, [&](Index t) {
-    const auto [s, unused] = kernels::sum2(
-        n * (t + 1) / parts - n * t / parts, [](auto v) { return std::pair{v, v}; }, buffer_.data() + n * t / parts);
-    (void)unused;
-    part[static_cast<std::size_t>(t)] = s;
+TriadProbe::TriadProbe(Index bytes)
+    : n_(bytes / Index(sizeof(double))),
+      a_(new double[static_cast<std::size_t>(n_)]),
+      b_(new double[static_cast<std::size_t>(n_)]),
+      c_(new double[static_cast<std::size_t>(n_)]) {
+  blocks(n_, [&](Index lo, Index hi) {
+    for (Index i = lo; i < hi; ++i) a_[i] = 0.0, b_[i] = 1.0, c_[i] = 2.0;
   });
-  for (double s : part) sink_ += s;  // keeps the reads from being optimised away
 }
 
-Timing time_calls(const std::function<void()>& fn, int warmup, int repetitions, CacheFlusher* flush) {
+double TriadProbe::operator()() {
+  const double q = 3.0;
+  const auto t0 = Clock::now();
+  blocks(n_, [&](Index lo, Index hi) {
+    kernels::map(a_.get() + lo, hi - lo, true, [q](auto bv, auto cv) { return bv + q * cv; }, b_.get() + lo,
+                 c_.get() + lo);
+  });
+  return 3.0 * static_cast<double>(n_) * sizeof(double) / (ms_since(t0) * 1e6);
+}
+
+Measured time_calls(const std::function<void()>& fn, int warmup, int repetitions, TriadProbe* probe) {
   for (int i = 0; i < warmup; ++i) fn();
-  std::vector<double> ms;
+  std::vector<double> ms, gbps;
   ms.reserve(static_cast<std::size_t>(repetitions));
+  gbps.reserve(static_cast<std::size_t>(repetitions));
   for (int i = 0; i < repetitions; ++i) {
-    if (flush) (*flush)();
+    if (probe) gbps.push_back((*probe)());
     const auto t0 = Clock::now();
     fn();
     ms.push_back(ms_since(t0));
   }
-  return summarise(std::move(ms));
+  Measured m;
+  m.time = summarise(std::move(ms));
+  if (!gbps.empty()) m.probe_gbps = summarise(std::move(gbps)).median_ms;
+  return m;
 }
 
 double Bandwidth::reference() const { return std::max({triad, triad_nt, read}); }
@@ -152,9 +161,9 @@ Bandwidth probe_bandwidth(int threads, Index bytes, int repetitions) {
   const double gb = static_cast<double>(n) * sizeof(double) / 1e9;
   Bandwidth bw;
   bw.threads = threads;
-  bw.triad = 3 * gb / (time_calls([&] { triad(false); }, 1, repetitions, nullptr).median_ms / 1e3);
-  bw.triad_nt = 3 * gb / (time_calls([&] { triad(true); }, 1, repetitions, nullptr).median_ms / 1e3);
-  bw.read = gb / (time_calls(read, 1, repetitions, nullptr).median_ms / 1e3);
+  bw.triad = 3 * gb / (time_calls([&] { triad(false); }, 1, repetitions, nullptr).time.median_ms / 1e3);
+  bw.triad_nt = 3 * gb / (time_calls([&] { triad(true); }, 1, repetitions, nullptr).time.median_ms / 1e3);
+  bw.read = gb / (time_calls(read, 1, repetitions, nullptr).time.median_ms / 1e3);
   if (sink == 42.0) std::abort();  // never true; keeps the sums alive
   return bw;
 }

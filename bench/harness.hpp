@@ -4,6 +4,7 @@
 #include "gradproof/tensor.hpp"
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -16,23 +17,31 @@ struct Timing {
   int repetitions = 0;
 };
 
-/// Evicts the caches by reading a buffer four times the size of the last-level cache, on every
-/// thread, so that each timed call starts with its operands in memory. A read (not a write)
-/// leaves the evicting lines clean, so the next call pays no write-back for them.
-class CacheFlusher {
+/// \brief The triad with streaming stores over three arrays of `bytes` each, on every thread,
+/// timed: run before each timed repetition, it evicts the caches (it reads twice the array size)
+/// and measures the memory bandwidth at that moment, interleaved with the repetitions it
+/// precedes (the bandwidth of a shared machine drifts from one minute to the next).
+class TriadProbe {
  public:
-  explicit CacheFlusher(Index bytes);
-  void operator()();
-  Index bytes() const noexcept { return static_cast<Index>(buffer_.size() * sizeof(double)); }
+  explicit TriadProbe(Index bytes);
+  /// Runs the triad once; returns its bandwidth in GB/s (12 B per element counted, as STREAM).
+  double operator()();
+  Index bytes() const noexcept { return n_ * Index(sizeof(double)); }
 
  private:
-  std::vector<double> buffer_;
-  double sink_ = 0;
+  Index n_;
+  std::unique_ptr<double[]> a_, b_, c_;
 };
 
-/// Runs `fn` `warmup` times, then `repetitions` times timed one by one (calling `flush` before
-/// each when it is given).
-Timing time_calls(const std::function<void()>& fn, int warmup, int repetitions, CacheFlusher* flush);
+/// Timings of a call, and the median bandwidth of the probe runs between its repetitions.
+struct Measured {
+  Timing time;
+  double probe_gbps = 0;  ///< 0 when no probe ran
+};
+
+/// Runs `fn` `warmup` times, then `repetitions` times timed one by one, running `probe` (when
+/// given) before each.
+Measured time_calls(const std::function<void()>& fn, int warmup, int repetitions, TriadProbe* probe);
 
 /// Results of the bandwidth probe for one thread count, in GB/s (1e9 bytes per second).
 struct Bandwidth {

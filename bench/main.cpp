@@ -78,7 +78,7 @@ struct Row {
   Case c;
   int threads = 0;
   Timing t;
-  double gbps = 0, fraction = 0, agreement = -1, extra_ms = -1;
+  double gbps = 0, bandwidth = 0, fraction = 0, agreement = -1, extra_ms = -1;
 };
 
 std::string shape_text(const std::vector<std::int64_t>& s) {
@@ -142,15 +142,18 @@ void write_json(const std::string& path, const Options& o, const std::vector<std
       << "\n    \"warmup\": " << o.warmup << ",\n    \"repetitions\": " << o.repetitions
       << ",\n    \"statistic\": \"median, with min and max, of the repetitions\""
       << ",\n    \"cache\": "
-      << quoted(o.flush ? "evicted before every repetition by reading " + std::to_string(flush_bytes >> 20) +
-                              " MiB on every thread"
+      << quoted(o.flush ? "before every repetition, the triad with streaming stores over three arrays of " +
+                              std::to_string(flush_bytes >> 20) +
+                              " MiB on every thread: it evicts the caches and measures the bandwidth of that moment"
                         : "not evicted (warm): operands may be in cache")
       << ",\n    \"bytes\": \"minimum traffic: forward 8 B/element (read x, write y), backward 12 B/element "
          "(read x and dy, write dx)\""
-      << ",\n    \"bandwidth\": " << quoted("per thread count, the best of three probes on " + std::to_string(o.probe_mib) +
-                                           " MiB arrays (triad with normal stores, triad with streaming stores, "
-                                           "read-sum), run before and after the cases; fraction_of_bandwidth = gbps / "
-                                           "that figure")
+      << ",\n    \"bandwidth\": "
+      << quoted(o.flush ? "fraction_of_bandwidth = gbps / bandwidth_gbps, the median of the triad probes run between "
+                          "the row's repetitions; top-level bandwidth: per thread count, the median of its rows' "
+                          "bandwidth_gbps; bandwidth_probes: triad, triad with streaming stores and read-sum on " +
+                              std::to_string(o.probe_mib) + " MiB arrays, at the start and the end of the run"
+                        : "fraction_of_bandwidth = gbps / the best of the start and end probes for the row's threads")
       << "\n  },\n  \"rows\": [";
   for (std::size_t i = 0; i < rows.size(); ++i) {
     const Row& r = rows[i];
@@ -159,7 +162,8 @@ void write_json(const std::string& path, const Options& o, const std::vector<std
     for (std::size_t k = 0; k < r.c.shape.size(); ++k) out << (k ? ", " : "") << r.c.shape[k];
     out << "], \"threads\": " << r.threads << ", \"median_ms\": " << num(r.t.median_ms)
         << ", \"min_ms\": " << num(r.t.min_ms) << ", \"max_ms\": " << num(r.t.max_ms) << ", \"gbps\": " << num(r.gbps)
-        << ", \"fraction_of_bandwidth\": " << num(r.fraction) << ", \"repetitions\": " << r.t.repetitions
+        << ", \"fraction_of_bandwidth\": " << num(r.fraction) << ", \"bandwidth_gbps\": " << num(r.bandwidth)
+        << ", \"repetitions\": " << r.t.repetitions
         << ", \"bytes\": " << num(r.c.bytes) << ", \"agreement\": " << (r.agreement >= 0 ? num(r.agreement) : "null");
     if (r.extra_ms >= 0)
       out << ", \"extra_ms\": " << num(r.extra_ms) << ", \"extra_what\": " << quoted(r.c.extra_what);
@@ -197,10 +201,12 @@ int main(int argc, char** argv) {
   machine.emplace_back("load average at start", load_average());
   for (const auto& [k, v] : machine) std::printf("%-22s %s\n", (k + ":").c_str(), v.c_str());
 
-  const Index llc = last_level_cache_bytes();
-  const Index flush_bytes = std::max<Index>(4 * llc, Index(64) << 20);
-  std::unique_ptr<CacheFlusher> flusher;
-  if (o.flush) flusher = std::make_unique<CacheFlusher>(flush_bytes);
+  // Before each timed repetition: the triad with streaming stores over three arrays of twice the
+  // last-level cache (at least 64 MiB each), which evicts the caches and measures the bandwidth
+  // of that moment; a row's fraction divides by the median of the probes between its repetitions.
+  const Index probe_bytes = std::max<Index>(2 * last_level_cache_bytes(), Index(64) << 20);
+  std::unique_ptr<TriadProbe> probe_between;
+  if (o.flush) probe_between = std::make_unique<TriadProbe>(probe_bytes);
 
   // The probe runs before and after the cases (the machine's bandwidth drifts when other work
   // shares it); each thread count's reference is the best figure of either run.
@@ -228,29 +234,40 @@ int main(int argc, char** argv) {
   std::vector<BnPtr> bn;
   for (const Shape& s : {Shape{32, 64, 56, 56}, Shape{64, 256, 14, 14}, Shape{8, 32, 128, 128}})
     bn.push_back(make_bn_problem(s));
+  std::vector<RowNormPtr> rows_norm;
+  for (const char* op : {"layernorm", "rmsnorm"}) rows_norm.push_back(make_rownorm_problem(op, {4096, 1024}));
 
   std::vector<Row> rows;
   print_row_header();
   for (const int t : o.threads) {
     parallel::set_threads(t);
     libtorch_set_threads(t);
+    std::vector<std::vector<Case>> groups;  // the implementations of one shape
     for (const BnPtr& p : bn) {
-      std::vector<Case> cases = ours_batchnorm(p);
+      groups.push_back(ours_batchnorm(p));
       for (auto* make : {&libtorch_batchnorm, &onednn_batchnorm})
-        for (auto& c : make(p)) cases.push_back(std::move(c));
+        for (auto& c : make(p)) groups.back().push_back(std::move(c));
+    }
+    for (const RowNormPtr& p : rows_norm) {
+      groups.push_back(ours_rownorm(p));
+      for (auto& c : libtorch_rownorm(p)) groups.back().push_back(std::move(c));
+    }
+    for (std::vector<Case>& cases : groups) {
       // forward cases first, then backward, each in the order staged, fused, libtorch, oneDNN
       std::stable_partition(cases.begin(), cases.end(), [](const Case& c) { return c.pass == "forward"; });
       for (Case& c : cases) {
         if (!o.only.empty() && (c.op + " " + c.pass + " " + c.impl).find(o.only) == std::string::npos) continue;
         Row r;
         r.threads = t;
-        r.t = time_calls(c.run, o.warmup, o.repetitions, flusher.get());
+        const Measured m = time_calls(c.run, o.warmup, o.repetitions, probe_between.get());
+        r.t = m.time;
+        r.bandwidth = m.probe_gbps;
         r.gbps = c.bytes / (r.t.median_ms * 1e6);
-        r.fraction = 0;  // set once the end probe has run
+        r.fraction = r.bandwidth > 0 ? r.gbps / r.bandwidth : 0;  // warm runs: set after the end probe
         if (c.agreement) r.agreement = c.agreement();
-        if (c.extra) r.extra_ms = time_calls(c.extra, 1, o.repetitions, flusher.get()).median_ms;
+        if (c.extra) r.extra_ms = time_calls(c.extra, 1, o.repetitions, probe_between.get()).time.median_ms;
         r.c = std::move(c);
-        print_row(r, false);
+        print_row(r, r.bandwidth > 0);
         rows.push_back(std::move(r));
       }
     }
@@ -258,13 +275,26 @@ int main(int argc, char** argv) {
   machine.emplace_back("load average at end", load_average());
   std::printf("load average at end:   %s\n", machine.back().second.c_str());
   probe("end");
-  std::printf("\nfraction of bandwidth (reference: the best probe at start or end for the row's threads):\n");
-  print_row_header();
-  for (Row& r : rows) {
-    r.fraction = r.gbps / reference(r.threads);
-    print_row(r, true);
+  if (!o.flush) {  // warm runs have no probe between repetitions: the best probe at start or end
+    std::printf("\nfraction of bandwidth (reference: the best probe at start or end for the row's threads):\n");
+    print_row_header();
+    for (Row& r : rows) {
+      r.bandwidth = reference(r.threads);
+      r.fraction = r.gbps / r.bandwidth;
+      print_row(r, true);
+    }
   }
-  write_json(o.out, o, machine, probes, reference, rows, flush_bytes);
+  // The bandwidth of each thread count, for the table and plot: the median of the probes that
+  // ran between the repetitions of its rows (the best start/end probe in a warm run).
+  const auto summary = [&](int threads) {
+    std::vector<double> v;
+    for (const Row& r : rows)
+      if (r.threads == threads) v.push_back(r.bandwidth);
+    if (v.empty()) return reference(threads);
+    std::sort(v.begin(), v.end());
+    return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+  };
+  write_json(o.out, o, machine, probes, summary, rows, probe_bytes);
   std::printf("wrote %s (%zu rows)\n", o.out.c_str(), rows.size());
   return 0;
 }

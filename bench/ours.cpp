@@ -2,6 +2,8 @@
 #include "bench.hpp"
 
 #include "gradproof/ops/batchnorm.hpp"
+#include "gradproof/ops/layernorm.hpp"
+#include "gradproof/ops/rmsnorm.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -147,6 +149,133 @@ std::vector<Case> ours_batchnorm(const BnPtr& p) {
                    [p, s] {
                      ops::batchnorm_backward_into<float>(p->dy, p->x, &p->gamma, s->cache, s->dx, &s->dgamma,
                                                          &s->dbeta);
+                   },
+                   bwd_agreement(s), {}, "", ""});
+  }
+  return out;
+}
+
+RowNormPtr make_rownorm_problem(const std::string& op, const Shape& shape) {
+  auto p = std::make_shared<RowNormProblem>();
+  p->op = op;
+  p->shape = shape;
+  const Shape params{shape.back()};
+  std::mt19937_64 rng(20240607 + static_cast<std::uint64_t>(numel(shape)) + op.size());
+  p->x = TensorF(shape);
+  p->dy = TensorF(shape);
+  p->gamma = TensorF(params);
+  p->beta = TensorF(params);
+  fill_normal(p->x, rng, 1.0, 2.0);
+  fill_normal(p->dy, rng, 0.0, 1.0);
+  fill_uniform(p->gamma, rng, 0.5, 1.5);
+  fill_uniform(p->beta, rng, -0.5, 0.5);
+
+  // The reference: the reference forward and the staged backward, in double.
+  const TensorD xd = p->x.cast<double>(), dyd = p->dy.cast<double>(), gd = p->gamma.cast<double>(),
+                bd = p->beta.cast<double>();
+  if (op == "layernorm") {
+    const ops::LayerNormConfig cfg{params, p->eps};
+    TensorD yd(shape);
+    ops::NormCache<double> cd;
+    ops::layernorm_forward_into<double>(xd, &gd, &bd, cfg, yd, cd);  // statistics and the cache's layout
+    ops::norm::forward_kernel_reference<double>(cd.sets, xd.data(), gd.data(), bd.data(), p->eps, yd.data(),
+                                                cd.mean.data(), cd.var.data(), cd.invstd.data());
+    auto g = ops::layernorm_backward_staged<double>(dyd, xd, &gd, cd);
+    p->ref_y = std::move(yd);
+    p->ref_dx = std::move(g.dx);
+    p->ref_dgamma = std::move(g.dgamma);
+    p->ref_dbeta = std::move(g.dbeta);
+  } else {
+    const ops::RMSNormConfig cfg{params, p->eps};
+    TensorD yd(shape);
+    ops::RMSNormCache<double> cd;
+    ops::rmsnorm_forward_into<double>(xd, &gd, cfg, yd, cd);
+    ops::norm::detail::rmsnorm_forward_reference<double>(cd.sets, xd.data(), gd.data(), p->eps, yd.data(),
+                                                         cd.ms.data(), cd.invrms.data());
+    auto g = ops::rmsnorm_backward_staged<double>(dyd, xd, &gd, cd);
+    p->ref_y = std::move(yd);
+    p->ref_dx = std::move(g.dx);
+    p->ref_dgamma = std::move(g.dgamma);
+  }
+  return p;
+}
+
+std::vector<Case> ours_rownorm(const RowNormPtr& p) {
+  const std::vector<std::int64_t> shape(p->shape.begin(), p->shape.end());
+  const double n = static_cast<double>(numel(p->shape));
+  const Shape params{p->shape.back()};
+  const bool ln = p->op == "layernorm";
+  std::vector<Case> out;
+
+  struct State {
+    TensorF y, dx, dgamma, dbeta;
+    ops::NormCache<float> ln;
+    ops::RMSNormCache<float> rms;
+  };
+  const auto fresh = [&] {
+    auto s = std::make_shared<State>(State{TensorF(p->shape), TensorF(p->shape), TensorF(params), TensorF(params), {}, {}});
+    // Our fused forward fills the cache the backward cases use (and sizes it for the reference).
+    if (ln) ops::layernorm_forward_into<float>(p->x, &p->gamma, &p->beta, {params, p->eps}, s->y, s->ln);
+    else ops::rmsnorm_forward_into<float>(p->x, &p->gamma, {params, p->eps}, s->y, s->rms);
+    return s;
+  };
+  const auto fwd_agreement = [p](const std::shared_ptr<State>& s) {
+    return [p, s] { return relative_difference(s->y.data(), p->ref_y.data(), p->ref_y.size()); };
+  };
+  const auto bwd_agreement = [p, ln](const std::shared_ptr<State>& s) {
+    return [p, s, ln] {
+      double d = std::max(relative_difference(s->dx.data(), p->ref_dx.data(), p->ref_dx.size()),
+                          relative_difference(s->dgamma.data(), p->ref_dgamma.data(), p->ref_dgamma.size()));
+      if (ln) d = std::max(d, relative_difference(s->dbeta.data(), p->ref_dbeta.data(), p->ref_dbeta.size()));
+      return d;
+    };
+  };
+  const char* reference_note = "the reference forward (an Eigen expression per row), one thread";
+  {
+    auto s = fresh();
+    out.push_back({p->op, "forward", "staged", shape, 8 * n,
+                   [p, s, ln] {
+                     if (ln) {
+                       ops::norm::forward_kernel_reference<float>(s->ln.sets, p->x.data(), p->gamma.data(),
+                                                                  p->beta.data(), p->eps, s->y.data(), s->ln.mean.data(),
+                                                                  s->ln.var.data(), s->ln.invstd.data());
+                     } else {
+                       ops::norm::detail::rmsnorm_forward_reference<float>(s->rms.sets, p->x.data(), p->gamma.data(),
+                                                                           p->eps, s->y.data(), s->rms.ms.data(),
+                                                                           s->rms.invrms.data());
+                     }
+                   },
+                   fwd_agreement(s), {}, "", reference_note});
+  }
+  {
+    auto s = fresh();
+    out.push_back({p->op, "forward", "fused", shape, 8 * n,
+                   [p, s, ln, params] {
+                     if (ln) ops::layernorm_forward_into<float>(p->x, &p->gamma, &p->beta, {params, p->eps}, s->y, s->ln);
+                     else ops::rmsnorm_forward_into<float>(p->x, &p->gamma, {params, p->eps}, s->y, s->rms);
+                   },
+                   fwd_agreement(s), {}, "", ""});
+  }
+  {
+    auto s = fresh();
+    out.push_back({p->op, "backward", "staged", shape, 12 * n,
+                   [p, s, ln] {
+                     if (ln) {
+                       auto g = ops::layernorm_backward_staged<float>(p->dy, p->x, &p->gamma, s->ln);
+                       s->dx = std::move(g.dx), s->dgamma = std::move(g.dgamma), s->dbeta = std::move(g.dbeta);
+                     } else {
+                       auto g = ops::rmsnorm_backward_staged<float>(p->dy, p->x, &p->gamma, s->rms);
+                       s->dx = std::move(g.dx), s->dgamma = std::move(g.dgamma);
+                     }
+                   },
+                   bwd_agreement(s), {}, "", "one step per chain-rule term, one thread, allocates its intermediates"});
+  }
+  {
+    auto s = fresh();
+    out.push_back({p->op, "backward", "fused", shape, 12 * n,
+                   [p, s, ln] {
+                     if (ln) ops::layernorm_backward_into<float>(p->dy, p->x, &p->gamma, s->ln, s->dx, &s->dgamma, &s->dbeta);
+                     else ops::rmsnorm_backward_into<float>(p->dy, p->x, &p->gamma, s->rms, s->dx, &s->dgamma);
                    },
                    bwd_agreement(s), {}, "", ""});
   }

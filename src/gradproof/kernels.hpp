@@ -15,10 +15,12 @@
 #include "gradproof/tensor.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #if defined(__SSE2__)
 #include <immintrin.h>
@@ -97,14 +99,30 @@ inline void stream_fence() noexcept {
 /// \cond INTERNAL
 namespace detail {
 
+template <std::size_t... I>
+inline Vec<double> widen_sum(const Vec<float>& v, std::index_sequence<I...>) noexcept {
+  // Shuffles, not a copy through memory: taking the vector's address would keep the running
+  // sums that call this in memory instead of registers.
+  const typename Native<float>::half lo = __builtin_shufflevector(v, v, I...);
+  const typename Native<float>::half hi = __builtin_shufflevector(v, v, (I + sizeof...(I))...);
+  return __builtin_convertvector(lo, Vec<double>) + __builtin_convertvector(hi, Vec<double>);
+}
+
 /// The lanes of a native vector of `S` added pairwise into a vector of doubles (a float
 /// vector's 16 lanes become 8): exact up to one double rounding.
 inline Vec<double> widen_sum(const Vec<float>& v) noexcept {
-  using Half = typename Native<float>::half;
-  Half lo, hi;
-  std::memcpy(&lo, &v, sizeof lo);
-  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
-  return __builtin_convertvector(lo, Vec<double>) + __builtin_convertvector(hi, Vec<double>);
+  return widen_sum(v, std::make_index_sequence<static_cast<std::size_t>(kLanes<float> / 2)>{});
+}
+
+/// The first (`high = false`) or second half of a float vector's lanes, widened to double.
+template <std::size_t... I>
+inline Vec<double> widen_half(const Vec<float>& v, bool high, std::index_sequence<I...>) noexcept {
+  const typename Native<float>::half h = high ? __builtin_shufflevector(v, v, (I + sizeof...(I))...)
+                                              : __builtin_shufflevector(v, v, I...);
+  return __builtin_convertvector(h, Vec<double>);
+}
+inline Vec<double> widen_half(const Vec<float>& v, bool high) noexcept {
+  return widen_half(v, high, std::make_index_sequence<static_cast<std::size_t>(kLanes<float> / 2)>{});
 }
 inline Vec<double> widen_sum(const Vec<double>& v) noexcept { return v; }
 
@@ -198,6 +216,28 @@ struct Sums2 {
   }
 };
 
+/// \cond INTERNAL
+namespace detail {
+
+/// The vector state of a Sums2 as separate local variables, for hot loops: GCC keeps local
+/// vectors in registers but leaves an aggregate of this size in memory, which would put a
+/// store-to-load round trip on every step.
+template <class S>
+[[gnu::always_inline]] inline void add(Vec<S>& p0, Vec<S>& p1, Vec<double>& t0, Vec<double>& t1, int& steps,
+                                       const Vec<S>& a, const Vec<S>& b) noexcept {
+  p0 += a;
+  p1 += b;
+  if (++steps == Sums2<S>::kFlushEvery) {
+    t0 += widen_sum(p0);
+    t1 += widen_sum(p1);
+    p0 = p1 = Vec<S>{};
+    steps = 0;
+  }
+}
+
+}  // namespace detail
+/// \endcond
+
 /// \brief Adds two sums over a contiguous run into `into`:
 /// \f$\big(\sum_i t_0(a_i, b_i, \dots),\ \sum_i t_1(a_i, b_i, \dots)\big)\f$ where
 /// `terms(a, b, ...)` returns the pair \f$(t_0, t_1)\f$.
@@ -213,15 +253,21 @@ template <class S, class F, class... P>
 inline void sum2_into(Sums2<S>& into, Index n, const F& terms, const P*... src) noexcept {
   using V = Vec<S>;
   constexpr Index W = kLanes<S>;
-  Sums2<S> acc = into;  // a local copy stays in registers (the inputs could alias `into`)
+  // Local copies, which stay in registers (see detail::add).
+  V p0 = into.p0, p1 = into.p1;
+  Vec<double> t0 = into.t0, t1 = into.t1;
+  int steps = into.steps;
   Index i = 0;
-  for (; i + W <= n; i += W) acc.add(terms(load<V>(src + i)...));
+  for (; i + W <= n; i += W) {
+    const auto [a, b] = terms(load<V>(src + i)...);
+    detail::add<S>(p0, p1, t0, t1, steps, a, b);
+  }
   if (i < n) {
     const auto m = detail::first_lanes<S>(n - i);
-    const auto [t0, t1] = terms(detail::load_first(n - i, src + i)...);
-    acc.add({detail::select<S>(m, t0, V{}), detail::select<S>(m, t1, V{})});
+    const auto [a, b] = terms(detail::load_first(n - i, src + i)...);
+    detail::add<S>(p0, p1, t0, t1, steps, detail::select<S>(m, a, V{}), detail::select<S>(m, b, V{}));
   }
-  into = acc;
+  into.p0 = p0, into.p1 = p1, into.t0 = t0, into.t1 = t1, into.steps = steps;
 }
 
 /// The two sums of sum2_into() over one run, as doubles.
@@ -245,7 +291,7 @@ inline std::pair<double, double> sum2(Index n, const F& terms, const P*... src) 
 /// \param f            `S(S...)` and `Vec<S>(Vec<S>...)`
 /// \param src          input runs, `n` values each
 template <class S, class F, class... P>
-inline void map(S* dst, Index n, bool nontemporal, const F& f, const P*... src) noexcept {
+inline void map(S* __restrict dst, Index n, bool nontemporal, const F& f, const P*... src) noexcept {
   using V = Vec<S>;
   constexpr Index W = kLanes<S>;
   Index i = 0;
@@ -284,7 +330,7 @@ inline void map(S* dst, Index n, bool nontemporal, const F& f, const P*... src) 
 /// \param ahead        offset of the summed run from the mapped one, in values
 /// \param src          input runs
 template <class S, class MapOf, class TermsOf, class... P>
-inline void map_sum2_segments(Sums2<S>* acc, Index summed, S* dst, Index L, Index segments, bool nontemporal,
+inline void map_sum2_segments(Sums2<S>* acc, Index summed, S* __restrict dst, Index L, Index segments, bool nontemporal,
                               const MapOf& map_of, const TermsOf& terms_of, Index ahead, const P*... src) noexcept {
   using V = Vec<S>;
   constexpr Index W = kLanes<S>;
@@ -303,29 +349,35 @@ inline void map_sum2_segments(Sums2<S>* acc, Index summed, S* dst, Index L, Inde
     }
   }
   const auto segment = [&](Index k, auto with_sums) {
+    constexpr bool sums = decltype(with_sums)::value;
     const Index end = (k + 1) * L;
     const auto f = map_of(k);
-    [[maybe_unused]] Sums2<S> a;
-    constexpr bool sums = decltype(with_sums)::value;
-    if constexpr (sums) a = acc[k];
+    // The running sums of segment k as locals, which stay in registers (see detail::add).
+    V p0 = {}, p1 = {};
+    Vec<double> t0 = {}, t1 = {};
+    int steps = 0;
+    if constexpr (sums) p0 = acc[k].p0, p1 = acc[k].p1, t0 = acc[k].t0, t1 = acc[k].t1, steps = acc[k].steps;
     for (; i + W <= end; i += W) {
-      if constexpr (sums) a.add(terms_of(k)(load<V>(src + ahead + i)...));
+      if constexpr (sums) {
+        const auto [a, b] = terms_of(k)(load<V>(src + ahead + i)...);
+        detail::add<S>(p0, p1, t0, t1, steps, a, b);
+      }
       put(i, f(load<V>(src + i)...));
     }
     if (k + 1 < segments && i < end) {  // the vector across the boundary with segment k + 1
       const auto m = detail::first_lanes<S>(end - i);
       if constexpr (sums) {
-        const auto [t0, t1] = terms_of(k)(load<V>(src + ahead + i)...);
-        a.add({detail::select<S>(m, t0, V{}), detail::select<S>(m, t1, V{})});
+        const auto [a, b] = terms_of(k)(load<V>(src + ahead + i)...);
+        detail::add<S>(p0, p1, t0, t1, steps, detail::select<S>(m, a, V{}), detail::select<S>(m, b, V{}));
       }
       if (k + 1 < summed) {
-        const auto [t0, t1] = terms_of(k + 1)(load<V>(src + ahead + i)...);
-        acc[k + 1].add({detail::select<S>(m, V{}, t0), detail::select<S>(m, V{}, t1)});
+        const auto [a, b] = terms_of(k + 1)(load<V>(src + ahead + i)...);
+        acc[k + 1].add({detail::select<S>(m, V{}, a), detail::select<S>(m, V{}, b)});
       }
       put(i, detail::select<S>(m, f(load<V>(src + i)...), map_of(k + 1)(load<V>(src + i)...)));
       i += W;
     }
-    if constexpr (sums) acc[k] = a;
+    if constexpr (sums) acc[k].p0 = p0, acc[k].p1 = p1, acc[k].t0 = t0, acc[k].t1 = t1, acc[k].steps = steps;
   };
   for (Index k = 0; k < segments; ++k) {
     if (k < summed) segment(k, std::true_type{}); else segment(k, std::false_type{});
@@ -338,6 +390,137 @@ inline void map_sum2_segments(Sums2<S>* acc, Index summed, S* dst, Index L, Inde
     const auto t = terms_of(last);
     for (Index j = i; j < n; ++j) acc[last].add_scalar(t(src[j + ahead]...));
   }
+}
+
+/// \brief Two sets of per-column sums over the rows a thread handles (\f$\sum_r a_{r,j}\f$ and
+/// \f$\sum_r b_{r,j}\f$ for every column \f$j\f$), for parameter gradients shared by all rows.
+///
+/// The same scheme as Sums2, along the other axis: the rows add into partial sums in `S` (one
+/// per column), which go into double totals every kFlushEvery rows, so a column's error is at
+/// most about 20·2⁻²⁴ of the sum of its terms' magnitudes however many rows there are (a flush
+/// comes after at most 19 rows: rows are added up to four at a time). Rows of
+/// up to kInline values keep everything in the object (on the thread's stack); longer rows
+/// allocate their buffers once per call.
+template <class S>
+class ColumnSums2 {
+ public:
+  static constexpr int kFlushEvery = 16;
+  static constexpr Index kInline = 2048;
+
+  /// Sums over `m` columns; `first` / `second` say which of the two sets are kept.
+  ColumnSums2(Index m, bool first, bool second) : m_(m), on_{first, second} {
+    if (m_ > kInline) {
+      heap_partial_.assign(static_cast<std::size_t>(2 * m_), S(0));
+      heap_total_.assign(static_cast<std::size_t>(2 * m_), 0.0);
+    } else {
+      std::fill_n(inline_partial_.begin(), 2 * m_, S(0));
+      std::fill_n(inline_total_.begin(), 2 * m_, 0.0);
+    }
+  }
+  /// The partial sums of set `k` (0 or 1) that the current row adds into, or `nullptr` if the
+  /// set is not kept.
+  S* partial(int k) noexcept { return on_[k] ? partial_base() + k * m_ : nullptr; }
+  /// Counts `rows` rows (at most kFlushEvery at once); once kFlushEvery rows or more have gone
+  /// into the partial sums, they go into the double totals.
+  void rows_done(int rows) noexcept {
+    if ((rows_ += rows) >= kFlushEvery) flush();
+  }
+  /// Adds the sums into `out0` / `out1` (either may be `nullptr`), in `S`.
+  void add_into(S* out0, S* out1) noexcept {
+    flush();
+    S* out[2] = {out0, out1};
+    for (int k = 0; k < 2; ++k) {
+      if (!on_[k] || !out[k]) continue;
+      const double* t = total_base() + k * m_;
+      for (Index j = 0; j < m_; ++j) out[k][j] += static_cast<S>(t[j]);
+    }
+  }
+
+ private:
+  S* partial_base() noexcept { return m_ > kInline ? heap_partial_.data() : inline_partial_.data(); }
+  double* total_base() noexcept { return m_ > kInline ? heap_total_.data() : inline_total_.data(); }
+  void flush() noexcept {
+    constexpr Index W = kLanes<S>, WD = kLanes<double>;
+    for (int k = 0; k < 2; ++k) {
+      if (!on_[k]) continue;
+      S* p = partial_base() + k * m_;
+      double* t = total_base() + k * m_;
+      Index j = 0;
+      for (; j + W <= m_; j += W) {  // t += p, widened lane by lane; then p = 0
+        const Vec<S> v = load<Vec<S>>(p + j);
+        if constexpr (W == WD) {
+          store(t + j, load<Vec<double>>(t + j) + v);
+        } else {
+          store(t + j, load<Vec<double>>(t + j) + detail::widen_half(v, false));
+          store(t + j + WD, load<Vec<double>>(t + j + WD) + detail::widen_half(v, true));
+        }
+        store(p + j, Vec<S>{});
+      }
+      for (; j < m_; ++j) t[j] += static_cast<double>(p[j]), p[j] = S(0);
+    }
+    rows_ = 0;
+  }
+
+  Index m_;
+  bool on_[2];
+  int rows_ = 0;
+  std::array<S, 2 * kInline> inline_partial_;
+  std::array<double, 2 * kInline> inline_total_;
+  std::vector<S> heap_partial_;
+  std::vector<double> heap_total_;
+};
+
+/// \brief Pass 2 of a row-normalization backward over a block of `K` rows at once:
+/// `dst_k[i] = f(k, src_k[i]..., shared[i])` for the rows `k < K` (row `k` of every array at
+/// offset `k·stride`), and the rows' contributions to two column sums,
+/// `col0[i] += Σ_k c0`, `col1[i] += Σ_k c1` with `(c0, c1) = col_terms(k, src_k[i]...)`.
+///
+/// Handling `K` rows per pass over the columns loads and stores each column sum once per `K`
+/// rows instead of once per row, and the shared per-column input (γ) once: the loads and stores
+/// of the per-row version are what bound it when the row is in cache. `shared` may be `nullptr`
+/// (then `f` gets 1). `col0`/`col1` may be `nullptr` (skipped). With `nontemporal`, every row
+/// must have the same alignment (`stride·sizeof(S)` a multiple of kVectorBytes).
+template <int K, class S, class F, class G, class... P>
+inline void map_columns_rows(S* __restrict dst, Index stride, Index n, bool nontemporal, const F& f,
+                             std::type_identity_t<S>* __restrict col0, std::type_identity_t<S>* __restrict col1,
+                             const G& col_terms, const std::type_identity_t<S>* shared, const P*... src) noexcept {
+  // __restrict: the outputs alias nothing else here, so the constants that `f` and `col_terms`
+  // capture stay in registers instead of being reloaded after every store.
+  using V = Vec<S>;
+  constexpr Index W = kLanes<S>;
+  const auto column = [&](Index i, auto tag) {  // every row at column i (a vector or a scalar)
+    using T = decltype(tag);
+    const auto ld = [](const S* p) {
+      if constexpr (std::is_same_v<T, V>) return load<V>(p); else return *p;
+    };
+    const T g = shared ? ld(shared + i) : T{} + S(1);
+    T a0 = col0 ? ld(col0 + i) : T{}, a1 = col1 ? ld(col1 + i) : T{};
+#pragma GCC unroll 8
+    for (int k = 0; k < K; ++k) {
+      const Index o = k * stride + i;
+      const T out = f(k, ld(src + o)..., g);
+      const auto [c0, c1] = col_terms(k, ld(src + o)...);
+      a0 += c0;
+      a1 += c1;
+      if constexpr (std::is_same_v<T, V>) {
+        if (nontemporal) stream<S>(dst + o, out); else store(dst + o, out);
+      } else {
+        dst[o] = out;
+      }
+    }
+    if constexpr (std::is_same_v<T, V>) {
+      if (col0) store(col0 + i, a0);
+      if (col1) store(col1 + i, a1);
+    } else {
+      if (col0) col0[i] = a0;
+      if (col1) col1[i] = a1;
+    }
+  };
+  Index i = 0;
+  if (nontemporal)
+    for (const Index head = detail::until_aligned(dst, n); i < head; ++i) column(i, S{});
+  for (; i + W <= n; i += W) column(i, V{});
+  for (; i < n; ++i) column(i, S{});
 }
 
 /// \brief Whether a pass should write its output of `bytes` bytes with streaming stores.

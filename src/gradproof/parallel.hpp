@@ -12,8 +12,13 @@
 
 #include "gradproof/tensor.hpp"
 
+#include <atomic>
+
 #if defined(_OPENMP)
 #include <omp.h>
+#endif
+#if defined(__SSE2__)
+#include <immintrin.h>
 #endif
 
 namespace gradproof::parallel {
@@ -65,27 +70,49 @@ void parallel_for(Index n, Index work, const Body& body) {
   for (Index i = 0; i < n; ++i) body(i);
 }
 
-/// \brief Splits `[0, n)` into one contiguous range per thread and calls `body(begin, end)` once
-/// per thread (possibly with an empty range), or once with `(0, n)` when serial.
+/// \brief Splits `[0, n)` into one contiguous range per thread and calls
+/// `body(begin, end, part, parts)` once per thread (`part` in `[0, parts)`, ranges in order of
+/// `part`, possibly empty), or once with `(0, n, 0, 1)` when serial.
 ///
 /// For kernels that carry state from one index to the next within a thread (a software
-/// pipeline over blocks of channels). Same arguments and rules as parallel_for().
+/// pipeline over blocks of channels), or that combine per-thread partial results in a fixed
+/// order (see Turns). Same arguments and rules as parallel_for().
 template <class Body>
 void parallel_ranges(Index n, Index work, const Body& body) {
 #if defined(_OPENMP)
   if (n > 1 && work >= kMinParallelWork && omp_get_max_threads() > 1 && !omp_in_parallel()) {
 #pragma omp parallel
     {
-      const Index t = omp_get_thread_num(), threads = omp_get_num_threads();
-      body(n * t / threads, n * (t + 1) / threads);
+      const Index t = omp_get_thread_num(), parts = omp_get_num_threads();
+      body(n * t / parts, n * (t + 1) / parts, t, parts);
     }
     return;
   }
 #else
   (void)work;
 #endif
-  body(Index(0), n);
+  body(Index(0), n, Index(0), Index(1));
 }
+
+/// \brief Lets the parts of a parallel_ranges() loop take turns, in the order of their index:
+/// for adding per-thread partial sums into one result in the same order on every run (so the
+/// result does not depend on which thread finishes first).
+class Turns {
+ public:
+  /// Waits until every part before `part` has called done().
+  void wait_for(Index part) const noexcept {
+    while (next_.load(std::memory_order_acquire) != part) {
+#if defined(__SSE2__)
+      _mm_pause();
+#endif
+    }
+  }
+  /// Lets the next part go.
+  void done(Index part) noexcept { next_.store(part + 1, std::memory_order_release); }
+
+ private:
+  std::atomic<Index> next_{0};
+};
 
 /// The number of threads parallel_for() and parallel_ranges() would use for `n` iterations
 /// touching `work` elements.

@@ -261,7 +261,7 @@ void pipelined_channels(const NCL& d, Scalar* out, bool nontemporal, const Terms
     return;
   }
   const Index target = channel_block(d, sizeof...(In), sizeof(Scalar));
-  parallel::parallel_ranges(d.C, d.N * d.C * d.L, [&](Index first, Index last) {
+  parallel::parallel_ranges(d.C, d.N * d.C * d.L, [&](Index first, Index last, Index, Index) {
     if (first >= last) return;
     const Index blocks = (last - first + target - 1) / target;
     const Index base = (last - first) / blocks, larger = (last - first) % blocks;

@@ -31,12 +31,15 @@
 /// the call to the step it uses.
 #pragma once
 
+#include "gradproof/kernels.hpp"
 #include "gradproof/ops/layout.hpp"
+#include "gradproof/parallel.hpp"
 #include "gradproof/tensor.hpp"
 
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <cmath>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -232,8 +235,12 @@ void normalize_set(const NormSets& s, Index r, const Scalar* x, const Scalar* ga
   }
 }
 
-/// \brief The forward kernel of every member with a mean: the statistics of each set and
-/// \f$y = \gamma\hat x + \beta\f$. Checks nothing; the callers do.
+/// \brief The reference forward kernel of every member with a mean: the statistics of each set
+/// and \f$y = \gamma\hat x + \beta\f$, in Eigen expressions on `Scalar`. Checks nothing.
+///
+/// The code the complex-step and dual-number oracles run (and, for `float` and `double`, the
+/// layouts that forward_kernel() has no fast path for); the benchmarks time it as the staged
+/// forward.
 /// \param s       the sets
 /// \param x       \f$R M\f$ input values
 /// \param gamma   \f$P\f$ scales or `nullptr`
@@ -244,8 +251,8 @@ void normalize_set(const NormSets& s, Index r, const Scalar* x, const Scalar* ga
 /// \param var     `(R)` output biased \f$\sigma^2\f$
 /// \param invstd  `(R)` output \f$1/\sqrt{\sigma^2+\varepsilon}\f$
 template <class Scalar>
-void forward_kernel(const NormSets& s, const Scalar* x, const Scalar* gamma, const Scalar* beta, double eps, Scalar* y,
-                    Scalar* mean, Scalar* var, Scalar* invstd) {
+void forward_kernel_reference(const NormSets& s, const Scalar* x, const Scalar* gamma, const Scalar* beta, double eps,
+                              Scalar* y, Scalar* mean, Scalar* var, Scalar* invstd) {
   using std::sqrt;
   const Scalar M = Scalar(static_cast<double>(s.M));
   for (Index r = 0; r < s.R; ++r) {
@@ -262,6 +269,58 @@ void forward_kernel(const NormSets& s, const Scalar* x, const Scalar* gamma, con
     normalize_set(s, r, x, gamma, beta, mu, is, y);
     //! [norm.forward]
   }
+}
+
+/// \brief The fast forward for rows with elementwise \f$\gamma, \beta\f$ (layer norm's sets),
+/// `float` and `double`: one read of each row for its statistics, `y` written while the row is
+/// in cache, rows spread over the threads.
+///
+/// The statistics are shifted sums (kernels::Sums2), \f$S_1 = \sum_j (x_j - K)\f$ and
+/// \f$S_2 = \sum_j (x_j - K)^2\f$ with \f$K\f$ the row's first value, so that one read gives
+/// \f$\mu = K + S_1/M\f$ and \f$\sigma^2 = S_2/M - (S_1/M)^2\f$; the shift bounds the
+/// cancellation (\f$(\mu-K)^2 \le (M-1)\sigma^2\f$ for any value \f$K\f$ of the row, and is of
+/// the order of \f$\sigma^2\f$ for a typical one), as in batch norm's fused forward.
+template <class Scalar>
+void forward_rows(const NormSets& s, const Scalar* x, const Scalar* gamma, const Scalar* beta, double eps, Scalar* y,
+                  Scalar* mean, Scalar* var, Scalar* invstd) {
+  const double M = static_cast<double>(s.M);
+  const bool nontemporal = kernels::should_stream(s.size() * Index(sizeof(Scalar)));
+  parallel::parallel_ranges(s.R, s.size(), [&](Index r0, Index r1, Index, Index) {
+    for (Index r = r0; r < r1; ++r) {
+      const Scalar *xr = x + s.offset(r), K = xr[0];
+      Scalar* yr = y + s.offset(r);
+      const auto [s1, s2] = kernels::sum2(
+          s.M, [K](auto v) { const auto t = v - K; return std::pair{t, t * t}; }, xr);
+      const double shift = s1 / M, v = std::max(0.0, s2 / M - shift * shift);
+      mean[r] = Scalar(K + shift);
+      var[r] = Scalar(v);
+      invstd[r] = Scalar(1.0 / std::sqrt(v + eps));
+      const Scalar mu = mean[r], is = invstd[r];
+      if (gamma && beta) {
+        kernels::map(yr, s.M, nontemporal, [=](auto xv, auto g, auto b) { return (xv - mu) * is * g + b; }, xr, gamma,
+                     beta);
+      } else if (gamma) {
+        kernels::map(yr, s.M, nontemporal, [=](auto xv, auto g) { return (xv - mu) * is * g; }, xr, gamma);
+      } else if (beta) {
+        kernels::map(yr, s.M, nontemporal, [=](auto xv, auto b) { return (xv - mu) * is + b; }, xr, beta);
+      } else {
+        kernels::map(yr, s.M, nontemporal, [=](auto xv) { return (xv - mu) * is; }, xr);
+      }
+    }
+    kernels::stream_fence();
+  });
+}
+
+/// \brief The forward kernel of every member with a mean: forward_rows() for `float` and
+/// `double` on rows with elementwise parameters (layer norm), forward_kernel_reference()
+/// otherwise. Checks nothing; the callers do. Same parameters as forward_kernel_reference().
+template <class Scalar>
+void forward_kernel(const NormSets& s, const Scalar* x, const Scalar* gamma, const Scalar* beta, double eps, Scalar* y,
+                    Scalar* mean, Scalar* var, Scalar* invstd) {
+  if constexpr (std::is_floating_point_v<Scalar>) {
+    if (s.run == 1 && s.period == 1) return forward_rows(s, x, gamma, beta, eps, y, mean, var, invstd);
+  }
+  forward_kernel_reference(s, x, gamma, beta, eps, y, mean, var, invstd);
 }
 
 /// \brief The steps of the staged backward, one per chain-rule term, over all sets at once.
@@ -459,6 +518,84 @@ NormStagedTrace<Scalar> buffers(const NormSets& s, const Shape& shape) {
 
 }  // namespace steps
 
+/// \brief The fused backward for rows with elementwise \f$\gamma\f$ (layer norm's sets), `float`
+/// and `double`: the formula of backward_kernel() (norm.dx_fused), vectorised, with the rows
+/// spread over the threads and the parameter gradients summed while the row is in cache.
+///
+/// Per row: one read from memory for \f$\sum_j g_j\f$ and \f$\sum_j g_j (x_j - \mu)\f$
+/// (\f$g = \gamma \odot dy\f$), then one pass over the row in cache that writes `dx` and adds the
+/// row's \f$dy \odot \hat x\f$ and \f$dy\f$ into per-thread column sums
+/// (kernels::ColumnSums2), which the threads add into `dgamma` and `dbeta` in a fixed order at
+/// the end. Same parameters as backward_kernel().
+template <class Scalar>
+void backward_rows(const NormSets& s, const Scalar* dy, const Scalar* x, const Scalar* gamma,
+                   const NormCache<Scalar>& cache, Scalar* dx, Scalar* dgamma, Scalar* dbeta) {
+  const Scalar M = Scalar(static_cast<double>(s.M));
+  const bool nontemporal = kernels::should_stream(s.size() * Index(sizeof(Scalar)));
+  if (dgamma) std::fill_n(dgamma, s.M, Scalar(0));
+  if (dbeta) std::fill_n(dbeta, s.M, Scalar(0));
+  // Rows are handled kRows at a time in pass 2, so that the column sums are loaded and stored
+  // once per kRows rows; that needs every row equally aligned for the streaming stores.
+  constexpr int kRows = 4;
+  const bool blocked = !nontemporal || (s.M * Index(sizeof(Scalar))) % kernels::kVectorBytes == 0;
+  parallel::Turns turns;
+  parallel::parallel_ranges(s.R, s.size(), [&](Index r0, Index r1, Index part, Index) {
+    kernels::ColumnSums2<Scalar> columns(s.M, dgamma != nullptr, dbeta != nullptr);
+    // What pass 2 needs of a row: μ, 1/√(σ²+ε), and the three coefficients of
+    // dx = (1/(M√(σ²+ε)))·(M·g − Σg − x̂·Σ(g·x̂)) with k = invstd/M distributed over its terms.
+    struct Row {
+      Scalar mu, is, k_g, k_sum_g, k_xhat;
+    };
+    std::array<Row, kRows> rows{};
+    for (Index r = r0; r < r1; r += kRows) {
+      const int count = static_cast<int>(std::min<Index>(kRows, r1 - r));
+      for (int k = 0; k < count; ++k) {
+        const Index o = s.offset(r + k);
+        const Scalar mu = cache.mean[r + k], is = cache.invstd[r + k];
+        // Pass 1 (memory): Σg and Σg·(x − μ), g = γ ⊙ dy.
+        const auto [sg, sgx] =
+            gamma ? kernels::sum2(
+                        s.M,
+                        [mu](auto d, auto xv, auto g) {
+                          const auto gd = g * d;
+                          return std::pair{gd, gd * (xv - mu)};
+                        },
+                        dy + o, x + o, gamma)
+                  : kernels::sum2(s.M, [mu](auto d, auto xv) { return std::pair{d, d * (xv - mu)}; }, dy + o, x + o);
+        const Scalar kk = is / M, sum_g = Scalar(sg), sum_g_xhat = Scalar(sgx * is);
+        rows[static_cast<std::size_t>(k)] = {mu, is, kk * M, kk * sum_g, kk * is * sum_g_xhat};
+      }
+      // Pass 2 (cache): dx, and the columns Σ dy·x̂ (dγ) and Σ dy (dβ).
+      const auto dx_of = [&rows](int k, auto d, auto xv, auto g) {
+        const Row& t = rows[static_cast<std::size_t>(k)];
+        return t.k_g * (g * d) - t.k_sum_g - (xv - t.mu) * t.k_xhat;
+      };
+      const auto col = [&rows](int k, auto d, auto xv) {
+        const Row& t = rows[static_cast<std::size_t>(k)];
+        return std::pair{d * (xv - t.mu) * t.is, d};
+      };
+      const Index o = s.offset(r);
+      if (count == kRows && blocked) {
+        kernels::map_columns_rows<kRows>(dx + o, s.M, s.M, nontemporal, dx_of, columns.partial(0), columns.partial(1),
+                                         col, gamma, dy + o, x + o);
+      } else {
+        for (int k = 0; k < count; ++k) {
+          kernels::map_columns_rows<1>(dx + o + k * s.M, s.M, s.M, nontemporal,
+                                       [&](int, auto d, auto xv, auto g) { return dx_of(k, d, xv, g); },
+                                       columns.partial(0), columns.partial(1),
+                                       [&](int, auto d, auto xv) { return col(k, d, xv); }, gamma, dy + o + k * s.M,
+                                       x + o + k * s.M);
+        }
+      }
+      columns.rows_done(count);
+    }
+    kernels::stream_fence();
+    turns.wait_for(part);
+    columns.add_into(dgamma, dbeta);
+    turns.done(part);
+  });
+}
+
 /// \brief The fused backward kernel of every member with a mean. Checks nothing; the callers do.
 ///
 /// Training:
@@ -481,6 +618,9 @@ void backward_kernel(const NormSets& s, const Scalar* dy, const Scalar* x, const
                      const NormCache<Scalar>& cache, Scalar* dx, Scalar* dgamma, Scalar* dbeta) {
   using detail::CMap;
   using detail::Map;
+  if constexpr (std::is_floating_point_v<Scalar>) {  // layer norm's rows: the vectorised path
+    if (s.run == 1 && s.period == 1 && cache.training) return backward_rows(s, dy, x, gamma, cache, dx, dgamma, dbeta);
+  }
   if (dgamma) Map<Scalar>(dgamma, s.params()).setZero();
   if (dbeta) Map<Scalar>(dbeta, s.params()).setZero();
   const Scalar M = Scalar(static_cast<double>(s.M));

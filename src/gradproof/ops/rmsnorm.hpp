@@ -114,6 +114,120 @@ void check_rms_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, const
   require_optional_shape(gamma, cache.param_shape, kRMSNorm, "gamma");
 }
 
+/// \brief The reference forward: per row, the mean square, then \f$y = \gamma \odot x/\sqrt{\mathrm{ms}+\varepsilon}\f$,
+/// in Eigen expressions on `Scalar`. The code the complex-step and dual-number oracles run; the
+/// benchmarks time it as the staged forward. Checks nothing.
+template <class Scalar>
+void rmsnorm_forward_reference(const NormSets& s, const Scalar* x, const Scalar* gamma, double eps, Scalar* y,
+                               Scalar* ms_out, Scalar* invrms_out) {
+  using std::sqrt;
+  const Scalar M = Scalar(static_cast<double>(s.M));
+  for (Index r = 0; r < s.R; ++r) {
+    //! [rms.forward]
+    // One pass for the mean square (no centring), then x̂ = x/√(ms + ε) and y = γ ⊙ x̂ (γ elementwise).
+    const auto xs = CMap<Scalar>(x + s.offset(r), s.M);
+    const Scalar ms = xs.square().sum() / M;
+    const Scalar inv = Scalar(1) / sqrt(ms + Scalar(eps));
+    ms_out[r] = ms;
+    invrms_out[r] = inv;
+    auto ys = Map<Scalar>(y + s.offset(r), s.M);
+    ys = xs * inv;
+    if (gamma) ys *= CMap<Scalar>(gamma, s.M);
+    //! [rms.forward]
+  }
+}
+
+/// \brief The fast forward for `float` and `double`: one read of each row for its mean square
+/// (kernels::Sums2: float partial sums, double totals), `y` written while the row is in cache,
+/// rows spread over the threads. Checks nothing.
+template <class Scalar>
+void rmsnorm_forward_rows(const NormSets& s, const Scalar* x, const Scalar* gamma, double eps, Scalar* y,
+                          Scalar* ms_out, Scalar* invrms_out) {
+  const double M = static_cast<double>(s.M);
+  const bool nontemporal = kernels::should_stream(s.size() * Index(sizeof(Scalar)));
+  parallel::parallel_ranges(s.R, s.size(), [&](Index r0, Index r1, Index, Index) {
+    for (Index r = r0; r < r1; ++r) {
+      const Scalar* xr = x + s.offset(r);
+      const double ms = kernels::sum2(s.M, [](auto v) { return std::pair{v * v, decltype(v){}}; }, xr).first / M;
+      ms_out[r] = Scalar(ms);
+      invrms_out[r] = Scalar(1.0 / std::sqrt(ms + eps));
+      const Scalar inv = invrms_out[r];
+      if (gamma) {
+        kernels::map(y + s.offset(r), s.M, nontemporal, [inv](auto v, auto g) { return v * inv * g; }, xr, gamma);
+      } else {
+        kernels::map(y + s.offset(r), s.M, nontemporal, [inv](auto v) { return v * inv; }, xr);
+      }
+    }
+    kernels::stream_fence();
+  });
+}
+
+/// \brief The fused backward for `float` and `double` (the formula of rms.dx_fused, vectorised):
+/// per row, one read from memory for \f$\sum_j g_j x_j\f$ (\f$g = \gamma \odot dy\f$), then one
+/// pass over the row in cache that writes `dx` and adds the row's \f$dy \odot \hat x\f$ into
+/// per-thread column sums for \f$d\gamma\f$ (kernels::ColumnSums2), added into `dgamma` in a
+/// fixed order at the end. Rows spread over the threads. Checks nothing.
+template <class Scalar>
+void rmsnorm_backward_rows(const NormSets& s, const Scalar* dy, const Scalar* x, const Scalar* gamma,
+                           const Scalar* invrms, Scalar* dx, Scalar* dgamma) {
+  const Scalar M = Scalar(static_cast<double>(s.M));
+  const bool nontemporal = kernels::should_stream(s.size() * Index(sizeof(Scalar)));
+  if (dgamma) std::fill_n(dgamma, s.M, Scalar(0));
+  // Rows are handled kRows at a time in pass 2 (see norm::backward_rows()).
+  constexpr int kRows = 4;
+  const bool blocked = !nontemporal || (s.M * Index(sizeof(Scalar))) % kernels::kVectorBytes == 0;
+  parallel::Turns turns;
+  parallel::parallel_ranges(s.R, s.size(), [&](Index r0, Index r1, Index part, Index) {
+    kernels::ColumnSums2<Scalar> columns(s.M, dgamma != nullptr, false);
+    // What pass 2 needs of a row: 1/√(ms+ε) and c = inv³·Σ(g·x)/M, for dx = inv·g − x·c.
+    struct Row {
+      Scalar inv, c;
+    };
+    std::array<Row, kRows> rows{};
+    for (Index r = r0; r < r1; r += kRows) {
+      const int count = static_cast<int>(std::min<Index>(kRows, r1 - r));
+      for (int k = 0; k < count; ++k) {
+        const Index o = s.offset(r + k);
+        // Pass 1 (memory): Σ g·x, g = γ ⊙ dy.
+        const double sgx =
+            gamma ? kernels::sum2(
+                        s.M, [](auto d, auto xv, auto g) { return std::pair{g * d * xv, decltype(d){}}; }, dy + o,
+                        x + o, gamma)
+                        .first
+                  : kernels::sum2(s.M, [](auto d, auto xv) { return std::pair{d * xv, decltype(d){}}; }, dy + o, x + o)
+                        .first;
+        const double inv = invrms[r + k];
+        rows[static_cast<std::size_t>(k)] = {Scalar(inv), Scalar(inv * inv * inv * sgx / static_cast<double>(M))};
+      }
+      // Pass 2 (cache): dx = inv·g − x·c, and the column Σ dy·x̂ (dγ).
+      const auto dx_of = [&rows](int k, auto d, auto xv, auto g) {
+        const Row& t = rows[static_cast<std::size_t>(k)];
+        return t.inv * (g * d) - xv * t.c;
+      };
+      const auto col = [&rows](int k, auto d, auto xv) {
+        return std::pair{d * xv * rows[static_cast<std::size_t>(k)].inv, decltype(d){}};
+      };
+      const Index o = s.offset(r);
+      if (count == kRows && blocked) {
+        kernels::map_columns_rows<kRows>(dx + o, s.M, s.M, nontemporal, dx_of, columns.partial(0), nullptr, col, gamma,
+                                         dy + o, x + o);
+      } else {
+        for (int k = 0; k < count; ++k) {
+          kernels::map_columns_rows<1>(dx + o + k * s.M, s.M, s.M, nontemporal,
+                                       [&](int, auto d, auto xv, auto g) { return dx_of(k, d, xv, g); },
+                                       columns.partial(0), nullptr, [&](int, auto d, auto xv) { return col(k, d, xv); },
+                                       gamma, dy + o + k * s.M, x + o + k * s.M);
+        }
+      }
+      columns.rows_done(count);
+    }
+    kernels::stream_fence();
+    turns.wait_for(part);
+    columns.add_into(dgamma, nullptr);
+    turns.done(part);
+  });
+}
+
 }  // namespace norm::detail
 
 /// \brief Forward pass writing into caller-provided `y` and `cache`; allocation-free when the
@@ -147,19 +261,11 @@ void rmsnorm_forward_into(const Tensor<Scalar>& x, Opt<const Tensor<Scalar>> gam
   for (Tensor<Scalar>* t : {&cache.ms, &cache.invrms})
     if (t->shape() != Shape{s.R}) *t = Tensor<Scalar>({s.R});
 
-  const Scalar M = Scalar(static_cast<double>(s.M));
-  for (Index r = 0; r < s.R; ++r) {
-    //! [rms.forward]
-    // One pass for the mean square (no centring), then x̂ = x/√(ms + ε) and y = γ ⊙ x̂ (γ elementwise).
-    const auto xs = CMap<Scalar>(x.data() + s.offset(r), s.M);
-    const Scalar ms = xs.square().sum() / M;
-    const Scalar inv = Scalar(1) / sqrt(ms + Scalar(cache.eps));
-    cache.ms[r] = ms;
-    cache.invrms[r] = inv;
-    auto ys = Map<Scalar>(y.data() + s.offset(r), s.M);
-    ys = xs * inv;
-    if (gamma) ys *= CMap<Scalar>(gamma->data(), s.M);
-    //! [rms.forward]
+  if constexpr (std::is_floating_point_v<Scalar>) {
+    rmsnorm_forward_rows(s, x.data(), data_or_null(gamma), cache.eps, y.data(), cache.ms.data(), cache.invrms.data());
+  } else {
+    rmsnorm_forward_reference(s, x.data(), data_or_null(gamma), cache.eps, y.data(), cache.ms.data(),
+                              cache.invrms.data());
   }
 }
 
@@ -273,6 +379,10 @@ void rmsnorm_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, Op
   require_optional_shape(dgamma, cache.param_shape, kRMSNorm, "dgamma (output)");
 
   const NormSets& s = cache.sets;
+  if constexpr (std::is_floating_point_v<Scalar>) {  // the vectorised path of the same formula
+    return rmsnorm_backward_rows(s, dy.data(), x.data(), data_or_null(gamma), cache.invrms.data(), dx.data(),
+                                 dgamma ? dgamma->data() : nullptr);
+  }
   const Scalar M = Scalar(static_cast<double>(s.M));
   if (dgamma) dgamma->flat().setZero();
   for (Index r = 0; r < s.R; ++r) {
