@@ -87,6 +87,49 @@ std::string shape_text(const std::vector<std::int64_t>& s) {
   return out;
 }
 
+// ---- The targets of issue 4 -------------------------------------------------------------------
+struct Target {
+  std::string what;
+  double measured = 0, threshold = 0;
+  bool at_least = true;  // measured >= threshold (else <=)
+  bool met = false;
+};
+
+const Row* find_row(const std::vector<Row>& rows, const std::string& op, const std::string& pass,
+                    const std::string& impl, const std::vector<std::int64_t>& shape, int threads) {
+  for (const Row& r : rows)
+    if (r.c.op == op && r.c.pass == pass && r.c.impl == impl && r.c.shape == shape && r.threads == threads) return &r;
+  return nullptr;
+}
+
+// The targets at 2 threads: fused ≥ 75% of the bandwidth on the benchmark shape of each op;
+// faster than libtorch (batch-norm forward by 3×); batch norm at least as fast as oneDNN's
+// blocked layout. A target whose rows did not run (a filtered run, no libtorch) is left out.
+std::vector<Target> evaluate_targets(const std::vector<Row>& rows) {
+  std::vector<Target> out;
+  const auto add = [&](std::string what, double measured, double threshold, bool at_least) {
+    out.push_back({std::move(what), measured, threshold, at_least,
+                   at_least ? measured >= threshold : measured <= threshold});
+  };
+  const std::vector<std::int64_t> bn{32, 64, 56, 56}, rows_shape{4096, 1024};
+  for (const auto& [op, shape] : {std::pair{std::string("batchnorm"), bn}, std::pair{std::string("layernorm"), rows_shape},
+                                  std::pair{std::string("rmsnorm"), rows_shape}}) {
+    for (const std::string pass : {"forward", "backward"}) {
+      const Row* fused = find_row(rows, op, pass, "fused", shape, 2);
+      if (!fused) continue;
+      const std::string name = op + " " + pass + " " + shape_text(shape);
+      add(name + ": fused, fraction of bandwidth", fused->fraction, 0.75, true);
+      if (const Row* torch = find_row(rows, op, pass, "libtorch", shape, 2)) {
+        const double factor = op == "batchnorm" && pass == "forward" ? 3.0 : 1.0;
+        add(name + ": libtorch time / fused time", torch->t.median_ms / fused->t.median_ms, factor, true);
+      }
+      if (const Row* blocked = find_row(rows, op, pass, "onednn-nchw16c", shape, 2))
+        add(name + ": oneDNN nChw16c time / fused time", blocked->t.median_ms / fused->t.median_ms, 1.0, true);
+    }
+  }
+  return out;
+}
+
 // ---- JSON -------------------------------------------------------------------------------------
 std::string quoted(const std::string& s) {
   std::string out = "\"";
@@ -120,7 +163,7 @@ std::string utc_now() {
 template <class Reference>
 void write_json(const std::string& path, const Options& o, const std::vector<std::pair<std::string, std::string>>& machine,
                 const std::vector<Bandwidth>& bw, const Reference& reference, const std::vector<Row>& rows,
-                Index flush_bytes) {
+                const std::vector<Target>& targets, Index flush_bytes) {
   std::filesystem::path p(path);
   if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path());
   std::ofstream out(path);
@@ -169,6 +212,13 @@ void write_json(const std::string& path, const Options& o, const std::vector<std
       out << ", \"extra_ms\": " << num(r.extra_ms) << ", \"extra_what\": " << quoted(r.c.extra_what);
     if (!r.c.note.empty()) out << ", \"note\": " << quoted(r.c.note);
     out << "}";
+  }
+  out << "\n  ],\n  \"targets\": [";
+  for (std::size_t i = 0; i < targets.size(); ++i) {
+    const Target& t = targets[i];
+    out << (i ? "," : "") << "\n    {\"target\": " << quoted(t.what) << ", \"measured\": " << num(t.measured)
+        << ", \"threshold\": " << num(t.threshold) << ", \"at_least\": " << (t.at_least ? "true" : "false")
+        << ", \"met\": " << (t.met ? "true" : "false") << "}";
   }
   out << "\n  ]\n}\n";
   if (!out) {
@@ -294,7 +344,14 @@ int main(int argc, char** argv) {
     std::sort(v.begin(), v.end());
     return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
   };
-  write_json(o.out, o, machine, probes, summary, rows, probe_bytes);
+  const std::vector<Target> targets = evaluate_targets(rows);
+  if (!targets.empty()) {
+    std::printf("\ntargets (issue 4; 2 threads, medians):\n");
+    for (const Target& t : targets)
+      std::printf("  %-4s %-62s measured %.3g, needs %s %.3g\n", t.met ? "met" : "MISS", t.what.c_str(), t.measured,
+                  t.at_least ? ">=" : "<=", t.threshold);
+  }
+  write_json(o.out, o, machine, probes, summary, rows, targets, probe_bytes);
   std::printf("wrote %s (%zu rows)\n", o.out.c_str(), rows.size());
   return 0;
 }
