@@ -709,8 +709,8 @@ void batchnorm_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, 
     const Scalar mu = cache.mean[c], invstd = cache.invstd[c], gc = detail::gamma_at(gamma, c);
     //! [bn.dx_fused]
     // dx = γ/(M√(σ²+ε)) · (M·dy − Σdy − x̂·Σ(dy·x̂)), with x̂ = (x − μ)·invstd;
-    // k = γ/(M√(σ²+ε)) distributed over the three terms, so each element costs three products
-    // and three differences
+    // k = γ/(M√(σ²+ε)) distributed over the three terms, so each element costs two products and
+    // three differences
     const Scalar k = gc * invstd / M;
     const Scalar k_dy = k * M, k_sum_dy = k * sum_dy, k_xhat = k * invstd * sum_dy_xhat;
     return [=](auto dy, auto x) { return k_dy * dy - k_sum_dy - (x - mu) * k_xhat; };
