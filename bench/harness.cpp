@@ -129,6 +129,27 @@ Measured time_calls(const std::function<void()>& fn, int warmup, int repetitions
   return m;
 }
 
+std::vector<Measured> time_interleaved(const std::vector<std::function<void()>>& fns, int warmup, int repetitions,
+                                       TriadProbe* probe) {
+  for (const auto& fn : fns)
+    for (int i = 0; i < warmup; ++i) fn();
+  std::vector<std::vector<double>> ms(fns.size()), gbps(fns.size());
+  for (int i = 0; i < repetitions; ++i) {
+    for (std::size_t k = 0; k < fns.size(); ++k) {
+      if (probe) gbps[k].push_back((*probe)());
+      const auto t0 = Clock::now();
+      fns[k]();
+      ms[k].push_back(ms_since(t0));
+    }
+  }
+  std::vector<Measured> out(fns.size());
+  for (std::size_t k = 0; k < fns.size(); ++k) {
+    out[k].time = summarise(std::move(ms[k]));
+    if (!gbps[k].empty()) out[k].probe_gbps = summarise(std::move(gbps[k])).median_ms;
+  }
+  return out;
+}
+
 double Bandwidth::reference() const { return std::max({triad, triad_nt, read}); }
 
 Bandwidth probe_bandwidth(int threads, Index bytes, int repetitions) {

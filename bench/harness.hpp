@@ -43,6 +43,11 @@ struct Measured {
 /// given) before each.
 Measured time_calls(const std::function<void()>& fn, int warmup, int repetitions, TriadProbe* probe);
 
+/// Like time_calls() for several functions at once, taking turns: each is warmed up, then every
+/// repetition times each of them once, in order, each after its own probe run.
+std::vector<Measured> time_interleaved(const std::vector<std::function<void()>>& fns, int warmup, int repetitions,
+                                       TriadProbe* probe);
+
 /// Results of the bandwidth probe for one thread count, in GB/s (1e9 bytes per second).
 struct Bandwidth {
   std::string when;  ///< "start" or "end" of the run

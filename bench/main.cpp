@@ -315,20 +315,33 @@ int main(int argc, char** argv) {
     for (std::vector<Case>& cases : groups) {
       // forward cases first, then backward, each in the order staged, fused, libtorch, oneDNN
       std::stable_partition(cases.begin(), cases.end(), [](const Case& c) { return c.pass == "forward"; });
-      for (Case& c : cases) {
-        if (!o.only.empty() && (c.op + " " + c.pass + " " + c.impl).find(o.only) == std::string::npos) continue;
-        Row r;
-        r.threads = t;
-        const Measured m = time_calls(c.run, o.warmup, o.repetitions, probe_between.get());
-        r.t = m.time;
-        r.bandwidth = m.probe_gbps;
-        r.gbps = c.bytes / (r.t.median_ms * 1e6);
-        r.fraction = r.bandwidth > 0 ? r.gbps / r.bandwidth : 0;  // warm runs: set after the end probe
-        if (c.agreement) r.agreement = c.agreement();
-        if (c.extra) r.extra_ms = time_calls(c.extra, 1, o.repetitions, probe_between.get()).time.median_ms;
-        r.c = std::move(c);
-        print_row(r, r.bandwidth > 0);
-        rows.push_back(std::move(r));
+      std::erase_if(cases, [&](const Case& c) {
+        return !o.only.empty() && (c.op + " " + c.pass + " " + c.impl).find(o.only) == std::string::npos;
+      });
+      for (const std::string pass : {"forward", "backward"}) {
+        std::vector<Case*> group;
+        for (Case& c : cases)
+          if (c.pass == pass) group.push_back(&c);
+        if (group.empty()) continue;
+        // The implementations of one case take turns, repetition by repetition, so that they all
+        // meet the same conditions (the bandwidth of a shared machine drifts within seconds).
+        std::vector<std::function<void()>> runs;
+        for (Case* c : group) runs.push_back(c->run);
+        const std::vector<Measured> ms = time_interleaved(runs, o.warmup, o.repetitions, probe_between.get());
+        for (std::size_t k = 0; k < group.size(); ++k) {
+          Case& c = *group[k];
+          Row r;
+          r.threads = t;
+          r.t = ms[k].time;
+          r.bandwidth = ms[k].probe_gbps;
+          r.gbps = c.bytes / (r.t.median_ms * 1e6);
+          r.fraction = r.bandwidth > 0 ? r.gbps / r.bandwidth : 0;  // warm runs: set after the end probe
+          if (c.agreement) r.agreement = c.agreement();
+          if (c.extra) r.extra_ms = time_calls(c.extra, 1, o.repetitions, probe_between.get()).time.median_ms;
+          r.c = std::move(c);
+          print_row(r, r.bandwidth > 0);
+          rows.push_back(std::move(r));
+        }
       }
     }
   }
