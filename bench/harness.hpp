@@ -17,10 +17,12 @@ struct Timing {
   int repetitions = 0;
 };
 
-/// \brief The triad with streaming stores over three arrays of `bytes` each, on every thread,
-/// timed: run before each timed repetition, it evicts the caches (it reads twice the array size)
-/// and measures the memory bandwidth at that moment, interleaved with the repetitions it
-/// precedes (the bandwidth of a shared machine drifts from one minute to the next).
+/// \brief The triad with streaming stores over three arrays of `bytes` each, on every thread:
+/// run before each timed repetition, it evicts the caches (it reads twice the array size) and
+/// measures the memory bandwidth at that moment, interleaved with the repetitions it precedes
+/// (the bandwidth of a shared machine drifts from one minute to the next). It runs twice and
+/// times the second run, so that the write-back of what the previous call left dirty in the
+/// caches is not charged to it.
 class TriadProbe {
  public:
   explicit TriadProbe(Index bytes);
