@@ -333,6 +333,33 @@ def load_bench(path: str | Path) -> Bench | None:
     return Bench(path=path, rows=data["rows"], bandwidth=bandwidth, machine=machine, extra=extra)
 
 
+@dataclass
+class BenchTarget:
+    target: str       # what is measured, e.g. "batchnorm forward 32x64x56x56: libtorch time / fused time"
+    measured: float
+    threshold: float
+    at_least: bool    # met when measured >= threshold (else when measured <= threshold)
+    met: bool
+
+
+def bench_targets(bench: Bench) -> list[BenchTarget]:
+    """The targets the benchmark run checked, with its verdicts; the verdict is recomputed from
+    the numbers, and a disagreement with the file's own is an error (a verdict is never trusted)."""
+    out = []
+    for i, t in enumerate(bench.extra.get("targets") or []):
+        try:
+            bt = BenchTarget(str(t["target"]), float(t["measured"]), float(t["threshold"]),
+                             bool(t.get("at_least", True)), t["met"] is True)
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{bench.path}: targets[{i}] is malformed: {e}") from None
+        met = bt.measured >= bt.threshold if bt.at_least else bt.measured <= bt.threshold
+        if met != bt.met:
+            raise DataError(f"{bench.path}: targets[{i}] ({bt.target}) says met={bt.met}, but "
+                            f"{bt.measured} vs {bt.threshold} says otherwise")
+        out.append(bt)
+    return out
+
+
 def bench_case_key(row: dict[str, Any]) -> tuple:
     """Rows with the same key are the implementations of one case."""
     return (row["op"], row["pass"], tuple(row["shape"]), row["threads"])

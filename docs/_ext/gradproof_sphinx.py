@@ -429,6 +429,11 @@ def bench_plot(bench: gr.Bench, target: Path) -> None:
     plt.close(fig)
 
 
+def fmt_target(t: gr.BenchTarget, v: float) -> str:
+    """A fraction of bandwidth as a percentage, a ratio of times as a factor."""
+    return f"{100 * v:.1f}%" if "fraction" in t.target else f"{v:.2f}\u00d7"
+
+
 class BenchDirective(SphinxDirective):
     def run(self) -> list[nodes.Node]:
         path = self.config.gradproof_bench
@@ -449,19 +454,48 @@ class BenchDirective(SphinxDirective):
                                         "Run ./build.sh bench, then rebuild the site.")
             return [box]
         out: list[nodes.Node] = []
+        try:
+            targets = gr.bench_targets(bench)
+        except gr.DataError as e:
+            logger.warning(str(e), location=self.get_location())
+            targets = []
+        if targets:
+            missed = [t for t in targets if not t.met]
+            status = gr.VERIFIED if not missed else gr.FAILED
+            title = (f"{len(targets) - len(missed)} of {len(targets)} performance targets met in this run"
+                     if missed else f"all {len(targets)} performance targets met in this run")
+            out.append(status_box(status, title, [nodes.paragraph(
+                text="Each target compares figures of this run's table below; the page text explains what "
+                     "bounds the ones at or near their line.")]))
+            out.append(make_table(
+                ["target", "measured", "required", "verdict"],
+                [[t.target, fmt_target(t, t.measured), ("\u2265 " if t.at_least else "\u2264 ") + fmt_target(t, t.threshold),
+                  verdict(t.met)] for t in targets],
+                ["gradproof-bench-targets"]))
         facts = [(k, v) for k, v in bench.machine.items()] + \
                 [(f"measured bandwidth ({k})", f"{v:.1f} GB/s") for k, v in bench.bandwidth.items()]
         if facts:
             out.append(make_table(["machine", ""], [[k, v] for k, v in facts], ["gradproof-machine"]))
+        # Optional columns, shown when the run recorded them: the layout conversion a caller with
+        # NCHW data would add (oneDNN's blocked layout), and the agreement with a float64 reference.
+        has_extra = any(r.get("extra_ms") is not None for r in bench.rows)
+        has_agree = any(r.get("agreement") is not None for r in bench.rows)
         body = []
         for r in bench.rows:
             frac = r.get("fraction_of_bandwidth")
-            body.append([r["op"], r["pass"], nodes.literal(text=r["impl"]), gr.fmt_shape(r["shape"]),
-                         str(r["threads"]), f"{r['median_ms']:.3f}", f"{r['min_ms']:.3f} \u2013 {r['max_ms']:.3f}",
-                         f"{r['gbps']:.1f}" if r["gbps"] is not None else "\u2014",
-                         f"{100 * frac:.0f}%" if frac is not None else "\u2014"])
-        out.append(make_table(["op", "pass", "impl", "shape", "threads", "median ms", "min \u2013 max ms",
-                               "GB/s", "of bandwidth"], body, ["gradproof-bench"]))
+            cells = [r["op"], r["pass"], nodes.literal(text=r["impl"]), gr.fmt_shape(r["shape"]),
+                     str(r["threads"]), f"{r['median_ms']:.3f}", f"{r['min_ms']:.3f} \u2013 {r['max_ms']:.3f}",
+                     f"{r['gbps']:.1f}" if r["gbps"] is not None else "\u2014",
+                     f"{100 * frac:.0f}%" if frac is not None else "\u2014"]
+            if has_extra:
+                cells.append(f"+{r['extra_ms']:.3f}" if r.get("extra_ms") is not None else "")
+            if has_agree:
+                cells.append(f"{r['agreement']:.1e}" if r.get("agreement") is not None else "\u2014")
+            body.append(cells)
+        headers = ["op", "pass", "impl", "shape", "threads", "median ms", "min \u2013 max ms", "GB/s", "of bandwidth"]
+        headers += ["layout conversion ms"] if has_extra else []
+        headers += ["rel. diff. from float64"] if has_agree else []
+        out.append(make_table(headers, body, ["gradproof-bench"]))
         target = Path(self.config.gradproof_generated_dir) / "bench.svg"
         bench_plot(bench, target)
         uri = "/" + os.path.relpath(target, self.env.srcdir)  # '/...' is relative to the source dir

@@ -166,6 +166,27 @@ class EdgesTest(unittest.TestCase):
             self.assertIn("60.0 GB/s", html)
             self.assertTrue(list((out / "_images").glob("bench*.svg")), "the plot was not copied to the site")
 
+    def test_bench_targets_are_shown_and_a_miss_is_impossible_to_miss(self):
+        targets = [{"target": "x: fused, fraction of bandwidth", "measured": 0.84, "threshold": 0.75,
+                    "at_least": True, "met": True},
+                   {"target": "x: oneDNN nChw16c time / fused time", "measured": 0.99, "threshold": 1,
+                    "at_least": True, "met": False}]
+        with tempfile.TemporaryDirectory() as tmp:
+            html, warnings, _ = build(Path(tmp), "# B\n\n```{gradproof-bench}\n```\n",
+                                      bench={"rows": [BENCH_ROW], "targets": targets})
+        self.assertEqual(warnings, "")
+        self.assertIn("1 of 2 performance targets met in this run", html)
+        self.assertIn("84.0%", html)
+        self.assertIn("0.99\u00d7", html)
+        self.assertIn("FAIL", html)
+
+    def test_a_target_verdict_that_contradicts_its_numbers_is_a_warning(self):
+        lie = [{"target": "x: fused, fraction of bandwidth", "measured": 0.5, "threshold": 0.75, "met": True}]
+        with tempfile.TemporaryDirectory() as tmp:
+            _, warnings, _ = build(Path(tmp), "# B\n\n```{gradproof-bench}\n```\n",
+                                   bench={"rows": [BENCH_ROW], "targets": lie})
+        self.assertIn("says met=True", warnings)
+
 
 if __name__ == "__main__":
     import warnings
