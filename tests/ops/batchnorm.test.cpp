@@ -2,6 +2,7 @@
 // The formula checks against the oracles come from the catalog (suite `bn`).
 #include "gradproof/catalog/catalog.hpp"
 #include "gradproof/ops/batchnorm.hpp"
+#include "support/inputs.hpp"
 #include "support/record.hpp"
 
 #include <boost/test/unit_test.hpp>
@@ -13,29 +14,10 @@
 using namespace gradproof;
 using namespace gradproof::ops;
 namespace utf = boost::unit_test;
+using gradproof::testing::iota;
+using gradproof::testing::MessageHas;
 
 namespace {
-
-// Passes when the exception message contains every fragment (argument name, expected, actual).
-struct MessageHas {
-  std::vector<std::string> fragments;
-  bool operator()(const InvalidArgument& e) const {
-    const std::string what = e.what();
-    for (const auto& f : fragments) {
-      if (what.find(f) == std::string::npos) {
-        BOOST_TEST_MESSAGE("message \"" << what << "\" lacks \"" << f << "\"");
-        return false;
-      }
-    }
-    return true;
-  }
-};
-
-TensorD iota(const Shape& s) {
-  TensorD t(s);
-  for (Index i = 0; i < t.size(); ++i) t[i] = std::sin(1.0 + i) + 0.1 * i;
-  return t;
-}
 
 struct Fixture {
   TensorD x = iota({4, 3, 2});

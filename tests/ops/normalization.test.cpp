@@ -8,6 +8,7 @@
 #include "gradproof/ops/layernorm.hpp"
 #include "gradproof/ops/normalization.hpp"
 #include "gradproof/ops/rmsnorm.hpp"
+#include "support/inputs.hpp"
 #include "support/record.hpp"
 
 #include <boost/test/unit_test.hpp>
@@ -20,29 +21,10 @@
 using namespace gradproof;
 using namespace gradproof::ops;
 namespace utf = boost::unit_test;
+using gradproof::testing::iota;
+using gradproof::testing::MessageHas;
 
 namespace {
-
-// Passes when the exception message contains every fragment (argument name, expected, actual).
-struct MessageHas {
-  std::vector<std::string> fragments;
-  bool operator()(const InvalidArgument& e) const {
-    const std::string what = e.what();
-    for (const auto& f : fragments) {
-      if (what.find(f) == std::string::npos) {
-        BOOST_TEST_MESSAGE("message \"" << what << "\" lacks \"" << f << "\"");
-        return false;
-      }
-    }
-    return true;
-  }
-};
-
-TensorD iota(const Shape& s) {
-  TensorD t(s);
-  for (Index i = 0; i < t.size(); ++i) t[i] = std::sin(1.0 + static_cast<double>(i)) + 0.1 * static_cast<double>(i);
-  return t;
-}
 
 const double kNaN = std::numeric_limits<double>::quiet_NaN();
 const double kInf = std::numeric_limits<double>::infinity();

@@ -921,15 +921,7 @@ std::vector<ResultRow> check_xhat_moment_pitfall(const Spec& sp, const std::stri
     rows.push_back(row);
     per_eps.push_back(dev / eps);
   }
-  ResultRow row{term_id(sp, "dx"), test, "closed_form", "float64", "pitfall", i64(p.shape)};
-  row.max_rel_err = std::abs(per_eps[1] - per_eps[2]) / per_eps[2];
-  row.rtol = 0.01;
-  row.passed = row.max_rel_err < 0.01;
-  std::ostringstream note;
-  note << "max |Σ dx x̂| / ε for ε = 1e-1, 1e-3, 1e-5: " << per_eps[0] << ", " << per_eps[1] << ", " << per_eps[2]
-       << ": the moment vanishes linearly as ε → 0 (ratio for 1e-3 vs 1e-5 agrees within 1%)";
-  row.note = note.str();
-  rows.push_back(row);
+  rows.push_back(moment_linear_in_eps_row(term_id(sp, "dx"), test, p.shape, per_eps));
   return rows;
 }
 

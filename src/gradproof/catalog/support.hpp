@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -120,6 +121,23 @@ inline check::ResultRow oracle_row(const RowMeta& meta, Oracle policy, const Eig
   check::ResultRow row{meta.formula, meta.test, meta.oracle, meta.dtype, meta.kind, i64(meta.shape)};
   row.note = meta.note;
   return check::fill(row, cmp, value_shape);
+}
+
+/// \brief The summary row of an ε-moment pitfall: `per_eps[k]` is \f$\max_c|\sum_i dx_i\hat x_i|/\varepsilon\f$
+/// for \f$\varepsilon = 10^{-1}, 10^{-3}, 10^{-5}\f$. The moment is proportional to ε while ε ≪ σ²
+/// (the test data have σ² ≥ 0.25), so the last two ratios agree within 1%; the first, where ε is
+/// no longer small, is reported but not compared.
+inline check::ResultRow moment_linear_in_eps_row(const std::string& formula, const std::string& test, const Shape& shape,
+                                                 const std::vector<double>& per_eps) {
+  check::ResultRow row{formula, test, "closed_form", "float64", "pitfall", i64(shape)};
+  row.max_rel_err = std::abs(per_eps.at(1) - per_eps.at(2)) / per_eps.at(2);
+  row.rtol = 0.01;
+  row.passed = row.max_rel_err < 0.01;
+  std::ostringstream note;
+  note << "max |Σ dx x̂| / ε for ε = 1e-1, 1e-3, 1e-5: " << per_eps[0] << ", " << per_eps[1] << ", " << per_eps[2]
+       << ": the moment vanishes linearly as ε → 0 (ratio for 1e-3 vs 1e-5 agrees within 1%)";
+  row.note = note.str();
+  return row;
 }
 
 /// \brief Analytic Jacobian (m × n) of a map whose vector-Jacobian product is `vjp`:
