@@ -399,8 +399,10 @@ inline void map_sum2_segments(Sums2<S>* acc, Index summed, S* __restrict dst, In
 /// per column), which go into double totals every kFlushEvery rows, so a column's error is at
 /// most about 20·2⁻²⁴ of the sum of its terms' magnitudes however many rows there are (a flush
 /// comes after at most 19 rows: rows are added up to four at a time). Rows of
-/// up to kInline values keep everything in the object (on the thread's stack); longer rows
-/// allocate their buffers once per call.
+/// up to kInline values keep everything in the object (on the thread's stack); longer rows use
+/// a per-thread scratch buffer that grows on first use and is reused by every later call, so a
+/// call allocates nothing once its thread has seen a row that long. At most one ColumnSums2 per
+/// scalar type may be alive on a thread at a time (the kernels make one per thread per call).
 template <class S>
 class ColumnSums2 {
  public:
@@ -410,8 +412,11 @@ class ColumnSums2 {
   /// Sums over `m` columns; `first` / `second` say which of the two sets are kept.
   ColumnSums2(Index m, bool first, bool second) : m_(m), on_{first, second} {
     if (m_ > kInline) {
-      heap_partial_.assign(static_cast<std::size_t>(2 * m_), S(0));
-      heap_total_.assign(static_cast<std::size_t>(2 * m_), 0.0);
+      Scratch& h = scratch();
+      const auto n = static_cast<std::size_t>(2 * m_);
+      if (h.partial.size() < n) h.partial.resize(n), h.total.resize(n);  // first long row only
+      std::fill_n(h.partial.begin(), n, S(0));
+      std::fill_n(h.total.begin(), n, 0.0);
     } else {
       std::fill_n(inline_partial_.begin(), 2 * m_, S(0));
       std::fill_n(inline_total_.begin(), 2 * m_, 0.0);
@@ -437,8 +442,16 @@ class ColumnSums2 {
   }
 
  private:
-  S* partial_base() noexcept { return m_ > kInline ? heap_partial_.data() : inline_partial_.data(); }
-  double* total_base() noexcept { return m_ > kInline ? heap_total_.data() : inline_total_.data(); }
+  struct Scratch {
+    std::vector<S> partial;
+    std::vector<double> total;
+  };
+  static Scratch& scratch() noexcept {
+    thread_local Scratch h;
+    return h;
+  }
+  S* partial_base() noexcept { return m_ > kInline ? scratch().partial.data() : inline_partial_.data(); }
+  double* total_base() noexcept { return m_ > kInline ? scratch().total.data() : inline_total_.data(); }
   void flush() noexcept {
     constexpr Index W = kLanes<S>, WD = kLanes<double>;
     for (int k = 0; k < 2; ++k) {
@@ -466,8 +479,6 @@ class ColumnSums2 {
   int rows_ = 0;
   std::array<S, 2 * kInline> inline_partial_;
   std::array<double, 2 * kInline> inline_total_;
-  std::vector<S> heap_partial_;
-  std::vector<double> heap_total_;
 };
 
 /// \brief Pass 2 of a row-normalization backward over a block of `K` rows at once:

@@ -8,8 +8,11 @@
 
 #include <Eigen/Core>
 
+#include <algorithm>
+#include <array>
 #include <cstddef>
 #include <initializer_list>
+#include <span>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -30,8 +33,21 @@ class InvalidArgument : public std::invalid_argument {
   using std::invalid_argument::invalid_argument;
 };
 
+/// A shape to compare with, without allocating: a Shape (a `std::vector`), or a `std::array`
+/// such as vector_shape() returns on the hot paths of the `*_into` functions.
+using ShapeView = std::span<const Index>;
+
+/// The shape `(n,)` of a vector of `n` values, as an array: checking a parameter's shape with it
+/// allocates nothing, where `Shape{n}` would allocate on every call.
+inline std::array<Index, 1> vector_shape(Index n) noexcept { return {n}; }
+
+/// True when `shape` and `expected` have the same rank and extents.
+inline bool same_shape(ShapeView shape, ShapeView expected) noexcept {
+  return std::ranges::equal(shape, expected);
+}
+
 /// Formats a shape as `(2, 3, 4)`.
-std::string to_string(const Shape& shape);
+std::string to_string(ShapeView shape);
 
 /// Product of the extents (1 for rank 0).
 Index numel(const Shape& shape);
@@ -109,7 +125,7 @@ class Tensor {
   std::vector<Scalar> data_;
 };
 
-inline std::string to_string(const Shape& shape) {
+inline std::string to_string(ShapeView shape) {
   std::ostringstream out;
   out << '(';
   for (std::size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];

@@ -111,7 +111,7 @@ constexpr const char* kBatchNorm = "batchnorm";
 
 template <class Scalar>
 void check_channel_vector(const Tensor<Scalar>* t, Index C, const char* what) {
-  if (t != nullptr) require_shape(*t, Shape{C}, kBatchNorm, what);
+  if (t != nullptr) require_shape(*t, vector_shape(C), kBatchNorm, what);
 }
 
 /// Validates the arguments common to every pass and returns the `(N, C, L)` view of `x`.
@@ -160,7 +160,7 @@ void shape_cache(BatchNormCache<Scalar>& cache, const NCL& d, bool training) {
   cache.dims = d;
   cache.training = training;
   for (Tensor<Scalar>* t : {&cache.mean, &cache.var, &cache.invstd}) {
-    if (t->shape() != Shape{d.C}) *t = Tensor<Scalar>({d.C});
+    if (!same_shape(t->shape(), vector_shape(d.C))) *t = Tensor<Scalar>({d.C});
   }
 }
 
@@ -413,8 +413,8 @@ void batchnorm_forward_train_into(const Tensor<Scalar>& x, Opt<const Tensor<Scal
     throw InvalidArgument(msg.str());
   }
   if (running) {
-    require_shape(running->mean, Shape{d.C}, detail::kBatchNorm, "running mean");
-    require_shape(running->var, Shape{d.C}, detail::kBatchNorm, "running var");
+    require_shape(running->mean, vector_shape(d.C), detail::kBatchNorm, "running mean");
+    require_shape(running->var, vector_shape(d.C), detail::kBatchNorm, "running var");
   }
   require_shape(y, x.shape(), detail::kBatchNorm, "y (output, must match x)");
   detail::shape_cache(cache, d, true);
@@ -489,8 +489,8 @@ void batchnorm_forward_eval_into(const Tensor<Scalar>& x, Opt<const Tensor<Scala
                                  const BatchNormConfig& cfg, Tensor<Scalar>& y, BatchNormCache<Scalar>& cache) {
   using std::sqrt;
   const NCL d = detail::check_bn_inputs(x, gamma, beta, cfg);
-  require_shape(running.mean, Shape{d.C}, detail::kBatchNorm, "running mean");
-  require_shape(running.var, Shape{d.C}, detail::kBatchNorm, "running var");
+  require_shape(running.mean, vector_shape(d.C), detail::kBatchNorm, "running mean");
+  require_shape(running.var, vector_shape(d.C), detail::kBatchNorm, "running var");
   require_shape(y, x.shape(), detail::kBatchNorm, "y (output, must match x)");
   detail::shape_cache(cache, d, false);
 

@@ -94,7 +94,7 @@ void groupnorm_forward_into(const Tensor<Scalar>& x, Opt<const Tensor<Scalar>> g
                             const GroupNormConfig& cfg, Tensor<Scalar>& y, NormCache<Scalar>& cache) {
   using namespace norm::detail;
   const NormSets s = groupnorm_sets(x.shape(), cfg.num_groups);
-  const Shape channels{x.shape()[1]};
+  const auto channels = vector_shape(x.shape()[1]);
   require_optional_shape(gamma, channels, kGroupNorm, "gamma");
   require_optional_shape(beta, channels, kGroupNorm, "beta");
   require_positive_eps(cfg.eps, kGroupNorm);

@@ -85,7 +85,7 @@ NormSets check_in_inputs(const Tensor<Scalar>& x, const Tensor<Scalar>* gamma, c
                          const InstanceNormRunningStats<Scalar>* running, const InstanceNormConfig& cfg,
                          bool instance_stats, const Tensor<Scalar>& y) {
   const NormSets s = instancenorm_sets(x.shape(), instance_stats);
-  const Shape channels{x.shape()[1]};
+  const auto channels = vector_shape(x.shape()[1]);
   require_optional_shape(gamma, channels, kInstanceNorm, "gamma");
   require_optional_shape(beta, channels, kInstanceNorm, "beta");
   require_positive_eps(cfg.eps, kInstanceNorm);
@@ -130,7 +130,7 @@ void instancenorm_forward_train_into(const Tensor<Scalar>& x, Opt<const Tensor<S
                                      const InstanceNormConfig& cfg, Tensor<Scalar>& y, NormCache<Scalar>& cache) {
   using namespace norm::detail;
   const NormSets s = check_in_inputs(x, gamma, beta, running, cfg, true, y);
-  prepare_cache(cache, s, x.shape(), Shape{x.shape()[1]}, true, gamma != nullptr, beta != nullptr);
+  prepare_cache(cache, s, x.shape(), vector_shape(x.shape()[1]), true, gamma != nullptr, beta != nullptr);
   //! [in.forward]
   // Each (sample n, channel c) is a set of M = L contiguous values: μ_nc, σ²_nc over the set,
   // x̂ = (x − μ_nc)/√(σ²_nc + ε), y = γ_c x̂ + β_c (γ, β constant over the set).
@@ -192,7 +192,7 @@ void instancenorm_forward_eval_into(const Tensor<Scalar>& x, Opt<const Tensor<Sc
   using namespace norm::detail;
   using std::sqrt;
   const NormSets s = check_in_inputs(x, gamma, beta, &running, cfg, false, y);
-  prepare_cache(cache, s, x.shape(), Shape{x.shape()[1]}, false, gamma != nullptr, beta != nullptr);
+  prepare_cache(cache, s, x.shape(), vector_shape(x.shape()[1]), false, gamma != nullptr, beta != nullptr);
   for (Index r = 0; r < s.R; ++r) {
     const Index c = r % s.period;
     cache.mean[r] = running.mean[c];

@@ -60,8 +60,8 @@ inline NCL ncl_view(const Shape& shape, const char* op, const char* what) {
 
 /// Throws unless `t` has exactly `expected` shape.
 template <class Scalar>
-void require_shape(const Tensor<Scalar>& t, const Shape& expected, const char* op, const char* what) {
-  if (t.shape() != expected) {
+void require_shape(const Tensor<Scalar>& t, ShapeView expected, const char* op, const char* what) {
+  if (!same_shape(t.shape(), expected)) {
     std::ostringstream msg;
     msg << op << ": " << what << " must have shape " << to_string(expected) << "; got "
         << to_string(t.shape());

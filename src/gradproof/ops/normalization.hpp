@@ -147,7 +147,7 @@ const Scalar* data_or_null(const Tensor<Scalar>* t) {
 }
 
 template <class Scalar>
-void require_optional_shape(const Tensor<Scalar>* t, const Shape& expected, const char* op, const char* what) {
+void require_optional_shape(const Tensor<Scalar>* t, ShapeView expected, const char* op, const char* what) {
   if (t != nullptr) require_shape(*t, expected, op, what);
 }
 
@@ -164,16 +164,17 @@ inline void check_sets(const NormSets& s, const char* op) {
 /// Gives the cache the shape of a pass over `s` (allocating only when a statistic is not `(R)`)
 /// and records what the forward pass had.
 template <class Scalar>
-void prepare_cache(NormCache<Scalar>& cache, const NormSets& s, const Shape& shape, const Shape& param_shape,
+void prepare_cache(NormCache<Scalar>& cache, const NormSets& s, const Shape& shape, ShapeView param_shape,
                    bool training, bool has_gamma, bool has_beta) {
+  // Assignments that reuse the cache's storage when the shapes are unchanged: no allocation.
   cache.sets = s;
   cache.shape = shape;
-  cache.param_shape = param_shape;
+  cache.param_shape.assign(param_shape.begin(), param_shape.end());
   cache.training = training;
   cache.has_gamma = has_gamma;
   cache.has_beta = has_beta;
   for (Tensor<Scalar>* t : {&cache.mean, &cache.var, &cache.invstd})
-    if (t->shape() != Shape{s.R}) *t = Tensor<Scalar>({s.R});
+    if (!same_shape(t->shape(), vector_shape(s.R))) *t = Tensor<Scalar>({s.R});
 }
 
 /// Checks `dy`, `x`, `gamma` and the cache before a backward pass of `op`.
@@ -725,11 +726,11 @@ void forward_into(const NormSets& s, const Tensor<Scalar>& x, Opt<const Tensor<S
     msg << kNorm << ": x must have R*M = " << s.size() << " values; got shape " << to_string(x.shape());
     throw InvalidArgument(msg.str());
   }
-  detail::require_optional_shape(gamma, Shape{s.params()}, kNorm, "gamma");
-  detail::require_optional_shape(beta, Shape{s.params()}, kNorm, "beta");
+  detail::require_optional_shape(gamma, vector_shape(s.params()), kNorm, "gamma");
+  detail::require_optional_shape(beta, vector_shape(s.params()), kNorm, "beta");
   require_positive_eps(eps, kNorm);
   require_shape(y, x.shape(), kNorm, "y (output)");
-  detail::prepare_cache(cache, s, x.shape(), Shape{s.params()}, true, gamma != nullptr, beta != nullptr);
+  detail::prepare_cache(cache, s, x.shape(), vector_shape(s.params()), true, gamma != nullptr, beta != nullptr);
   forward_kernel(s, x.data(), detail::data_or_null(gamma), detail::data_or_null(beta), eps, y.data(),
                  cache.mean.data(), cache.var.data(), cache.invstd.data());
 }

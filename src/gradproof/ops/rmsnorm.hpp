@@ -259,7 +259,7 @@ void rmsnorm_forward_into(const Tensor<Scalar>& x, Opt<const Tensor<Scalar>> gam
   cache.has_gamma = gamma != nullptr;
   cache.eps = rmsnorm_eps<Scalar>(cfg);
   for (Tensor<Scalar>* t : {&cache.ms, &cache.invrms})
-    if (t->shape() != Shape{s.R}) *t = Tensor<Scalar>({s.R});
+    if (!same_shape(t->shape(), vector_shape(s.R))) *t = Tensor<Scalar>({s.R});
 
   if constexpr (std::is_floating_point_v<Scalar>) {
     rmsnorm_forward_rows(s, x.data(), data_or_null(gamma), cache.eps, y.data(), cache.ms.data(), cache.invrms.data());
