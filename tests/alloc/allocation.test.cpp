@@ -42,6 +42,9 @@ const Shape kImage{4, 8, 40, 40};  // 51200 values; batch norm sets of 6400, gro
 const Shape kRows{64, 1024};       // layer / RMS norm rows that fit the column sums' inline buffer
 const Shape kLongRows{16, 4096};   // rows past it: the per-thread scratch path
 
+// Storage that escapes through a volatile pointer: the compiler may not elide its allocation.
+double* volatile g_escape = nullptr;
+
 struct Threads {  // both cores, as the benchmarks run
   Threads() { parallel::set_threads(2); }
 };
@@ -54,11 +57,9 @@ BOOST_AUTO_TEST_SUITE(allocation)
 
 BOOST_AUTO_TEST_CASE(the_counter_sees_allocations) {
   // Negative control: a vector, and the allocating wrapper of the batch-norm backward.
-  // The storage escapes through a volatile pointer, so the compiler may not elide the allocation.
-  static double* volatile escape = nullptr;
   const long n = allocations_of_second_call([] {
     std::vector<double> v(1000);
-    escape = v.data();
+    g_escape = v.data();
   });
   BOOST_TEST(n >= 1);
   const TensorF x = input<float>(kImage), g({8}, 1.5f), b({8}, 0.5f);
