@@ -223,19 +223,85 @@ inline constexpr Index kMaxChannelBlock = 128;
 /// \brief How many adjacent channels the pipelined kernels would like to treat as one block.
 ///
 /// In an `(N, C, L)` tensor, the runs `(n, c)` of adjacent channels are adjacent in memory, so a
-/// block of `B` channels is read as `N` contiguous runs of `B·L` values, and the longer the runs
-/// the better the hardware prefetchers stream (a run of one channel of a 14x14 map is only 784
-/// bytes). But each thread has two blocks in flight, one being written from cache while the next
-/// is summed from memory, and the one being written must still be in cache: on the machine this
-/// is tuned on (1 MiB of L2 per core, 32 MiB of shared L3), re-reading 4 MiB runs at L3 speed
-/// and 16 MiB at barely more than memory speed. So a block is as many channels as fit in
-/// kBlockBytes of inputs (2 MiB: two threads, two blocks each, 8 MiB in flight), at least one.
+/// block of `B` channels is read as `N` contiguous runs of `B·L` values. Each thread has two
+/// blocks in flight, one being written from cache while the next is summed from memory, and the
+/// one being written must still be in cache when its turn comes. Since the kernels prefetch
+/// across the end of a run (kernels::kPrefetchBytes), short runs cost little and what is left is
+/// the cache. Measured at two threads on the machine this is tuned on (1 MiB of L2 per core,
+/// 32 MiB of shared L3): on (32, 64, 56, 56), blocks of 0.8 and 1.6 MiB of inputs were equally
+/// fast within the noise, 3.2 MiB about 10% slower, 32 MiB 35-50% slower; on (64, 256, 14, 14),
+/// 0.4 to 2 MiB equally fast, 6.4 MiB and more 10-20% slower. So a block is as many channels as
+/// fit in 1 MiB of inputs, at least one.
 /// \param d        the `(N, C, L)` view
 /// \param streams  input arrays read per element (1 forward, 2 backward)
 /// \param bytes    bytes per value
 inline Index channel_block(const NCL& d, Index streams, Index bytes) {
-  constexpr Index kBlockBytes = Index(2) << 20;
+  constexpr Index kBlockBytes = Index(1) << 20;
   return std::clamp<Index>(kBlockBytes / std::max<Index>(1, d.M() * streams * bytes), 1, kMaxChannelBlock);
+}
+
+/// pipelined_channels() with blocks of about `target` channels.
+template <class Scalar, class TermsOf, class Finish, class MapOf, class... In>
+void pipelined_channels_blocked(const NCL& d, Index target, Scalar* out, bool nontemporal, const TermsOf& terms_of,
+                                const Finish& finish, const MapOf& map_of, const In*... in) {
+  if (d.L < kernels::kLanes<Scalar>) {
+    for_each_channel<Scalar>(d, [&](Index c) {
+      const auto [s0, s1] = channel_sums<Scalar>(d, c, terms_of(c), in...);
+      finish(c, s0, s1);
+      channel_map(out, d, c, nontemporal, map_of(c, s0, s1), in...);
+    });
+    return;
+  }
+  // The maps and summands of a block's channels, made once per block rather than once per run
+  // (each captures its channel's constants; making one costs a division).
+  using Map = decltype(map_of(Index(0), 0.0, 0.0));
+  using Terms = decltype(terms_of(Index(0)));
+  const Index CL = d.C * d.L;
+  parallel::parallel_ranges(d.C, d.N * d.C * d.L, [&](Index first, Index last, Index, Index) {
+    if (first >= last) return;
+    const Index blocks = (last - first + target - 1) / target;
+    const Index base = (last - first) / blocks, larger = (last - first) % blocks;
+    const auto block_end = [&](Index b, Index start) { return start + base + (b < larger ? 1 : 0); };
+    // The running sums of the block being read from memory, and the maps of the block being
+    // written. Per channel, so that a short run costs no reduction.
+    std::array<kernels::Sums2<Scalar>, kMaxChannelBlock> next;
+    std::array<std::optional<Map>, kMaxChannelBlock> maps;
+    std::array<std::optional<Terms>, kMaxChannelBlock> terms;
+    // Offset from the summed run of sample n of block [a, ...) to the next run summed, which is
+    // sample n + 1 of the same block, or sample 0 of the block after it at `after` (if any).
+    const auto next_run = [&](Index n, Index a, Index after) -> Index {
+      if (n + 1 < d.N) return CL;
+      return after < last ? d.offset(0, after) - d.offset(n, a) : Index(-1);
+    };
+    // The first block: its sums alone.
+    Index c0 = first, c1 = block_end(0, first);
+    for (Index c = c0; c < c1; ++c) terms[c - c0].emplace(terms_of(c));
+    for (Index n = 0; n < d.N; ++n) {
+      kernels::sum2_segments(next.data(), d.L, c1 - c0, [&](Index k) -> const Terms& { return *terms[k]; },
+                             next_run(n, c0, c1), (in + d.offset(n, c0))...);
+    }
+    for (Index b = 0; b < blocks; ++b) {
+      const Index c2 = b + 1 < blocks ? block_end(b + 1, c1) : c1;  // the next block is [c1, c2)
+      for (Index c = c0; c < c1; ++c) {
+        const auto [s0, s1] = next[c - c0].total();
+        next[c - c0] = {};
+        finish(c, s0, s1);
+        maps[c - c0].emplace(map_of(c, s0, s1));
+      }
+      for (Index c = c1; c < c2; ++c) terms[c - c1].emplace(terms_of(c));
+      // Channel c0 + k of this block pairs with channel c1 + k of the next, (c1 − c0)·L further on.
+      const auto map_k = [&](Index k) -> const Map& { return *maps[k]; };
+      const auto terms_k = [&](Index k) -> const Terms& { return *terms[k]; };
+      for (Index n = 0; n < d.N; ++n) {
+        const Index o = d.offset(n, c0);
+        kernels::map_sum2_segments(next.data(), c2 - c1, out + o, d.L, c1 - c0, nontemporal, map_k, terms_k,
+                                   (c1 - c0) * d.L, c2 > c1 ? next_run(n, c1, c2) : Index(-1), (in + o)...);
+      }
+      c0 = c1;
+      c1 = c2;
+    }
+    kernels::stream_fence();
+  });
 }
 
 /// \brief The two-phase per-channel kernel of the fused passes, software-pipelined over blocks
@@ -252,49 +318,8 @@ inline Index channel_block(const NCL& d, Index streams, Index bytes) {
 template <class Scalar, class TermsOf, class Finish, class MapOf, class... In>
 void pipelined_channels(const NCL& d, Scalar* out, bool nontemporal, const TermsOf& terms_of, const Finish& finish,
                         const MapOf& map_of, const In*... in) {
-  if (d.L < kernels::kLanes<Scalar>) {
-    for_each_channel<Scalar>(d, [&](Index c) {
-      const auto [s0, s1] = channel_sums<Scalar>(d, c, terms_of(c), in...);
-      finish(c, s0, s1);
-      channel_map(out, d, c, nontemporal, map_of(c, s0, s1), in...);
-    });
-    return;
-  }
-  const Index target = channel_block(d, sizeof...(In), sizeof(Scalar));
-  parallel::parallel_ranges(d.C, d.N * d.C * d.L, [&](Index first, Index last, Index, Index) {
-    if (first >= last) return;
-    const Index blocks = (last - first + target - 1) / target;
-    const Index base = (last - first) / blocks, larger = (last - first) % blocks;
-    const auto block_end = [&](Index b, Index start) { return start + base + (b < larger ? 1 : 0); };
-    // The running sums of the block being read from memory, and the totals of the block being
-    // written. Per channel, so that a short run costs no reduction.
-    std::array<kernels::Sums2<Scalar>, kMaxChannelBlock> next;
-    std::array<std::pair<double, double>, kMaxChannelBlock> cur;
-    // The first block: its sums alone.
-    Index c0 = first, c1 = block_end(0, first);
-    for (Index n = 0; n < d.N; ++n) {
-      for (Index c = c0; c < c1; ++c) kernels::sum2_into(next[c - c0], d.L, terms_of(c), (in + d.offset(n, c))...);
-    }
-    for (Index b = 0; b < blocks; ++b) {
-      const Index c2 = b + 1 < blocks ? block_end(b + 1, c1) : c1;  // the next block is [c1, c2)
-      for (Index c = c0; c < c1; ++c) {
-        cur[c - c0] = next[c - c0].total();
-        next[c - c0] = {};
-        finish(c, cur[c - c0].first, cur[c - c0].second);
-      }
-      // Channel c0 + k of this block pairs with channel c1 + k of the next, (c1 − c0)·L further on.
-      const auto map_k = [&](Index k) { return map_of(c0 + k, cur[k].first, cur[k].second); };
-      const auto terms_k = [&](Index k) { return terms_of(c1 + k); };
-      for (Index n = 0; n < d.N; ++n) {
-        const Index o = d.offset(n, c0);
-        kernels::map_sum2_segments(next.data(), c2 - c1, out + o, d.L, c1 - c0, nontemporal, map_k, terms_k,
-                                   (c1 - c0) * d.L, (in + o)...);
-      }
-      c0 = c1;
-      c1 = c2;
-    }
-    kernels::stream_fence();
-  });
+  pipelined_channels_blocked(d, channel_block(d, sizeof...(In), sizeof(Scalar)), out, nontemporal, terms_of, finish,
+                             map_of, in...);
 }
 
 /// \brief The reference training forward: per channel, the mean, then the centred second
