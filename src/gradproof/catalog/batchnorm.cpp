@@ -593,30 +593,19 @@ std::vector<ResultRow> check_dx_properties(const std::string& formula, const std
       using T = decltype(tag);
       const Prepared<T> pr(p, true);
       const Tensor<T> dx = run_backward(pr, p.w.cast<T>(), b).dx;
-      // Sums in long double of the computed dx: what is measured is dx's own error. Their
-      // natural size is that of the terms dx is made of, summed over the channel.
-      std::vector<long double> a1(static_cast<std::size_t>(d.C), 0), a2 = a1;
-      Eigen::VectorXd s1(d.C), s2(d.C), mag1 = Eigen::VectorXd::Zero(d.C), mag2 = mag1;
-      for (Index i = 0; i < dx.size(); ++i) {
+      const auto xhat_at = [&](Index i) {
         const Index c = channel_of(d, i);
-        const double xh = (p.x[i] - rc.mean[c]) * rc.invstd[c];
-        a1[static_cast<std::size_t>(c)] += static_cast<long double>(dx[i]);
-        a2[static_cast<std::size_t>(c)] += static_cast<long double>(dx[i]) * xh;
-        mag1[c] += terms[i];
-        mag2[c] += terms[i] * std::abs(xh);
-      }
-      for (Index c = 0; c < d.C; ++c) {
-        s1[c] = static_cast<double>(a1[static_cast<std::size_t>(c)]);
-        s2[c] = static_cast<double>(a2[static_cast<std::size_t>(c)]);
-      }
+        return (p.x[i] - rc.mean[c]) * rc.invstd[c];
+      };
+      const SetMoments sm = set_moments(d.C, dx, terms, [&](Index i) { return channel_of(d, i); }, xhat_at);
       const std::string dt = dtype_name<T>();
       rows.push_back(oracle_row({formula, test, "identity", dt, "property", shape,
                                  std::string("per channel Σᵢ dxᵢ = 0 (") + name(b) + " backward)"},
-                                Oracle::complex_step, s1, Eigen::VectorXd::Zero(d.C), {d.C}, mag1.maxCoeff()));
+                                Oracle::complex_step, sm.sum, Eigen::VectorXd::Zero(d.C), {d.C}, sm.sum_scale.maxCoeff()));
       rows.push_back(oracle_row({formula, test, "identity", dt, "property", shape,
                                  std::string("per channel Σᵢ dxᵢ x̂ᵢ = γ ε (σ²+ε)^(−3/2) Σᵢ dyᵢ x̂ᵢ (") + name(b) +
                                      " backward)"},
-                                Oracle::complex_step, s2, predicted, {d.C}, mag2.maxCoeff()));
+                                Oracle::complex_step, sm.moment, predicted, {d.C}, sm.moment_scale.maxCoeff()));
     };
     one(double{});
     one(float{});
@@ -852,26 +841,8 @@ std::vector<ResultRow> check_xhat_moment_pitfall(const std::string& test) {
       mag[c] += terms[i] * std::abs(xh);
     }
     // The naive check "Σ dx x̂ = 0 within float64 rounding", as a test would write it.
-    const check::Tolerance naive = check::tolerance_policy("float64", Oracle::complex_step, mag.maxCoeff());
-    Eigen::Index worst = 0;
-    const double dev = moment.cwiseAbs().maxCoeff(&worst);
-    ResultRow row{"bn.dx", test, "exact_zero", "float64", "pitfall", i64(shape)};
-    row.max_abs_err = dev;
-    row.max_rel_err = dev / mag.maxCoeff();
-    row.atol = naive.atol;
-    row.rtol = naive.rtol;
-    row.worst_index = {worst};
-    row.analytic = moment[worst];
-    row.numeric = 0;
-    // Shown when the naive zero-check fails by over 1000x its rounding allowance.
-    row.passed = dev > 1e3 * naive.atol;
-    std::ostringstream note;
-    note << "ε = " << eps << ": max_c |Σᵢ dxᵢ x̂ᵢ| = " << dev << " against a rounding allowance of " << naive.atol
-         << " for the naive claim Σ dx x̂ = 0 (this row passes when the naive claim fails by over 1000x; "
-            "the exact ε-term is checked in the property tests)";
-    row.note = note.str();
-    rows.push_back(row);
-    per_eps.push_back(dev / eps);
+    rows.push_back(naive_moment_zero_row("bn.dx", test, shape, eps, moment, mag));
+    per_eps.push_back(rows.back().max_abs_err / eps);
   }
   rows.push_back(moment_linear_in_eps_row("bn.dx", test, shape, per_eps));
   return rows;

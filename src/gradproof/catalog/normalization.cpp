@@ -700,30 +700,16 @@ std::vector<ResultRow> check_dx_properties(const Spec& sp, const std::string& fo
       using T = decltype(tag);
       const Prepared<T> pr(p, true);
       const Tensor<T> dx = run_backward(p, pr, p.w.cast<T>(), b).dx;
-      // Sums in long double of the computed dx: what is measured is dx's own error. Their natural
-      // size is that of the terms dx is made of, summed over the set.
-      std::vector<long double> a1(static_cast<std::size_t>(R), 0), a2 = a1;
-      Eigen::VectorXd s1(R), s2(R), mag1 = Eigen::VectorXd::Zero(R), mag2 = mag1;
-      for (Index i = 0; i < dx.size(); ++i) {
-        const Index r = set_of(p, i);
-        const double xh = xhat_at(p, rc, i);
-        a1[static_cast<std::size_t>(r)] += static_cast<long double>(dx[i]);
-        a2[static_cast<std::size_t>(r)] += static_cast<long double>(dx[i]) * xh;
-        mag1[r] += terms[i];
-        mag2[r] += terms[i] * std::abs(xh);
-      }
-      for (Index r = 0; r < R; ++r) {
-        s1[r] = static_cast<double>(a1[static_cast<std::size_t>(r)]);
-        s2[r] = static_cast<double>(a2[static_cast<std::size_t>(r)]);
-      }
+      const SetMoments sm = set_moments(R, dx, terms, [&](Index i) { return set_of(p, i); },
+                                        [&](Index i) { return xhat_at(p, rc, i); });
       const std::string dt = dtype_name<T>();
       rows.push_back(oracle_row({formula, test, "identity", dt, "property", p.shape,
                                  std::string("per set Σᵢ dxᵢ = 0 (") + name(b) + " backward, " + describe(p) + ")"},
-                                Oracle::complex_step, s1, Eigen::VectorXd::Zero(R), {R}, mag1.maxCoeff()));
+                                Oracle::complex_step, sm.sum, Eigen::VectorXd::Zero(R), {R}, sm.sum_scale.maxCoeff()));
       rows.push_back(oracle_row({formula, test, "identity", dt, "property", p.shape,
                                  std::string("per set Σᵢ dxᵢ x̂ᵢ = ε (σ²+ε)^(−3/2) Σᵢ γᵢ dyᵢ x̂ᵢ (") + name(b) +
                                      " backward, " + describe(p) + ")"},
-                                Oracle::complex_step, s2, predicted, {R}, mag2.maxCoeff()));
+                                Oracle::complex_step, sm.moment, predicted, {R}, sm.moment_scale.maxCoeff()));
     };
     one(double{});
     one(float{});
@@ -901,25 +887,8 @@ std::vector<ResultRow> check_xhat_moment_pitfall(const Spec& sp, const std::stri
       moment[set_of(p, i)] += dx[i] * xh;
       mag[set_of(p, i)] += terms[i] * std::abs(xh);
     }
-    const check::Tolerance naive = check::tolerance_policy("float64", Oracle::complex_step, mag.maxCoeff());
-    Eigen::Index worst = 0;
-    const double dev = moment.cwiseAbs().maxCoeff(&worst);
-    ResultRow row{term_id(sp, "dx"), test, "exact_zero", "float64", "pitfall", i64(p.shape)};
-    row.max_abs_err = dev;
-    row.max_rel_err = dev / mag.maxCoeff();
-    row.atol = naive.atol;
-    row.rtol = naive.rtol;
-    row.worst_index = {worst};
-    row.analytic = moment[worst];
-    row.numeric = 0;
-    row.passed = dev > 1e3 * naive.atol;  // shown when the naive zero-check fails by over 1000x
-    std::ostringstream note;
-    note << "ε = " << eps << ": max over sets |Σᵢ dxᵢ x̂ᵢ| = " << dev << " against a rounding allowance of "
-         << naive.atol << " for the naive claim Σ dx x̂ = 0 (this row passes when the naive claim fails by over "
-            "1000x; the exact ε-term is checked in the property tests)";
-    row.note = note.str();
-    rows.push_back(row);
-    per_eps.push_back(dev / eps);
+    rows.push_back(naive_moment_zero_row(term_id(sp, "dx"), test, p.shape, eps, moment, mag));
+    per_eps.push_back(rows.back().max_abs_err / eps);
   }
   rows.push_back(moment_linear_in_eps_row(term_id(sp, "dx"), test, p.shape, per_eps));
   return rows;

@@ -439,27 +439,15 @@ std::vector<ResultRow> check_dx_properties(const std::string& formula, const std
       using T = decltype(tag);
       const Prepared<T> pr(p);
       const Tensor<T> dx = run_backward(pr, p.w.cast<T>(), b).dx;
-      std::vector<long double> a1(static_cast<std::size_t>(R), 0), a2 = a1;
-      Eigen::VectorXd s1(R), s2(R), mag1 = Eigen::VectorXd::Zero(R), mag2 = mag1;
-      for (Index i = 0; i < dx.size(); ++i) {
-        const Index r = row_of(p, i);
-        const double xh = xhat_at(p, rc, i);
-        a1[static_cast<std::size_t>(r)] += static_cast<long double>(dx[i]);
-        a2[static_cast<std::size_t>(r)] += static_cast<long double>(dx[i]) * xh;
-        mag1[r] += terms[i];
-        mag2[r] += terms[i] * std::abs(xh);
-      }
-      for (Index r = 0; r < R; ++r) {
-        s1[r] = static_cast<double>(a1[static_cast<std::size_t>(r)]);
-        s2[r] = static_cast<double>(a2[static_cast<std::size_t>(r)]);
-      }
+      const SetMoments sm = set_moments(R, dx, terms, [&](Index i) { return row_of(p, i); },
+                                        [&](Index i) { return xhat_at(p, rc, i); });
       const std::string dt = dtype_name<T>();
       rows.push_back(oracle_row({formula, test, "identity", dt, "property", p.shape,
                                  std::string("per row Σᵢ dxᵢ x̂ᵢ = ε (ms+ε)^(−3/2) Σᵢ γᵢ dyᵢ x̂ᵢ, the one projection (") +
                                      name(b) + " backward, " + describe(p) + ")"},
-                                Oracle::complex_step, s2, moment_pred, {R}, mag2.maxCoeff()));
-      ResultRow row = oracle_row({formula, test, "identity", dt, "property", p.shape, ""}, Oracle::complex_step, s1,
-                                 sum_pred, {R}, mag1.maxCoeff());
+                                Oracle::complex_step, sm.moment, moment_pred, {R}, sm.moment_scale.maxCoeff()));
+      ResultRow row = oracle_row({formula, test, "identity", dt, "property", p.shape, ""}, Oracle::complex_step, sm.sum,
+                                 sum_pred, {R}, sm.sum_scale.maxCoeff());
       const double size = sum_pred.cwiseAbs().maxCoeff();
       std::ostringstream note;
       note << "per row Σᵢ dxᵢ = (ms+ε)^(−1/2) (Σg − Σx̂ · Σgx̂ / M), not zero without a mean: max |Σ dx| = " << size

@@ -135,8 +135,7 @@ NormGrads<Scalar> groupnorm_backward_staged(const Tensor<Scalar>& dy, const Tens
                                             NormStagedTrace<Scalar>* trace = nullptr) {
   norm::detail::check_backward(norm::detail::kGroupNorm, dy, x, gamma, cache);
   const NormSets& s = cache.sets;
-  NormGrads<Scalar> g{Tensor<Scalar>(x.shape()), gamma ? Tensor<Scalar>(cache.param_shape) : Tensor<Scalar>(),
-                      cache.has_beta ? Tensor<Scalar>(cache.param_shape) : Tensor<Scalar>()};
+  NormGrads<Scalar> g = norm::detail::allocate_grads(x, gamma, cache);
 
   // Step 0. The parameter gradients: γ_c and β_c are shared by every value of channel c.
   if (gamma) {
@@ -228,8 +227,7 @@ void groupnorm_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, 
 template <class Scalar>
 NormGrads<Scalar> groupnorm_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, Opt<const Tensor<Scalar>> gamma,
                                      const NormCache<Scalar>& cache) {
-  NormGrads<Scalar> g{Tensor<Scalar>(x.shape()), gamma ? Tensor<Scalar>(cache.param_shape) : Tensor<Scalar>(),
-                      cache.has_beta ? Tensor<Scalar>(cache.param_shape) : Tensor<Scalar>()};
+  NormGrads<Scalar> g = norm::detail::allocate_grads(x, gamma, cache);
   groupnorm_backward_into(dy, x, gamma, cache, g.dx, gamma ? &g.dgamma : nullptr, cache.has_beta ? &g.dbeta : nullptr);
   return g;
 }

@@ -232,8 +232,7 @@ NormGrads<Scalar> instancenorm_backward_staged(const Tensor<Scalar>& dy, const T
                                                NormStagedTrace<Scalar>* trace = nullptr) {
   norm::detail::check_backward(norm::detail::kInstanceNorm, dy, x, gamma, cache);
   const NormSets& s = cache.sets;
-  NormGrads<Scalar> g{Tensor<Scalar>(x.shape()), gamma ? Tensor<Scalar>(cache.param_shape) : Tensor<Scalar>(),
-                      cache.has_beta ? Tensor<Scalar>(cache.param_shape) : Tensor<Scalar>()};
+  NormGrads<Scalar> g = norm::detail::allocate_grads(x, gamma, cache);
   if (cache.has_beta) {
     //! [in.dbeta]
     // ∂L/∂β_c = Σ_{n, l} dy_{n,c,l} (training and eval alike)
@@ -343,8 +342,7 @@ void instancenorm_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& 
 template <class Scalar>
 NormGrads<Scalar> instancenorm_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& x,
                                         Opt<const Tensor<Scalar>> gamma, const NormCache<Scalar>& cache) {
-  NormGrads<Scalar> g{Tensor<Scalar>(x.shape()), gamma ? Tensor<Scalar>(cache.param_shape) : Tensor<Scalar>(),
-                      cache.has_beta ? Tensor<Scalar>(cache.param_shape) : Tensor<Scalar>()};
+  NormGrads<Scalar> g = norm::detail::allocate_grads(x, gamma, cache);
   instancenorm_backward_into(dy, x, gamma, cache, g.dx, gamma ? &g.dgamma : nullptr,
                              cache.has_beta ? &g.dbeta : nullptr);
   return g;

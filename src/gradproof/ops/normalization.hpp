@@ -213,6 +213,14 @@ void check_outputs(const char* op, const Tensor<Scalar>& x, const Tensor<Scalar>
   require_optional_shape(dbeta, cache.param_shape, op, "dbeta (output)");
 }
 
+/// The outputs of a backward pass on `x`, allocated: dx always, dγ when the layer has γ, dβ when
+/// the forward pass had β (the others stay empty, as NormGrads documents).
+template <class Scalar>
+NormGrads<Scalar> allocate_grads(const Tensor<Scalar>& x, const Tensor<Scalar>* gamma, const NormCache<Scalar>& cache) {
+  return {Tensor<Scalar>(x.shape()), gamma ? Tensor<Scalar>(cache.param_shape) : Tensor<Scalar>(),
+          cache.has_beta ? Tensor<Scalar>(cache.param_shape) : Tensor<Scalar>()};
+}
+
 }  // namespace detail
 
 /// \brief \f$y = \gamma\,(x - \mu_r)/\sqrt{\sigma^2_r + \varepsilon} + \beta\f$ on set `r`, given
@@ -758,8 +766,7 @@ NormGrads<Scalar> backward_staged(const Tensor<Scalar>& dy, const Tensor<Scalar>
                                   NormStagedTrace<Scalar>* trace = nullptr) {
   detail::check_backward(kNorm, dy, x, gamma, cache);
   const NormSets& s = cache.sets;
-  NormGrads<Scalar> g{Tensor<Scalar>(x.shape()), gamma ? Tensor<Scalar>(cache.param_shape) : Tensor<Scalar>(),
-                      cache.has_beta ? Tensor<Scalar>(cache.param_shape) : Tensor<Scalar>()};
+  NormGrads<Scalar> g = detail::allocate_grads(x, gamma, cache);
   if (gamma) steps::dgamma(s, dy, x, cache, g.dgamma);
   if (cache.has_beta) steps::dbeta(s, dy, g.dbeta);
   NormStagedTrace<Scalar> t = steps::buffers<Scalar>(s, x.shape());
@@ -797,8 +804,7 @@ void backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, Opt<const 
 template <class Scalar>
 NormGrads<Scalar> backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, Opt<const Tensor<Scalar>> gamma,
                            const NormCache<Scalar>& cache) {
-  NormGrads<Scalar> g{Tensor<Scalar>(x.shape()), gamma ? Tensor<Scalar>(cache.param_shape) : Tensor<Scalar>(),
-                      cache.has_beta ? Tensor<Scalar>(cache.param_shape) : Tensor<Scalar>()};
+  NormGrads<Scalar> g = detail::allocate_grads(x, gamma, cache);
   backward_into(dy, x, gamma, cache, g.dx, gamma ? &g.dgamma : nullptr, cache.has_beta ? &g.dbeta : nullptr);
   return g;
 }
