@@ -2,7 +2,10 @@
 // backward (float32, 2 threads) decomposed into its phases and set beside variants of its loop
 // (the triad with extra cached loads, the same traffic on contiguous arrays, strided reads of
 // runs, block sizes, the pipeline's ends timed per thread), each repetition after the triad
-// probe. An investigation tool, not a benchmark of record: `gradproof_bench` is that.
+// probe. An investigation tool, not a benchmark of record: `gradproof_bench` is that. It holds
+// copies of the kernel's loop on purpose (the kernel before the prefetch, an instrumented copy of
+// detail::pipelined_channels with a block-size parameter): they are the variants it compares, so
+// they must not follow later changes of the library's kernel.
 //
 //   build/bench/bench/gradproof_bn_phases SHAPE [REPS] [FILTER]
 //     SHAPE   56 = (32,64,56,56), 14 = (64,256,14,14), 128 = (8,32,128,128); 56s/14s/56t/14t/14u
