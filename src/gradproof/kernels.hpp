@@ -396,7 +396,10 @@ inline void map_sum2_segments(Sums2<S>* acc, Index summed, S* __restrict dst, In
       if (k + 1 < segments && i < end) {  // the vector across the boundary with segment k + 1
         prefetch_ahead(i, n, next, D, (src + ahead)...);
         const auto m = first_lanes<S>(end - i);
-        const auto [a, b] = t(load<V>(src + ahead + i)...);
+        // The summed run has only `summed` segments: past the last of them, only this
+        // segment's values are loaded (the rest may lie past the end of the tensor).
+        const auto [a, b] = k + 1 < summed ? t(load<V>(src + ahead + i)...)
+                                           : t(load_first(end - i, src + ahead + i)...);
         add<S>(p0, p1, t0, t1, steps, select<S>(m, a, V{}), select<S>(m, b, V{}));
       }
       acc[k].p0 = p0, acc[k].p1 = p1, acc[k].t0 = t0, acc[k].t1 = t1, acc[k].steps = steps;
