@@ -97,18 +97,35 @@ void parallel_ranges(Index n, Index work, const Body& body) {
 /// \brief Lets the parts of a parallel_ranges() loop take turns, in the order of their index:
 /// for adding per-thread partial sums into one result in the same order on every run (so the
 /// result does not depend on which thread finishes first).
+///
+/// A part that must wait spins briefly (the part before it is usually about to finish), then
+/// sleeps on the counter (C++20 `std::atomic::wait`, a futex on Linux) until done() wakes it.
+/// Spinning alone is not enough: with more threads than cores, the part being waited for may
+/// not be running at all, and every spinning thread then delays it further (issue 10: layer-norm
+/// backward took 1.9 s per call at 64 threads on 2 cores).
 class Turns {
  public:
+  /// Spins of the wait before it sleeps: about a microsecond of `pause` instructions.
+  static constexpr int kSpins = 64;
+
   /// Waits until every part before `part` has called done().
   void wait_for(Index part) const noexcept {
-    while (next_.load(std::memory_order_acquire) != part) {
+    for (int spin = 0; spin < kSpins; ++spin) {
+      if (next_.load(std::memory_order_acquire) == part) return;
 #if defined(__SSE2__)
       _mm_pause();
 #endif
     }
+    for (Index seen = next_.load(std::memory_order_acquire); seen != part;
+         seen = next_.load(std::memory_order_acquire)) {
+      next_.wait(seen, std::memory_order_acquire);
+    }
   }
   /// Lets the next part go.
-  void done(Index part) noexcept { next_.store(part + 1, std::memory_order_release); }
+  void done(Index part) noexcept {
+    next_.store(part + 1, std::memory_order_release);
+    next_.notify_all();  // no system call when nobody sleeps
+  }
 
  private:
   std::atomic<Index> next_{0};
