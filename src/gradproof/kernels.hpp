@@ -353,10 +353,43 @@ template <class... P>
   else if (next >= 0) prefetch_l2(next + (j - n), p...);
 }
 
+/// The running sums of one segment as locals (which stay in registers, see add()), with the
+/// terms of the segment's last vector that are not whole: the last `W` values of the segment are
+/// loaded (it has at least `W`), and the lanes of values already added are dropped. The vectors
+/// of a segment are thus always at the same offsets from its start: the order of summation is
+/// a function of `L` alone, not of where the segment lies in memory or in its block.
+template <class S>
+struct SegmentSums {
+  using V = Vec<S>;
+  V p0, p1;
+  Vec<double> t0, t1;
+  int steps;
+  explicit SegmentSums(const Sums2<S>& a) noexcept : p0(a.p0), p1(a.p1), t0(a.t0), t1(a.t1), steps(a.steps) {}
+  void store(Sums2<S>& a) const noexcept { a.p0 = p0, a.p1 = p1, a.t0 = t0, a.t1 = t1, a.steps = steps; }
+  template <class T, class... P>
+  [[gnu::always_inline]] void vector(const T& t, Index j, const P*... src) noexcept {
+    const auto [a, b] = t(in_register(load<V>(src + j))...);
+    add<S>(p0, p1, t0, t1, steps, a, b);
+  }
+  /// The values `[j, L)` of the segment, fewer than a vector.
+  template <class T, class... P>
+  [[gnu::always_inline]] void last(const T& t, Index j, Index L, const P*... src) noexcept {
+    constexpr Index W = kLanes<S>;
+    const auto done = first_lanes<S>(W - (L - j));
+    const auto [a, b] = t(load<V>(src + (L - W))...);
+    add<S>(p0, p1, t0, t1, steps, select<S>(done, V{}, a), select<S>(done, V{}, b));
+  }
+};
+
 /// map_sum2_segments() with the store kind fixed at compile time. The map and the summands of a
 /// segment are taken once per segment, out of its loop (inside it, GCC re-read the statistics
 /// they capture through their references on every vector), so the loop body is four vector
 /// loads, the arithmetic, and one store.
+///
+/// The map runs over the whole run as one stream (aligned for the streaming stores); the sums
+/// run over each summed segment from its own start (SegmentSums), in the same loop as far as
+/// both have whole vectors. So the sums never depend on the alignment of `dst` or on where the
+/// block starts, and nothing past a summed segment is read.
 template <bool kNonTemporal, class S, class MapOf, class TermsOf, class... P>
 inline void map_sum2_segments(Sums2<S>* acc, Index summed, S* __restrict dst, Index L, Index segments,
                               const MapOf& map_of, const TermsOf& terms_of, Index ahead, Index next,
@@ -364,7 +397,7 @@ inline void map_sum2_segments(Sums2<S>* acc, Index summed, S* __restrict dst, In
   using V = Vec<S>;
   constexpr Index W = kLanes<S>;
   constexpr Index D = kPrefetchBytes / Index(sizeof(S));
-  const Index n = L * segments;
+  const Index n = L * segments, n_summed = L * summed;
   const auto put = [dst](Index i, const V& v) {
     if constexpr (kNonTemporal) stream<S>(dst + i, v); else store(dst + i, v);
   };
@@ -373,57 +406,37 @@ inline void map_sum2_segments(Sums2<S>* acc, Index summed, S* __restrict dst, In
   {
     const auto f = map_of(0);
     for (Index j = 0; j < i; ++j) dst[j] = f(src[j]...);
-    if (summed > 0) {
-      const auto t = terms_of(0);
-      for (Index j = 0; j < i; ++j) acc[0].add_scalar(t(src[j + ahead]...));
-    }
   }
   for (Index k = 0; k < segments; ++k) {
-    const Index end = (k + 1) * L;
+    const Index start = k * L, end = start + L;
     const auto f = map_of(k);
     if (k < summed) {
       const auto t = terms_of(k);
-      // The running sums of segment k as locals, which stay in registers (see detail::add).
-      V p0 = acc[k].p0, p1 = acc[k].p1;
-      Vec<double> t0 = acc[k].t0, t1 = acc[k].t1;
-      int steps = acc[k].steps;
-      for (; i + W <= end; i += W) {
-        prefetch_ahead(i, n, next, D, (src + ahead)...);
-        const auto [a, b] = t(in_register(load<V>(src + ahead + i))...);
-        add<S>(p0, p1, t0, t1, steps, a, b);
+      SegmentSums<S> sums(acc[k]);
+      const Index both = std::min((end - i) / W, L / W);  // whole vectors of the map and of the sums
+      Index j = 0;                                        // offset in the summed segment
+      for (Index v = 0; v < both; ++v, i += W, j += W) {
+        prefetch_ahead(start + j, n_summed, next, D, (src + ahead)...);
+        sums.vector(t, start + j, (src + ahead)...);
         put(i, f(load<V>(src + i)...));
       }
-      if (k + 1 < segments && i < end) {  // the vector across the boundary with segment k + 1
-        prefetch_ahead(i, n, next, D, (src + ahead)...);
-        const auto m = first_lanes<S>(end - i);
-        // The summed run has only `summed` segments: past the last of them, only this
-        // segment's values are loaded (the rest may lie past the end of the tensor).
-        const auto [a, b] = k + 1 < summed ? t(load<V>(src + ahead + i)...)
-                                           : t(load_first(end - i, src + ahead + i)...);
-        add<S>(p0, p1, t0, t1, steps, select<S>(m, a, V{}), select<S>(m, b, V{}));
+      for (; j + W <= L; j += W) {
+        prefetch_ahead(start + j, n_summed, next, D, (src + ahead)...);
+        sums.vector(t, start + j, (src + ahead)...);
       }
-      acc[k].p0 = p0, acc[k].p1 = p1, acc[k].t0 = t0, acc[k].t1 = t1, acc[k].steps = steps;
-    } else {
-      for (; i + W <= end; i += W) put(i, f(load<V>(src + i)...));
+      if (j < L) sums.last(t, j, L, (src + ahead + start)...);
+      sums.store(acc[k]);
     }
-    if (k + 1 < segments && i < end) {
+    for (; i + W <= end; i += W) put(i, f(load<V>(src + i)...));
+    if (k + 1 < segments && i < end) {  // the vector across the boundary with segment k + 1
       const auto m = first_lanes<S>(end - i);
-      if (k + 1 < summed) {
-        const auto [a, b] = terms_of(k + 1)(load<V>(src + ahead + i)...);
-        acc[k + 1].add({select<S>(m, V{}, a), select<S>(m, V{}, b)});
-      }
       put(i, select<S>(m, f(load<V>(src + i)...), map_of(k + 1)(load<V>(src + i)...)));
       i += W;
     }
   }
   // The ragged tail is shorter than a vector, so it lies in the last segment.
-  const Index last = segments - 1;
-  const auto f = map_of(last);
+  const auto f = map_of(segments - 1);
   for (Index j = i; j < n; ++j) dst[j] = f(src[j]...);
-  if (last < summed) {
-    const auto t = terms_of(last);
-    for (Index j = i; j < n; ++j) acc[last].add_scalar(t(src[j + ahead]...));
-  }
 }
 
 }  // namespace detail
@@ -441,9 +454,13 @@ inline void map_sum2_segments(Sums2<S>* acc, Index summed, S* __restrict dst, In
 /// then with writes, never both; interleaving them gives it a read stream and a write stream
 /// at once, as in a STREAM triad.
 ///
-/// The run is one stream: a vector that straddles two segments is computed with both maps and
-/// blended, and its terms are split between the two sums, so only the two ends of the whole
-/// run are written with scalar stores. The summed run is prefetched kPrefetchBytes ahead, and
+/// The written run is one stream: a vector that straddles two segments is computed with both
+/// maps and blended, so only the two ends of the whole run are written with scalar stores. The
+/// sums take each segment from its own start, in whole vectors, and its last vector ends at the
+/// segment's end (the lanes already added dropped): the order of summation, and so every bit of
+/// the sums, depends on `L` and the values only — not on the alignment of any buffer, nor on
+/// how the channels are cut into blocks and threads — and nothing past a segment is read. The
+/// summed run is prefetched kPrefetchBytes ahead, and
 /// near its end the start of the next summed run, `next` values after its start (the next
 /// sample's run of the same channels), so that the reads from memory do not stall when one run
 /// ends and the next begins. Requires `L >= kLanes<S>`.
@@ -471,45 +488,28 @@ inline void map_sum2_segments(Sums2<S>* acc, Index summed, S* __restrict dst, In
 }
 
 /// \brief The sums of map_sum2_segments() alone, over one run of `segments` segments of `L`
-/// values: `terms_of(k)` summed over segment `k` of `src...` into `acc[k]`, the run read as one
-/// stream and prefetched as in map_sum2_segments() (`next`: offset of the next run summed after
+/// values: `terms_of(k)` summed over segment `k` of `src...` into `acc[k]`, each segment in the
+/// same order as in map_sum2_segments() (so the two give the same bits), the run prefetched as
+/// there (`next`: offset of the next run summed after
 /// this one, in values, or negative). For the first block of a pipelined kernel, which is
 /// summed before any block is written. Requires `L >= kLanes<S>`.
 template <class S, class TermsOf, class... P>
 inline void sum2_segments(Sums2<S>* acc, Index L, Index segments, const TermsOf& terms_of, Index next,
                           const P*... src) noexcept {
-  using V = Vec<S>;
   constexpr Index W = kLanes<S>;
   constexpr Index D = kPrefetchBytes / Index(sizeof(S));
   const Index n = L * segments;
-  Index i = 0;
   for (Index k = 0; k < segments; ++k) {
-    const Index end = (k + 1) * L;
+    const Index start = k * L;
     const auto t = terms_of(k);
-    V p0 = acc[k].p0, p1 = acc[k].p1;  // locals, which stay in registers (see detail::add)
-    Vec<double> t0 = acc[k].t0, t1 = acc[k].t1;
-    int steps = acc[k].steps;
-    for (; i + W <= end; i += W) {
-      detail::prefetch_ahead(i, n, next, D, src...);
-      const auto [a, b] = t(detail::in_register(load<V>(src + i))...);
-      detail::add<S>(p0, p1, t0, t1, steps, a, b);
+    detail::SegmentSums<S> sums(acc[k]);
+    Index j = 0;
+    for (; j + W <= L; j += W) {
+      detail::prefetch_ahead(start + j, n, next, D, src...);
+      sums.vector(t, start + j, src...);
     }
-    if (i < end) {
-      const auto m = detail::first_lanes<S>(end - i);
-      if (k + 1 < segments) {  // the vector across the boundary with segment k + 1
-        detail::prefetch_ahead(i, n, next, D, src...);
-        const auto [a, b] = t(load<V>(src + i)...);
-        detail::add<S>(p0, p1, t0, t1, steps, detail::select<S>(m, a, V{}), detail::select<S>(m, b, V{}));
-        const auto [c, e] = terms_of(k + 1)(load<V>(src + i)...);
-        acc[k + 1].add({detail::select<S>(m, V{}, c), detail::select<S>(m, V{}, e)});
-        i += W;
-      } else {  // the ragged end of the run: only its own values are loaded
-        const auto [a, b] = t(detail::load_first(end - i, src + i)...);
-        detail::add<S>(p0, p1, t0, t1, steps, detail::select<S>(m, a, V{}), detail::select<S>(m, b, V{}));
-        i = end;
-      }
-    }
-    acc[k].p0 = p0, acc[k].p1 = p1, acc[k].t0 = t0, acc[k].t1 = t1, acc[k].steps = steps;
+    if (j < L) sums.last(t, j, L, (src + start)...);
+    sums.store(acc[k]);
   }
 }
 
@@ -550,6 +550,16 @@ class ColumnSums2 {
   /// into the partial sums, they go into the double totals.
   void rows_done(int rows) noexcept {
     if ((rows_ += rows) >= kFlushEvery) flush();
+  }
+  /// Adds the double totals into `out0` / `out1` (either may be `nullptr`), in double.
+  void add_totals_into(double* out0, double* out1) noexcept {
+    flush();
+    double* out[2] = {out0, out1};
+    for (int k = 0; k < 2; ++k) {
+      if (!on_[k] || !out[k]) continue;
+      const double* t = total_base() + k * m_;
+      for (Index j = 0; j < m_; ++j) out[k][j] += t[j];
+    }
   }
   /// Adds the sums into `out0` / `out1` (either may be `nullptr`), in `S`.
   void add_into(S* out0, S* out1) noexcept {
@@ -601,6 +611,26 @@ class ColumnSums2 {
   std::array<S, 2 * kInline> inline_partial_;
   std::array<double, 2 * kInline> inline_total_;
 };
+
+/// \brief Rows per chunk of the column sums of a row-normalization backward, for rows of `m`
+/// values: a multiple of 4 (the rows of a map_columns_rows() block), about 2¹⁵ values per chunk.
+///
+/// The column sums (dγ, dβ) are taken per chunk and the chunks' totals added in the order of the
+/// chunks, so that every bit of dγ and dβ is a function of the inputs alone: the chunks depend on
+/// the shape only, never on the number of threads.
+inline Index column_chunk_rows(Index m) noexcept {
+  const Index rows = ((Index(1) << 15) + m - 1) / std::max<Index>(m, 1);
+  return std::clamp<Index>((rows + 3) / 4 * 4, 4, 256);
+}
+
+/// \brief `n` doubles set to zero, in a buffer of the calling thread that grows on first use
+/// and is reused by every later call (valid until the next call on this thread).
+inline double* zeroed_scratch(Index n) {
+  thread_local std::vector<double> buffer;
+  if (buffer.size() < static_cast<std::size_t>(n)) buffer.resize(static_cast<std::size_t>(n));
+  std::fill_n(buffer.begin(), n, 0.0);
+  return buffer.data();
+}
 
 /// \brief Pass 2 of a row-normalization backward over a block of `K` rows at once:
 /// `dst_k[i] = f(k, src_k[i]..., shared[i])` for the rows `k < K` (row `k` of every array at

@@ -6,8 +6,12 @@
 /// the same runtime (GCC's libgomp), so in a process that holds all three there is one team of
 /// threads instead of three pools spinning against each other on the same cores; and OpenMP's
 /// team persists between loops, so a loop costs a wake-up, not a thread start. Built without
-/// OpenMP, everything here runs serially and the results are the same (the loop bodies are
-/// independent and do not depend on which thread runs them).
+/// OpenMP, everything here runs serially.
+///
+/// The kernels that use these loops give the same bits at any number of threads: each output
+/// element is computed by one loop body from the inputs alone, and every sum over elements that
+/// several threads handle is taken per chunk that depends on the shape only, then combined in
+/// the order of the chunks (chunks_in_order()); no sum is taken per thread.
 #pragma once
 
 #include "gradproof/tensor.hpp"
@@ -130,6 +134,26 @@ class Turns {
  private:
   std::atomic<Index> next_{0};
 };
+
+/// \brief Calls `body(q, in_turn)` for every chunk `q` in `[0, chunks)`, the chunks dealt to the
+/// threads in turn (thread `t` of `T` takes `t, t + T, ...`); `in_turn(f)` runs `f()` after it
+/// has run for every chunk before `q`, so what the `f` add up is added in the order of the
+/// chunks, whatever the number of threads. Either every chunk calls `in_turn` once, or none
+/// does. Dealing the chunks in turn keeps a thread's wait short: chunk `q − 1` is being worked on
+/// at the same time as `q`, on another thread. Same `work` rule as parallel_for().
+template <class Body>
+void chunks_in_order(Index chunks, Index work, const Body& body) {
+  Turns turns;
+  parallel_ranges(chunks, work, [&](Index, Index, Index part, Index parts) {
+    for (Index q = part; q < chunks; q += parts) {
+      body(q, [&](const auto& f) {
+        turns.wait_for(q);
+        f();
+        turns.done(q);
+      });
+    }
+  });
+}
 
 /// The number of threads parallel_for() and parallel_ranges() would use for `n` iterations
 /// touching `work` elements.

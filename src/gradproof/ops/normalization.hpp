@@ -533,22 +533,26 @@ NormStagedTrace<Scalar> buffers(const NormSets& s, const Shape& shape) {
 ///
 /// Per row: one read from memory for \f$\sum_j g_j\f$ and \f$\sum_j g_j (x_j - \mu)\f$
 /// (\f$g = \gamma \odot dy\f$), then one pass over the row in cache that writes `dx` and adds the
-/// row's \f$dy \odot \hat x\f$ and \f$dy\f$ into per-thread column sums
-/// (kernels::ColumnSums2), which the threads add into `dgamma` and `dbeta` in a fixed order at
-/// the end. Same parameters as backward_kernel().
+/// row's \f$dy \odot \hat x\f$ and \f$dy\f$ into the column sums
+/// (kernels::ColumnSums2) of its chunk of rows; the chunks' totals go into `dgamma` and `dbeta`
+/// in the order of the chunks (parallel::chunks_in_order()), so the result is the same at any
+/// number of threads. Same parameters as backward_kernel().
 template <class Scalar>
 void backward_rows(const NormSets& s, const Scalar* dy, const Scalar* x, const Scalar* gamma,
                    const NormCache<Scalar>& cache, Scalar* dx, Scalar* dgamma, Scalar* dbeta) {
   const Scalar M = Scalar(static_cast<double>(s.M));
   const bool nontemporal = kernels::should_stream(s.size() * Index(sizeof(Scalar)));
-  if (dgamma) std::fill_n(dgamma, s.M, Scalar(0));
-  if (dbeta) std::fill_n(dbeta, s.M, Scalar(0));
   // Rows are handled kRows at a time in pass 2, so that the column sums are loaded and stored
   // once per kRows rows; that needs every row equally aligned for the streaming stores.
   constexpr int kRows = 4;
   const bool blocked = !nontemporal || (s.M * Index(sizeof(Scalar))) % kernels::kVectorBytes == 0;
-  parallel::Turns turns;
-  parallel::parallel_ranges(s.R, s.size(), [&](Index r0, Index r1, Index part, Index) {
+  // dγ and dβ: column sums per chunk of rows (kernels::column_chunk_rows()), whose double totals
+  // are added in chunk order, so that their bits do not depend on the number of threads.
+  const Index chunk = kernels::column_chunk_rows(s.M), chunks = (s.R + chunk - 1) / chunk;
+  const bool columns_wanted = dgamma || dbeta;
+  double* totals = columns_wanted ? kernels::zeroed_scratch(2 * s.M) : nullptr;
+  parallel::chunks_in_order(chunks, s.size(), [&](Index q, const auto& in_turn) {
+    const Index r0 = q * chunk, r1 = std::min(s.R, r0 + chunk);
     kernels::ColumnSums2<Scalar> columns(s.M, dgamma != nullptr, dbeta != nullptr);
     // What pass 2 needs of a row: μ, 1/√(σ²+ε), and the three coefficients of
     // dx = (1/(M√(σ²+ε)))·(M·g − Σg − x̂·Σ(g·x̂)) with k = invstd/M distributed over its terms.
@@ -599,10 +603,12 @@ void backward_rows(const NormSets& s, const Scalar* dy, const Scalar* x, const S
       columns.rows_done(count);
     }
     kernels::stream_fence();
-    turns.wait_for(part);
-    columns.add_into(dgamma, dbeta);
-    turns.done(part);
+    if (columns_wanted) in_turn([&] { columns.add_totals_into(totals, totals + s.M); });
   });
+  for (Index j = 0; j < s.M; ++j) {
+    if (dgamma) dgamma[j] = Scalar(totals[j]);
+    if (dbeta) dbeta[j] = Scalar(totals[s.M + j]);
+  }
 }
 
 /// \brief The fused backward kernel of every member with a mean. Checks nothing; the callers do.

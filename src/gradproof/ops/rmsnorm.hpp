@@ -165,19 +165,20 @@ void rmsnorm_forward_rows(const NormSets& s, const Scalar* x, const Scalar* gamm
 /// \brief The fused backward for `float` and `double` (the formula of rms.dx_fused, vectorised):
 /// per row, one read from memory for \f$\sum_j g_j x_j\f$ (\f$g = \gamma \odot dy\f$), then one
 /// pass over the row in cache that writes `dx` and adds the row's \f$dy \odot \hat x\f$ into
-/// per-thread column sums for \f$d\gamma\f$ (kernels::ColumnSums2), added into `dgamma` in a
-/// fixed order at the end. Rows spread over the threads. Checks nothing.
+/// column sums for \f$d\gamma\f$ per chunk of rows (kernels::ColumnSums2), added into `dgamma`
+/// in the order of the chunks (the same bits at any number of threads). Rows spread over the threads. Checks nothing.
 template <class Scalar>
 void rmsnorm_backward_rows(const NormSets& s, const Scalar* dy, const Scalar* x, const Scalar* gamma,
                            const Scalar* invrms, Scalar* dx, Scalar* dgamma) {
   const Scalar M = Scalar(static_cast<double>(s.M));
   const bool nontemporal = kernels::should_stream(s.size() * Index(sizeof(Scalar)));
-  if (dgamma) std::fill_n(dgamma, s.M, Scalar(0));
-  // Rows are handled kRows at a time in pass 2 (see norm::backward_rows()).
+  // Rows are handled kRows at a time in pass 2, dγ per chunk of rows (see norm::backward_rows()).
   constexpr int kRows = 4;
   const bool blocked = !nontemporal || (s.M * Index(sizeof(Scalar))) % kernels::kVectorBytes == 0;
-  parallel::Turns turns;
-  parallel::parallel_ranges(s.R, s.size(), [&](Index r0, Index r1, Index part, Index) {
+  const Index chunk = kernels::column_chunk_rows(s.M), chunks = (s.R + chunk - 1) / chunk;
+  double* totals = dgamma ? kernels::zeroed_scratch(s.M) : nullptr;
+  parallel::chunks_in_order(chunks, s.size(), [&](Index q, const auto& in_turn) {
+    const Index r0 = q * chunk, r1 = std::min(s.R, r0 + chunk);
     kernels::ColumnSums2<Scalar> columns(s.M, dgamma != nullptr, false);
     // What pass 2 needs of a row: 1/√(ms+ε) and c = inv³·Σ(g·x)/M, for dx = inv·g − x·c.
     struct Row {
@@ -222,10 +223,10 @@ void rmsnorm_backward_rows(const NormSets& s, const Scalar* dy, const Scalar* x,
       columns.rows_done(count);
     }
     kernels::stream_fence();
-    turns.wait_for(part);
-    columns.add_into(dgamma, nullptr);
-    turns.done(part);
+    if (dgamma) in_turn([&] { columns.add_totals_into(totals, nullptr); });
   });
+  if (dgamma)
+    for (Index j = 0; j < s.M; ++j) dgamma[j] = Scalar(totals[j]);
 }
 
 }  // namespace norm::detail
