@@ -42,6 +42,7 @@
 #include <cmath>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <utility>
 
 namespace gradproof::ops {
@@ -280,9 +281,11 @@ void forward_kernel_reference(const NormSets& s, const Scalar* x, const Scalar* 
   }
 }
 
-/// \brief The fast forward for rows with elementwise \f$\gamma, \beta\f$ (layer norm's sets),
-/// `float` and `double`: one read of each row for its statistics, `y` written while the row is
-/// in cache, rows spread over the threads.
+/// \brief The fast forward of every member with a mean, `float` and `double`: one read of each
+/// set for its statistics, `y` written while the set is in cache (vectorised, with streaming
+/// stores for layer norm's elementwise \f$\gamma, \beta\f$; normalize_set() for per-channel
+/// ones), sets spread over the threads. The sums run in an order fixed by \f$M\f$ alone, so no
+/// bit depends on the alignment of the buffers or on the number of threads.
 ///
 /// The statistics are shifted sums (kernels::Sums2), \f$S_1 = \sum_j (x_j - K)\f$ and
 /// \f$S_2 = \sum_j (x_j - K)^2\f$ with \f$K\f$ the row's first value, so that one read gives
@@ -305,7 +308,9 @@ void forward_rows(const NormSets& s, const Scalar* x, const Scalar* gamma, const
       var[r] = Scalar(v);
       invstd[r] = Scalar(1.0 / std::sqrt(v + eps));
       const Scalar mu = mean[r], is = invstd[r];
-      if (gamma && beta) {
+      if (s.run != 1 || s.period != 1) {  // γ, β per channel (group, instance norm)
+        normalize_set(s, r, x, gamma, beta, mu, is, y);
+      } else if (gamma && beta) {
         kernels::map(yr, s.M, nontemporal, [=](auto xv, auto g, auto b) { return (xv - mu) * is * g + b; }, xr, gamma,
                      beta);
       } else if (gamma) {
@@ -321,15 +326,16 @@ void forward_rows(const NormSets& s, const Scalar* x, const Scalar* gamma, const
 }
 
 /// \brief The forward kernel of every member with a mean: forward_rows() for `float` and
-/// `double` on rows with elementwise parameters (layer norm), forward_kernel_reference()
-/// otherwise. Checks nothing; the callers do. Same parameters as forward_kernel_reference().
+/// `double` (statistics from sums in a fixed order, so the bits do not depend on alignment),
+/// forward_kernel_reference() for the scalar types of the oracles. Checks nothing; the callers do. Same parameters as forward_kernel_reference().
 template <class Scalar>
 void forward_kernel(const NormSets& s, const Scalar* x, const Scalar* gamma, const Scalar* beta, double eps, Scalar* y,
                     Scalar* mean, Scalar* var, Scalar* invstd) {
   if constexpr (std::is_floating_point_v<Scalar>) {
-    if (s.run == 1 && s.period == 1) return forward_rows(s, x, gamma, beta, eps, y, mean, var, invstd);
+    forward_rows(s, x, gamma, beta, eps, y, mean, var, invstd);
+  } else {
+    forward_kernel_reference(s, x, gamma, beta, eps, y, mean, var, invstd);
   }
-  forward_kernel_reference(s, x, gamma, beta, eps, y, mean, var, invstd);
 }
 
 /// \brief The steps of the staged backward, one per chain-rule term, over all sets at once.
@@ -611,6 +617,20 @@ void backward_rows(const NormSets& s, const Scalar* dy, const Scalar* x, const S
   }
 }
 
+/// \f$(\sum_i dy_i, \sum_i dy_i (x_i - \mu))\f$ over a run of `n` values: for `float` and
+/// `double` through kernels::sum2 (double totals, an order fixed by `n`, so the bits do not
+/// depend on the alignment of the run, as an Eigen reduction's do), in `Scalar` otherwise.
+template <class Scalar>
+std::pair<Scalar, Scalar> dy_sums(Index n, const Scalar* dy, const Scalar* x, const Scalar& mu) {
+  if constexpr (std::is_floating_point_v<Scalar>) {
+    const auto [a, b] = kernels::sum2(n, [mu](auto d, auto xv) { return std::pair{d, d * (xv - mu)}; }, dy, x);
+    return {Scalar(a), Scalar(b)};
+  } else {
+    const auto dys = detail::CMap<Scalar>(dy, n);
+    return {dys.sum(), (dys * (detail::CMap<Scalar>(x, n) - mu)).sum()};
+  }
+}
+
 /// \brief The fused backward kernel of every member with a mean. Checks nothing; the callers do.
 ///
 /// Training:
@@ -648,9 +668,9 @@ void backward_kernel(const NormSets& s, const Scalar* dy, const Scalar* x, const
       if (dbeta) Map<Scalar>(dbeta + base, s.M) += CMap<Scalar>(dy + o, s.M);
     } else {
       for (Index q = 0; q < s.per_set(); ++q) {
-        const auto dyq = CMap<Scalar>(dy + o + q * s.run, s.run);
-        if (dgamma) dgamma[base + q] += (dyq * (CMap<Scalar>(x + o + q * s.run, s.run) - mu)).sum() * is;
-        if (dbeta) dbeta[base + q] += dyq.sum();
+        const auto [sum_dy, sum_dy_xmu] = dy_sums(s.run, dy + o + q * s.run, x + o + q * s.run, mu);
+        if (dgamma) dgamma[base + q] += sum_dy_xmu * is;
+        if (dbeta) dbeta[base + q] += sum_dy;
       }
     }
     if (!cache.training) {  // constant statistics: y is affine in x
@@ -671,7 +691,16 @@ void backward_kernel(const NormSets& s, const Scalar* dy, const Scalar* x, const
     Scalar sum_g = Scalar(0), sum_g_xmu = Scalar(0);
     if (s.run == 1) {  // γ elementwise over the set
       const auto dys = CMap<Scalar>(dy + o, s.M), xs = CMap<Scalar>(x + o, s.M);
-      if (gamma) {
+      if constexpr (std::is_floating_point_v<Scalar>) {  // a fixed order (see dy_sums())
+        if (gamma) {
+          const auto [a, b] = kernels::sum2(
+              s.M, [mu](auto d, auto xv, auto g) { const auto gd = g * d; return std::pair{gd, gd * (xv - mu)}; },
+              dy + o, x + o, gamma + base);
+          sum_g = Scalar(a), sum_g_xmu = Scalar(b);
+        } else {
+          std::tie(sum_g, sum_g_xmu) = dy_sums(s.M, dy + o, x + o, mu);
+        }
+      } else if (gamma) {
         const auto gs = CMap<Scalar>(gamma + base, s.M);
         sum_g = (gs * dys).sum();
         sum_g_xmu = (gs * dys * (xs - mu)).sum();
@@ -683,9 +712,9 @@ void backward_kernel(const NormSets& s, const Scalar* dy, const Scalar* x, const
       for (Index q = 0; q < s.per_set(); ++q) {
         const Index oq = o + q * s.run;
         const Scalar gq = gamma ? gamma[base + q] : Scalar(1);
-        const auto dyq = CMap<Scalar>(dy + oq, s.run);
-        sum_g += gq * dyq.sum();
-        sum_g_xmu += gq * (dyq * (CMap<Scalar>(x + oq, s.run) - mu)).sum();
+        const auto [sum_dy, sum_dy_xmu] = dy_sums(s.run, dy + oq, x + oq, mu);
+        sum_g += gq * sum_dy;
+        sum_g_xmu += gq * sum_dy_xmu;
       }
     }
     const Scalar sum_g_xhat = sum_g_xmu * is;
