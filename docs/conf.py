@@ -19,7 +19,7 @@ site = Path(os.environ.get("GRADPROOF_SITE_DIR", root / "build" / "site"))
 
 project = "gradproof"
 author = "the gradproof authors"
-copyright = "the gradproof authors"
+copyright = "the gradproof authors. Code: Apache License 2.0; text and figures: CC BY 4.0"
 
 extensions = [
     "myst_parser",

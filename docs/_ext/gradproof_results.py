@@ -146,6 +146,20 @@ class Group:
     def failing_rows(self) -> list[dict[str, Any]]:
         return [r for r in self.rows if r["passed"] is not True]
 
+    @property
+    def rel_defined(self) -> bool:
+        """False when no row has a relative error (every compared value was below atol)."""
+        return any(rel_defined(r) for r in self.rows)
+
+    @property
+    def ratio(self) -> float | None:
+        """The worst error as a fraction of its allowance (None for demonstration rows)."""
+        return worst_ratio(self.rows)[0]
+
+    @property
+    def is_demonstration(self) -> bool:
+        return self.kind in DEMONSTRATION_KINDS
+
 
 def group_rows(rows: list[dict[str, Any]], by_test: bool = True) -> list[Group]:
     """Groups rows by (test, oracle, dtype, kind), or (oracle, dtype, kind) if not by_test,
@@ -363,3 +377,151 @@ def bench_targets(bench: Bench) -> list[BenchTarget]:
 def bench_case_key(row: dict[str, Any]) -> tuple:
     """Rows with the same key are the implementations of one case."""
     return (row["op"], row["pass"], tuple(row["shape"]), row["threads"])
+
+
+# ---- Reading a row: how far inside its allowance, and what kind of outcome -------------------------
+
+# Rows of these kinds are demonstrations, not comparisons that pass when the error is small: a
+# negative control passes when its check catches a changed term (or, for a term that is zero,
+# when nothing changes), a pitfall passes when the trap behaves as the derivation says. Their
+# errors are meant to be large, so they are never read against an allowance.
+DEMONSTRATION_KINDS = ("negative_control", "pitfall")
+
+
+def is_comparison(r: dict[str, Any]) -> bool:
+    return r["kind"] not in DEMONSTRATION_KINDS
+
+
+def allowance_ratio(r: dict[str, Any]) -> float | None:
+    """|a − n| ÷ (atol + rtol·|n|) at the row's worst element (the element the comparison picked
+    for the largest such ratio): below 1 passes. None for a demonstration row or when the row has
+    no allowance to divide by; NaN (null in the file) is infinite."""
+    if not is_comparison(r):
+        return None
+    a, n = r.get("analytic"), r.get("numeric")
+    if a is None or n is None or r["max_abs_err"] is None:
+        return math.inf
+    allow = r["atol"] + r["rtol"] * abs(n)
+    if allow <= 0:
+        return None if abs(a - n) == 0 else math.inf
+    return abs(a - n) / allow
+
+
+def rel_defined(r: dict[str, Any]) -> bool:
+    """False when no element of the row had |n| > atol, so that a relative error means nothing
+    (a quantity that is 0, such as ∂σ²/∂μ): its max_rel_err of 0 is shown as "—"."""
+    return r.get("rel_defined", True) is not False
+
+
+def demonstration_outcome(r: dict[str, Any]) -> str:
+    """What a demonstration row showed, in words: "caught", "no change" (a negative control of a
+    term that is zero), or "shown" (a pitfall)."""
+    if r["kind"] == "negative_control":
+        note = r.get("note") or ""
+        return "no change" if "not caught" in note else "caught"
+    return "shown"
+
+
+def worst_ratio(rows: list[dict[str, Any]]) -> tuple[float | None, dict[str, Any] | None]:
+    """The largest allowance ratio over the comparison rows, and its row."""
+    best, where = None, None
+    for r in rows:
+        q = allowance_ratio(r)
+        if q is not None and (best is None or q > best):
+            best, where = q, r
+    return best, where
+
+
+@dataclass
+class Verdict:
+    """The one line a formula's result reduces to."""
+    status: str
+    rows: int
+    failed: int
+    checks: int               # comparisons, counted once over the dtypes
+    dtypes: list[str]
+    per_dtype: dict[str, int]
+    ratio: float | None       # worst error as a fraction of its allowance
+    ratio_row: dict[str, Any] | None
+    demonstrations: dict[str, int]  # outcome -> count, of the negative controls and pitfalls
+    tests: int
+
+
+def verdict_of(rows: list[dict[str, Any]]) -> Verdict:
+    comparisons = [r for r in rows if is_comparison(r)]
+    keys, dtypes, per_dtype = [], [], {}
+    for r in comparisons:
+        k = (r["test"], r["oracle"], r["kind"], tuple(r["shape"]), r.get("note") or "")
+        if k not in keys:
+            keys.append(k)
+        if r["dtype"] not in dtypes:
+            dtypes.append(r["dtype"])
+        per_dtype[r["dtype"]] = per_dtype.get(r["dtype"], 0) + 1
+    demos: dict[str, int] = {}
+    for r in rows:
+        if not is_comparison(r):
+            o = demonstration_outcome(r)
+            demos[o] = demos.get(o, 0) + 1
+    ratio, where = worst_ratio(rows)
+    return Verdict(status=status_of(rows), rows=len(rows), failed=sum(1 for r in rows if r["passed"] is not True),
+                   checks=len(keys), dtypes=dtypes, per_dtype=per_dtype, ratio=ratio, ratio_row=where,
+                   demonstrations=demos, tests=len(tests_of(rows)))
+
+
+def fmt_ratio(q: float | None) -> str:
+    """An error as a fraction of its allowance: two significant digits; "—" when there is none."""
+    if q is None:
+        return "\u2014"
+    if math.isinf(q):
+        return "\u221e"
+    if q == 0:
+        return "0"
+    return f"{q:.2g}" if q < 100 else f"{q:.3g}"
+
+
+def checks_phrase(v: Verdict) -> str:
+    """"31 checks × 2 dtypes (float64, float32)" when every check ran in every dtype, else the
+    count per dtype."""
+    if not v.checks:
+        return "no comparisons"
+    n = len(v.dtypes)
+    if v.checks * n == sum(v.per_dtype.values()):
+        return (f"{v.checks} check{'s' if v.checks > 1 else ''} \u00d7 {n} dtype{'s' if n > 1 else ''} "
+                f"({', '.join(v.dtypes)})")
+    return f"{sum(v.per_dtype.values())} comparisons (" + ", ".join(f"{d}: {c}" for d, c in v.per_dtype.items()) + ")"
+
+
+def demonstrations_phrase(v: Verdict) -> str:
+    words = {"caught": "negative control{} caught, as derived",
+             "no change": "negative control{} of a zero term changed nothing, as derived",
+             "shown": "pitfall row{} behaved as derived"}
+    parts = [f"{c} " + words[o].format("s" if c > 1 else "") for o, c in v.demonstrations.items()]
+    return "; ".join(parts)
+
+
+# ---- The error-against-step sweeps (verification/step_sweep.json) ---------------------------------
+
+SWEEP_KEYS = ("op", "entry", "analytic", "h_central", "h_richardson", "central_at_policy",
+              "richardson_at_policy", "complex_step", "dual", "h", "central", "richardson")
+
+
+def load_sweeps(path: str | Path) -> dict[str, dict[str, Any]] | None:
+    """op -> its sweep, or None when the file does not exist (this build ran no sweep)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read the step sweeps: {e}") from None
+    if not isinstance(data, dict) or data.get("schema") != 1 or not isinstance(data.get("sweeps"), list):
+        raise DataError(f"{path}: expected {{\"schema\": 1, \"sweeps\": [...]}}")
+    out = {}
+    for i, s in enumerate(data["sweeps"]):
+        missing = [k for k in SWEEP_KEYS if k not in s]
+        if missing:
+            raise DataError(f"{path}: sweeps[{i}] lacks {', '.join(missing)}")
+        if not (len(s["h"]) == len(s["central"]) == len(s["richardson"])):
+            raise DataError(f"{path}: sweeps[{i}]: h, central and richardson differ in length")
+        out[s["op"]] = s
+    return out

@@ -171,6 +171,33 @@ class ResultsDirective(SphinxDirective):
         return f"preset {res.preset}, run {res.generated_utc}, {res.compiler}"
 
 
+# ---- Folding: <details> and <summary> ---------------------------------------------------------
+
+class details(nodes.General, nodes.Element):
+    """A block that folds away (HTML <details>); its first child is a summary, always visible."""
+
+
+class summary(nodes.General, nodes.TextElement):
+    """The always-visible line of a details block."""
+
+
+def visit_details(self, node: details) -> None:
+    attrs = {"open": "open"} if node.get("open") else {}
+    self.body.append(self.starttag(node, "details", "", **attrs))
+
+
+def depart_details(self, node: details) -> None:
+    self.body.append("</details>\n")
+
+
+def visit_summary(self, node: summary) -> None:
+    self.body.append(self.starttag(node, "summary", ""))
+
+
+def depart_summary(self, node: summary) -> None:
+    self.body.append("</summary>\n")
+
+
 # ---- {gradproof-formula} ---------------------------------------------------------------------
 
 # An integer tuple such as (6,) or (2, 5): the shape a note names. Notes that differ only in these
@@ -193,6 +220,15 @@ def notes_of(rows: list[dict[str, Any]]) -> str:
             seen[key] = len(notes)
             notes.append(n)
     return "; ".join(notes)
+
+
+def shapes_of(rows: list[dict[str, Any]]) -> list[str]:
+    """The input shapes the rows ran on, in order; none for checks that have no input shape."""
+    out: list[str] = []
+    for r in rows:
+        if r["shape"] and gr.fmt_shape(r["shape"]) not in out:
+            out.append(gr.fmt_shape(r["shape"]))
+    return out
 
 
 def failing_rows_table(rows: list[dict[str, Any]], with_formula: bool = False) -> nodes.table:
@@ -218,13 +254,28 @@ def oracle_cell(g: gr.Group) -> nodes.paragraph:
     return para
 
 
-MEASURED = ["rows", "max abs err", "max rel err", "atol", "rtol", "result"]
+def outcome(g: gr.Group) -> nodes.inline:
+    """The result of a group: pass/FAIL for comparisons; for negative controls and pitfalls what
+    they showed, "as derived" (their large errors are the expected outcome)."""
+    if not g.is_demonstration:
+        return verdict(g.passed, g.n_failed, len(g.rows))
+    shown = gr.demonstration_outcome(g.rows[0])
+    if g.passed:
+        return nodes.inline(text=f"\u2714 {shown}, as derived", classes=["gradproof-pass"])
+    return nodes.inline(text=f"\u2718 not as derived ({g.n_failed} of {len(g.rows)})", classes=["gradproof-fail"])
+
+
+MEASURED = ["rows", "max abs err", "max rel err", "atol", "rtol", "error \u00f7 allowance", "result"]
+
+
+def rel_cell(g: gr.Group) -> str:
+    return gr.fmt_num(g.max_rel_err) if g.rel_defined else "\u2014"
 
 
 def measured_cells(g: gr.Group) -> list[Any]:
     """What a group of rows measured, and the verdict (columns MEASURED)."""
-    return [str(len(g.rows)), gr.fmt_num(g.max_abs_err), gr.fmt_num(g.max_rel_err),
-            gr.fmt_range(*g.atol_range), gr.fmt_range(*g.rtol_range), verdict(g.passed, g.n_failed, len(g.rows))]
+    return [str(len(g.rows)), gr.fmt_num(g.max_abs_err), rel_cell(g),
+            gr.fmt_range(*g.atol_range), gr.fmt_range(*g.rtol_range), gr.fmt_ratio(g.ratio), outcome(g)]
 
 
 def group_table(groups: list[gr.Group], first: list[str], first_cells) -> nodes.table:
@@ -232,6 +283,29 @@ def group_table(groups: list[gr.Group], first: list[str], first_cells) -> nodes.
     body = [first_cells(g) + measured_cells(g) for g in groups]
     classes = [[] if g.passed else ["gradproof-row-failed"] for g in groups]
     return make_table(first + MEASURED, body, ["gradproof-rows"], classes)
+
+
+def verdict_line(fid: str, status: str, rows: list[dict[str, Any]], ref: bool = False) -> list[nodes.Node]:
+    """The one line a formula's results come to: status, checks × dtypes, the worst error as a
+    fraction of its allowance, and what the negative controls and pitfalls showed."""
+    mark = nodes.inline(text=STATUS_MARK[status],
+                        classes=["gradproof-pass" if status == gr.VERIFIED else "gradproof-fail"])
+    out: list[nodes.Node] = [mark, nodes.Text(" "), ref_to(fid) if ref else nodes.literal(text=fid)]
+    if not rows:
+        out.append(nodes.Text(": no result rows in this build, nothing has checked this formula"))
+        return out
+    v = gr.verdict_of(rows)
+    parts = []
+    if v.checks:
+        parts.append(gr.checks_phrase(v))
+    if v.ratio is not None:
+        parts.append(f"worst error {gr.fmt_ratio(v.ratio)} of its allowance")
+    if v.demonstrations:
+        parts.append(gr.demonstrations_phrase(v))
+    if v.failed:
+        parts.append(f"{v.failed} of {v.rows} rows FAILED")
+    out.append(nodes.Text(": " + "; ".join(parts)))
+    return out
 
 
 class FormulaDirective(ResultsDirective):
@@ -253,56 +327,72 @@ class FormulaDirective(ResultsDirective):
         rows = res.rows_of(fid)
         status = gr.status_of(rows)
         title = formula["title"] if formula else "(not in the catalog)"
-        n_failed = sum(1 for r in rows if r["passed"] is not True)
         tests = gr.tests_of(rows)
-        if status == gr.VERIFIED:
-            summary = f"All {len(rows)} result rows from {len(tests)} tests passed in this build"
-        elif status == gr.FAILED:
-            summary = f"{n_failed} of {len(rows)} result rows FAILED in this build"
-        else:
-            summary = "No result rows in this build: nothing has checked this formula"
+        # Folded unless something failed: the derivation reads straight through, a failure does not hide.
+        fold = details(classes=["gradproof-details", f"gradproof-{STATUS_CLASS[status]}"],
+                       open=status != gr.VERIFIED)
+        fold += summary("", "", *verdict_line(fid, status, rows), classes=["gradproof-verdict"])
+        out += fold
         head = nodes.paragraph()
         head += nodes.literal(text=fid)
-        head += nodes.Text(f" \u2014 {title}. {summary} ({self.provenance(res)}).")
-        out += status_box(status, fid, [head])
-
-        out += nodes.paragraph(text="Run only the tests labelled with this formula:" if tests else
-                               "No test produced a result row for this formula. The tests labelled "
-                               "with it, if any, run with:")
-        out += nodes.literal_block(text=gr.run_only_command(f"build/{res.preset}/tests/gradproof_tests", fid),
-                                   language="none")
+        head += nodes.Text(f" \u2014 {title}. {len(rows)} result rows from {len(tests)} tests "
+                           f"({self.provenance(res)}). A row is one comparison on one input in one dtype; "
+                           "the error \u00f7 allowance column is |a \u2212 n| \u00f7 (atol + rtol\u00b7|n|) at the "
+                           "worst element (below 1 passes")
+        if "report" in self.env.found_docs:
+            head += nodes.Text("; the ")
+            head += nodes.reference("", "verification report", internal=True,
+                                    refuri=self.env.app.builder.get_relative_uri(self.env.docname, "report"))
+            head += nodes.Text(" explains the tolerances")
+        head += nodes.Text(").")
+        fold += head
+        fold += nodes.paragraph(text="Run only the tests labelled with this formula:" if tests else
+                                "No test produced a result row for this formula. The tests labelled "
+                                "with it, if any, run with:")
+        fold += nodes.literal_block(text=gr.run_only_command(f"build/{res.preset}/tests/gradproof_tests", fid),
+                                    language="none")
         for test in tests:
             trows = [r for r in rows if r["test"] == test]
-            shapes = []
-            for r in trows:
-                if gr.fmt_shape(r["shape"]) not in shapes:
-                    shapes.append(gr.fmt_shape(r["shape"]))
             para = nodes.paragraph(classes=["gradproof-test"])
             para += nodes.strong(text="Test ")
             para += nodes.literal(text=test)
-            para += nodes.Text(f" \u2014 {notes_of(trows)}. Shapes: {', '.join(shapes)}.")
-            out += para
-            out += group_table(gr.group_rows(trows), ["oracle (kind)", "dtype"], lambda g: [oracle_cell(g), g.dtype])
+            said = [s for s in (notes_of(trows),) if s]
+            shapes = shapes_of(trows)
+            if shapes:
+                said.append(f"input shape{'s' if len(shapes) > 1 else ''} {', '.join(shapes)}")
+            if said:
+                para += nodes.Text(" \u2014 " + ". ".join(said) + ".")
+            fold += para
+            fold += group_table(gr.group_rows(trows), ["oracle (kind)", "dtype"], lambda g: [oracle_cell(g), g.dtype])
             failing = [r for r in trows if r["passed"] is not True]
             if failing:
-                out += nodes.paragraph(text=f"Its {len(failing)} failing rows, at the worst element:",
-                                       classes=["gradproof-fail"])
-                out += failing_rows_table(failing)
+                fold += nodes.paragraph(text=f"Its {len(failing)} failing rows, at the worst element:",
+                                        classes=["gradproof-fail"])
+                fold += failing_rows_table(failing)
         return [out]
 
 
 # ---- {gradproof-ablation} --------------------------------------------------------------------
 
+def ablation_outcome(a: dict[str, Any]) -> nodes.inline:
+    """"caught, as derived" for a term whose change the check caught, "no change, as derived" for
+    the zero term; a control that did not behave as derived says how."""
+    if a["passed"] is True:
+        return nodes.inline(text="\u2714 caught, as derived" if a["caught"] else "\u2714 no change, as derived",
+                            classes=["gradproof-pass"])
+    got = "caught" if a["caught"] else "not caught"
+    want = "must be caught" if a["expected_caught"] else "must change nothing"
+    return nodes.inline(text=f"\u2718 {got}; {want}", classes=["gradproof-fail"])
+
+
 def ablation_table(rows: list[dict[str, Any]]) -> nodes.table:
     body, classes = [], []
     for a in rows:
         body.append([ref_to(a["term"]), a["change"], gr.fmt_num(a.get("max_abs_err")),
-                     gr.fmt_num(a.get("max_rel_err")), "caught" if a["caught"] else "not caught",
-                     "caught" if a["expected_caught"] else "not caught",
-                     verdict(a["passed"] is True), a.get("note", "")])
+                     gr.fmt_num(a.get("max_rel_err")), ablation_outcome(a), a.get("note", "")])
         classes.append([] if a["passed"] is True else ["gradproof-row-failed"])
-    return make_table(["term", "change", "max abs err", "max rel err", "measured", "expected",
-                       "result", "what was compared"], body, ["gradproof-ablation"], classes)
+    return make_table(["term", "change", "change of dx (abs)", "(rel)", "result", "what was compared"],
+                      body, ["gradproof-ablation"], classes)
 
 
 class AblationDirective(ResultsDirective):
@@ -317,8 +407,11 @@ class AblationDirective(ResultsDirective):
                 nodes.paragraph(text="The test run of this build wrote no ablation rows for this op.")])]
         failed = [a for a in rows if a["passed"] is not True]
         status = gr.FAILED if failed else gr.VERIFIED
-        title = (f"{len(failed)} of {len(rows)} negative controls did not behave as expected" if failed
-                 else f"all {len(rows)} negative controls behaved as expected")
+        caught = sum(1 for a in rows if a["passed"] is True and a["caught"])
+        unchanged = sum(1 for a in rows if a["passed"] is True and not a["caught"])
+        title = (f"{len(failed)} of {len(rows)} negative controls did not behave as derived" if failed
+                 else f"all {len(rows)} negative controls behaved as derived: {caught} caught, "
+                      f"{unchanged} changed nothing")
         out = nodes.container(classes=["gradproof-ablation-block"])
         out += status_box(status, title, [nodes.paragraph(text=self.provenance(res) + ".")])
         out += ablation_table(rows)
@@ -326,6 +419,33 @@ class AblationDirective(ResultsDirective):
 
 
 # ---- {gradproof-report} ----------------------------------------------------------------------
+
+OP_NAMES = {"bn": "Batch normalization", "norm": "Normalization over a set", "ln": "Layer normalization",
+            "gn": "Group normalization", "in": "Instance normalization", "rms": "RMS normalization"}
+
+REPORT_COLUMNS = ["oracle (kind)", "dtype", "rows", "max abs err", "max rel err", "rtol",
+                  "error \u00f7 allowance", "result"]
+
+
+def report_table(res: gr.Results, formulas: list[dict[str, Any]]) -> nodes.table:
+    """One op's formulas: the id and title once per formula, then a line per oracle × dtype (× kind)."""
+    body, classes = [], []
+    for f in formulas:
+        rows = res.rows_of(f["id"])
+        head = nodes.paragraph()
+        head += ref_to(f["id"])
+        head += nodes.inline(text=f["title"], classes=["gradproof-formula-title"])
+        if not rows:
+            body.append([head, "\u2014", "\u2014", "0", "\u2014", "\u2014", "\u2014", "\u2014",
+                         nodes.inline(text="\u2718 NOT VERIFIED: no result rows", classes=["gradproof-fail"])])
+            classes.append(["gradproof-first", "gradproof-row-failed"])
+            continue
+        for i, g in enumerate(gr.group_rows(rows, by_test=False)):
+            body.append([head if i == 0 else "", oracle_cell(g), g.dtype, str(len(g.rows)), gr.fmt_num(g.max_abs_err),
+                         rel_cell(g), gr.fmt_range(*g.rtol_range), gr.fmt_ratio(g.ratio), outcome(g)])
+            classes.append((["gradproof-first"] if i == 0 else []) + ([] if g.passed else ["gradproof-row-failed"]))
+    return make_table(["formula"] + REPORT_COLUMNS, body, ["gradproof-report"], classes)
+
 
 class ReportDirective(ResultsDirective):
     def run(self) -> list[nodes.Node]:
@@ -362,68 +482,298 @@ class ReportDirective(ResultsDirective):
              "negative controls", "controls failed"],
             [[t.formulas, len(t.formulas_verified), len(t.formulas_failed), len(t.formulas_without_rows),
               t.rows, t.passed, t.failed, t.ablation, t.ablation_failed]], ["gradproof-totals"]))
-
-        # Every formula x oracle x dtype (x kind), catalog order; a formula without rows gets a line too.
-        body, classes = [], []
-        for f in res.formulas + [{"id": fid, "title": "(not in the catalog)"} for fid in t.unknown_row_formulas]:
-            rows = res.rows_of(f["id"])
-            if not rows:
-                body.append([ref_to(f["id"]), "\u2014", "\u2014", "0", "\u2014", "\u2014", "\u2014",
-                             "\u2014", nodes.inline(text="\u2718 NOT VERIFIED: no result rows",
-                                                    classes=["gradproof-fail"])])
-                classes.append(["gradproof-first", "gradproof-row-failed"])
-                continue
-            groups = gr.group_rows(rows, by_test=False)
-            for i, g in enumerate(groups):  # the id once per formula, a rule above each formula
-                body.append([ref_to(f["id"]) if i == 0 else "", oracle_cell(g), g.dtype] + measured_cells(g))
-                classes.append((["gradproof-first"] if i == 0 else []) +
-                               ([] if g.passed else ["gradproof-row-failed"]))
-        section = nodes.rubric(text="Every formula \u00d7 oracle \u00d7 dtype")
-        out += [section, make_table(["formula", "oracle (kind)", "dtype"] + MEASURED, body,
-                                    ["gradproof-report"], classes)]
         failing = [r for r in res.rows if r["passed"] is not True]
         if failing:
             out += [nodes.rubric(text=f"The {len(failing)} failing rows"),
                     failing_rows_table(failing, with_formula=True)]
-        if res.ablation:
-            out += [nodes.rubric(text="Negative controls"), ablation_table(res.ablation)]
+
+        # One section per op, catalog order; rows naming unknown formulas get a section of their own.
+        ops: list[str] = []
+        for f in res.formulas:
+            if f["op"] not in ops:
+                ops.append(f["op"])
+        unknown = [{"id": fid, "op": "?", "title": "(not in the catalog)"} for fid in t.unknown_row_formulas]
+        for op in ops + (["?"] if unknown else []):
+            formulas = [f for f in res.formulas if f["op"] == op] if op != "?" else unknown
+            name = OP_NAMES.get(op, "Rows of formulas the catalog does not know" if op == "?" else op)
+            sec = nodes.section(ids=[f"report-{nodes.make_id(op if op != '?' else 'unknown')}"])
+            sec += nodes.title(text=f"{name} ({op})" if op != "?" else name)
+            n_rows = sum(len(res.rows_of(f["id"])) for f in formulas)
+            verified = sum(1 for f in formulas if gr.status_of(res.rows_of(f["id"])) == gr.VERIFIED)
+            sec += nodes.paragraph(text=f"{verified} of {len(formulas)} formulas verified, {n_rows} result rows.")
+            sec += report_table(res, formulas)
+            ablation = res.ablation_of(op)
+            if ablation:
+                sec += nodes.rubric(text="Negative controls")
+                sec += ablation_table(ablation)
+            out.append(sec)
         return out
+
+
+# ---- {gradproof-step-sweep} ------------------------------------------------------------------
+
+def sweep_plot(s: dict[str, Any], target: Path) -> None:
+    """Relative error of central differences and Richardson against the step h (log-log), the
+    steps the policy chose, and the complex step and dual numbers as flat lines."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matplotlib.rcParams["svg.hashsalt"] = "gradproof"
+    floor = 1e-17  # an error of exactly 0 is drawn here, at the bottom of the axes
+    clamp = lambda v: max(v, floor) if v is not None else None  # noqa: E731
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    h = s["h"]
+    ax.loglog(h, [clamp(v) for v in s["central"]], marker=".", markersize=3, linewidth=1.2,
+              label="central differences", color="#1f77b4")
+    ax.loglog(h, [clamp(v) for v in s["richardson"]], marker=".", markersize=3, linewidth=1.2,
+              label="Richardson (h and h/2)", color="#d62728")
+    for name, key, colour, style in (("complex step", "complex_step", "#2ca02c", "--"),
+                                     ("dual numbers", "dual", "#9467bd", ":")):
+        v = s[key]
+        ax.axhline(clamp(v), color=colour, linestyle=style, linewidth=1.4,
+                   label=f"{name}: {gr.fmt_num(v)}" + (" (exact)" if v == 0 else ""))
+    ax.axvline(s["h_central"], color="#1f77b4", linewidth=0.8, alpha=0.6)
+    ax.axvline(s["h_richardson"], color="#d62728", linewidth=0.8, alpha=0.6)
+    ax.plot([s["h_central"]], [clamp(s["central_at_policy"])], marker="o", markersize=7, color="#1f77b4",
+            markerfacecolor="none")
+    ax.plot([s["h_richardson"]], [clamp(s["richardson_at_policy"])], marker="o", markersize=7, color="#d62728",
+            markerfacecolor="none")
+    ax.annotate(f"chosen h = {s['h_central']:.2g}", (s["h_central"], 1e-1), rotation=90, fontsize=8,
+                ha="right", va="top", color="#1f77b4")
+    ax.annotate(f"chosen h = {s['h_richardson']:.2g}", (s["h_richardson"], 1e-1), rotation=90, fontsize=8,
+                ha="right", va="top", color="#d62728")
+    ax.set_ylim(floor / 2, 10)
+    ax.set_xlabel("step h", fontsize=9)
+    ax.set_ylabel("relative error of \u2202L/\u2202x\u2096", fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.grid(True, which="major", linewidth=0.3, alpha=0.5)
+    ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, format="svg", metadata={"Date": None})
+    plt.close(fig)
+
+
+def sweeps_path(config) -> str:
+    """verification/step_sweep.json beside the results file, unless set explicitly."""
+    if config.gradproof_sweeps:
+        return config.gradproof_sweeps
+    return str(Path(config.gradproof_results).parent / "step_sweep.json") if config.gradproof_results else ""
+
+
+class StepSweepDirective(SphinxDirective):
+    """The error-against-step plot of one op, with a sentence of its numbers."""
+    required_arguments = 1
+
+    def run(self) -> list[nodes.Node]:
+        op = self.arguments[0]
+        note_code_dependencies(self.env)
+        path = sweeps_path(self.config)
+        if path:
+            self.env.note_dependency(os.path.abspath(path))
+        try:
+            sweeps = gr.load_sweeps(path) if path else None
+        except gr.DataError as e:
+            logger.warning(str(e), location=self.get_location())
+            sweeps = None
+        s = (sweeps or {}).get(op)
+        if s is None:
+            box = nodes.admonition(classes=["gradproof-status", "gradproof-no-sweep", "warning"])
+            box += nodes.title(text=f"No step sweep for {op} in this build")
+            box += nodes.paragraph(text="The test run of this build wrote no verification/step_sweep.json "
+                                        f"with a sweep of {op} (ctest test results.step_sweep).")
+            return [box]
+        target = Path(self.config.gradproof_generated_dir) / f"step_sweep_{nodes.make_id(op)}.svg"
+        sweep_plot(s, target)
+        uri = "/" + os.path.relpath(target, self.env.srcdir)
+        best_c = min((v, hh) for v, hh in zip(s["central"], s["h"]) if v is not None)
+        best_r = min((v, hh) for v, hh in zip(s["richardson"], s["h"]) if v is not None)
+        para = nodes.paragraph()
+        para += nodes.Text(
+            f"Measured in this build for {s['entry']}: at the chosen step h = {s['h_central']:.2g} central "
+            f"differences miss the analytic value {s['analytic']:.6g} by {gr.fmt_num(s['central_at_policy'])} "
+            f"relative (the best step of the sweep, h = {best_c[1]:.2g}, by {gr.fmt_num(best_c[0])}); "
+            f"Richardson at its step h = {s['h_richardson']:.2g} by {gr.fmt_num(s['richardson_at_policy'])} "
+            f"(best {gr.fmt_num(best_r[0])} at h = {best_r[1]:.2g}); the complex step by "
+            f"{gr.fmt_num(s['complex_step'])} and dual numbers by {gr.fmt_num(s['dual'])}, with no step to choose. "
+            "Left of the minimum, rounding (about u/h) dominates; right of it, truncation (h\u00b2 for central "
+            "differences, h\u2074 for Richardson).")
+        alt = (f"Log-log plot of the relative error of central differences and Richardson extrapolation "
+               f"against the step h for {op}, with the chosen steps marked and the complex-step and "
+               f"dual-number errors as flat lines")
+        fig = nodes.figure(classes=["gradproof-step-sweep"])
+        fig += nodes.image(uri=uri, alt=alt, classes=["gradproof-plot"])
+        fig += nodes.caption(text=f"Error against step size ({op}, float64): the picture behind the step policy.")
+        return [fig, para]
+
+
+# ---- {gradproof-summary}: the verification summary of this build, for the landing page -----------
+
+class SummaryDirective(ResultsDirective):
+    def run(self) -> list[nodes.Node]:
+        res = self.results()
+        if res is None:
+            return [status_box(gr.NOT_VERIFIED, "no results file in this build", [
+                nodes.paragraph(text="The test run of this build wrote no readable results.json.")])]
+        t = gr.totals(res)
+        status = gr.FAILED if t.failed or t.ablation_failed or t.unknown_row_formulas \
+            else gr.NOT_VERIFIED if t.formulas_without_rows else gr.VERIFIED
+        ops = []
+        for f in res.formulas:
+            if f["op"] not in ops:
+                ops.append(f["op"])
+        ablation_ok = t.ablation - t.ablation_failed
+        caught = sum(1 for a in res.ablation if a["passed"] is True and a["caught"])
+        title = f"{len(t.formulas_verified)} of {t.formulas} formulas verified in this build"
+        zero_terms = sorted({a["term"] for a in res.ablation if a["passed"] is True and not a["caught"]})
+        body = [nodes.paragraph(text=(
+            f"{t.rows} result rows, {t.passed} passed, {t.failed} failed; {ablation_ok} of {t.ablation} negative "
+            f"controls behaved as derived: {caught} caught a dropped or sign-flipped term, "
+            f"{ablation_ok - caught} changed nothing"
+            + (f" (the terms that are zero: {', '.join(zero_terms)})" if zero_terms else "")
+            + ". Ops: " + ", ".join(f"{OP_NAMES.get(op, op)} ({op})" for op in ops) + f". {self.provenance(res)}."))]
+        if t.formulas_failed or t.formulas_without_rows:
+            p = nodes.paragraph(classes=["gradproof-fail"])
+            p += nodes.strong(text="Not verified: ")
+            for i, fid in enumerate(t.formulas_failed + t.formulas_without_rows):
+                if i:
+                    p += nodes.Text(", ")
+                p += ref_to(fid)
+            body.append(p)
+        return [status_box(status, title, body)]
+
+
+# ---- {bench}`...`: one figure of this build's benchmark run, in prose ----------------------------
+
+def _bench_for(env) -> gr.Bench | None:
+    cache = getattr(env.app, "_gradproof_bench", "unread")
+    if cache == "unread":
+        path = env.config.gradproof_bench
+        try:
+            cache = gr.load_bench(path) if path else None
+        except gr.DataError:
+            cache = None  # the {gradproof-bench} directive reports it
+        env.app._gradproof_bench = cache
+    return cache
+
+
+def bench_figure(bench: gr.Bench | None, spec: str) -> tuple[str, str | None]:
+    """The text of {bench}`OP PASS IMPL SHAPE THREADS WHAT`, e.g.
+    `batchnorm backward fused 32x64x56x56 2 fraction`. WHAT is `fraction` (of the bandwidth, in
+    %), `gbps`, `ms` (median), `vs:IMPL` (IMPL's median time ÷ this one's) or `bandwidth` (the
+    run's bandwidth at THREADS; the other fields are then `-`). Returns (text, problem): a figure
+    this run did not measure reads "not measured in this run", never a number from elsewhere."""
+    parts = spec.split()
+    if len(parts) != 6:
+        return spec, f"bench role: expected OP PASS IMPL SHAPE THREADS WHAT, got {spec!r}"
+    op, ps, impl, shape, threads, what = parts
+    missing = "(not measured in this run)"
+    if bench is None:
+        return "(no benchmark run in this build)", None
+    if what == "bandwidth":
+        key = f"{threads} thread" + ("" if threads == "1" else "s")
+        v = bench.bandwidth.get(key)
+        return (f"{v:.1f} GB/s" if v is not None else missing), None
+    try:
+        dims = [int(d) for d in shape.split("x")]
+        th = int(threads)
+    except ValueError:
+        return spec, f"bench role: bad shape or threads in {spec!r}"
+
+    def find(i: str):
+        return next((r for r in bench.rows if r["op"] == op and r["pass"] == ps and r["impl"] == i
+                     and list(r["shape"]) == dims and r["threads"] == th), None)
+
+    row = find(impl)
+    if row is None:
+        return missing, None
+    if what == "fraction":
+        f = row.get("fraction_of_bandwidth")
+        return (f"{100 * f:.0f}%" if f is not None else missing), None
+    if what == "gbps":
+        return (f"{row['gbps']:.1f} GB/s" if row["gbps"] is not None else missing), None
+    if what == "ms":
+        return f"{row['median_ms']:.3g} ms", None
+    if what.startswith("vs:"):
+        other = find(what[3:])
+        if other is None:
+            return missing, None
+        return f"{other['median_ms'] / row['median_ms']:.2f}\u00d7", None
+    return spec, f"bench role: unknown figure {what!r} in {spec!r}"
+
+
+def bench_role(name, rawtext, text, lineno, inliner, options=None, content=None):
+    env = inliner.document.settings.env
+    note_code_dependencies(env)
+    if env.config.gradproof_bench:
+        env.note_dependency(os.path.abspath(env.config.gradproof_bench))
+    value, problem = bench_figure(_bench_for(env), text)
+    if problem:
+        msg = inliner.reporter.warning(problem, line=lineno)
+        return [nodes.inline(rawtext, value)], [msg]
+    return [nodes.inline(rawtext, value, classes=["gradproof-bench-figure"])], []
 
 
 # ---- {gradproof-bench} -----------------------------------------------------------------------
 
 def bench_plot(bench: gr.Bench, target: Path) -> None:
-    """Grouped bars: effective GB/s of every implementation per case, with the measured bandwidth."""
+    """Small multiples: one panel per op and pass, bars of effective GB/s per implementation for
+    each shape and thread count, and the bandwidth this run measured at each thread count."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     matplotlib.rcParams["svg.hashsalt"] = "gradproof"  # stable ids: the same data gives the same file
-    cases: list[tuple] = []
+    panels: list[tuple[str, str]] = []
     impls: list[str] = []
     for r in bench.rows:
-        if gr.bench_case_key(r) not in cases:
-            cases.append(gr.bench_case_key(r))
+        if (r["op"], r["pass"]) not in panels:
+            panels.append((r["op"], r["pass"]))
         if r["impl"] not in impls:
             impls.append(r["impl"])
-    value = {(gr.bench_case_key(r), r["impl"]): r["gbps"] for r in bench.rows}
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(cases) + 2), 4.2), dpi=100)
-    width = 0.8 / max(1, len(impls))
-    for j, impl in enumerate(impls):
-        xs = [i + (j - (len(impls) - 1) / 2) * width for i in range(len(cases))]
-        ys = [value.get((c, impl), 0.0) or 0.0 for c in cases]
-        ax.bar(xs, ys, width, label=impl)
-    for name, gbps in bench.bandwidth.items():
-        ax.axhline(gbps, linestyle="--", linewidth=1, color="black")
-        ax.annotate(f"measured {name}: {gbps:.1f} GB/s", (-0.45, gbps), ha="left", va="bottom", fontsize=8)
-    top = max([v or 0.0 for v in value.values()] + list(bench.bandwidth.values()) + [1.0])
-    ax.set_ylim(0, 1.12 * top)
-    ax.set_xticks(range(len(cases)))
-    ax.set_xticklabels([f"{op} {ps}\n{'x'.join(map(str, shape))}\n{th} thr" for op, ps, shape, th in cases],
-                       fontsize=7)
-    ax.set_ylabel("effective GB/s (minimum traffic)")
-    ax.legend(fontsize=8, ncol=len(impls), loc="lower left", bbox_to_anchor=(0, 1.01), frameon=False)
-    fig.tight_layout()
+    colours = dict(zip(impls, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3))
+    ncols = 2 if len(panels) > 1 else 1
+    nrows = (len(panels) + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(7.2, 2.5 * nrows + 0.6), dpi=100, squeeze=False)
+    bw = {k: v for k, v in bench.bandwidth.items()}
+    for ax, (op, ps) in zip(axes.flat, panels):
+        rows = [r for r in bench.rows if r["op"] == op and r["pass"] == ps]
+        cases: list[tuple] = []
+        for r in rows:
+            k = (tuple(r["shape"]), r["threads"])
+            if k not in cases:
+                cases.append(k)
+        here = [i for i in impls if any(r["impl"] == i for r in rows)]
+        width = 0.8 / max(1, len(here))
+        for j, impl in enumerate(here):
+            xs, ys = [], []
+            for i, (shape, th) in enumerate(cases):
+                r = next((r for r in rows if r["impl"] == impl and tuple(r["shape"]) == shape and r["threads"] == th), None)
+                if r is not None and r["gbps"] is not None:
+                    xs.append(i + (j - (len(here) - 1) / 2) * width)
+                    ys.append(r["gbps"])
+            ax.bar(xs, ys, width, label=impl, color=colours[impl])
+        for i, (shape, th) in enumerate(cases):  # the bandwidth of the case's thread count, over its bars
+            key = f"{th} thread" + ("" if th == 1 else "s")
+            if key in bw:
+                ax.plot([i - 0.45, i + 0.45], [bw[key]] * 2, color="black", linestyle="--", linewidth=1)
+        ax.set_title(f"{op} {ps}", fontsize=9)
+        ax.set_xticks(range(len(cases)))
+        ax.set_xticklabels([f"{'x'.join(map(str, sh))}\n{th} thr" for sh, th in cases], fontsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.set_ylabel("GB/s", fontsize=8)
+        top = max([r["gbps"] or 0.0 for r in rows] + list(bw.values()) + [1.0])
+        ax.set_ylim(0, 1.1 * top)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[i]) for i in impls]
+    labels = list(impls)
+    if bw:
+        handles.append(plt.Line2D([0], [0], color="black", linestyle="--", linewidth=1))
+        labels.append("bandwidth measured in this run (" + ", ".join(f"{k}: {v:.1f} GB/s" for k, v in bw.items()) + ")")
+    fig.legend(handles, labels, loc="upper center", ncol=3, fontsize=7.5, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (2.5 * nrows + 0.6)))
     target.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(target, format="svg", metadata={"Date": None})
     plt.close(fig)
@@ -461,16 +811,23 @@ class BenchDirective(SphinxDirective):
             targets = []
         if targets:
             missed = [t for t in targets if not t.met]
-            status = gr.VERIFIED if not missed else gr.FAILED
-            title = (f"{len(targets) - len(missed)} of {len(targets)} performance targets met in this run"
-                     if missed else f"all {len(targets)} performance targets met in this run")
-            out.append(status_box(status, title, [nodes.paragraph(
-                text="Each target compares figures of this run's table below; the page text explains what "
-                     "bounds the ones at or near their line.")]))
+            title = (f"speed targets: {len(targets) - len(missed)} of {len(targets)} met in this run"
+                     if missed else f"speed targets: all {len(targets)} met in this run")
+            box = nodes.admonition(classes=["gradproof-status", "gradproof-speed-targets",
+                                            "warning" if missed else "tip"])
+            box += nodes.title(text=("\u26a0 " if missed else "\u2714 ") + title)
+            box += nodes.paragraph(
+                text="These are speed targets: each compares times or bandwidth fractions of this run's table "
+                     "below with a goal of this work. A missed speed target says the kernel was slower than "
+                     "its goal on this machine in this run; correctness is unaffected (every formula is checked "
+                     "by the tests of the verification report, whatever its speed). The page text below "
+                     "explains what bounds the cases at or near their line.")
+            out.append(box)
             out.append(make_table(
-                ["target", "measured", "required", "verdict"],
+                ["speed target", "measured", "goal", "verdict"],
                 [[t.target, fmt_target(t, t.measured), ("\u2265 " if t.at_least else "\u2264 ") + fmt_target(t, t.threshold),
-                  verdict(t.met)] for t in targets],
+                  nodes.inline(text="\u2714 met", classes=["gradproof-pass"]) if t.met else
+                  nodes.inline(text="\u26a0 missed (speed target)", classes=["gradproof-fail"])] for t in targets],
                 ["gradproof-bench-targets"]))
         facts = [(k, v) for k, v in bench.machine.items()] + \
                 [(f"measured bandwidth ({k})", f"{v:.1f} GB/s") for k, v in bench.bandwidth.items()]
@@ -499,8 +856,10 @@ class BenchDirective(SphinxDirective):
         target = Path(self.config.gradproof_generated_dir) / "bench.svg"
         bench_plot(bench, target)
         uri = "/" + os.path.relpath(target, self.env.srcdir)  # '/...' is relative to the source dir
-        out.append(nodes.image(uri=uri, alt="Effective bandwidth of every implementation per case",
-                               classes=["gradproof-bench-plot"]))
+        out.append(nodes.image(uri=uri, alt="Small multiples, one panel per op and pass: effective GB/s of "
+                                            "every implementation per shape and thread count, with the "
+                                            "bandwidth measured in this run as dashed lines",
+                               classes=["gradproof-bench-plot", "gradproof-plot"]))
         return out
 
 
@@ -605,13 +964,19 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_config_value("gradproof_results", "", "env")
     app.add_config_value("gradproof_bench", "", "env")
     app.add_config_value("gradproof_generated_dir", "", "env")
+    app.add_config_value("gradproof_sweeps", "", "env")  # default: step_sweep.json beside the results
     app.add_config_value("gradproof_mathjax_src", "/usr/share/javascript/mathjax", "html")
     app.add_config_value("gradproof_normalize_css", "/usr/share/javascript/normalize.css/normalize.css", "html")
     app.add_node(formula_ref)
+    app.add_node(details, html=(visit_details, depart_details))
+    app.add_node(summary, html=(visit_summary, depart_summary))
     app.add_directive("gradproof-formula", FormulaDirective)
     app.add_directive("gradproof-ablation", AblationDirective)
     app.add_directive("gradproof-report", ReportDirective)
     app.add_directive("gradproof-bench", BenchDirective)
+    app.add_directive("gradproof-step-sweep", StepSweepDirective)
+    app.add_role("bench", bench_role)
+    app.add_directive("gradproof-summary", SummaryDirective)
     app.add_node(missing_derivations)
     app.connect("doctree-resolved", resolve_formula_refs)
     app.connect("doctree-resolved", resolve_missing_derivations)
@@ -619,4 +984,5 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.connect("build-finished", copy_mathjax)
     app.connect("build-finished", repair_furo)
     app.add_css_file("gradproof.css")
+    app.add_css_file("gradproof-results.css")
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

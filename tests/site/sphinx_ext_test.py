@@ -22,7 +22,13 @@ from test_results_model import results_file, row  # noqa: E402
 
 PAGE = """# Formulas
 
+```{gradproof-summary}
+```
+
 ```{gradproof-formula} bn.ok
+```
+
+```{gradproof-formula} bn.zero
 ```
 
 ```{gradproof-formula} bn.bad
@@ -51,8 +57,11 @@ def build(tmp: Path, page: str, bench=None):
     results = results_file(tmp, [
         row(formula="bn.ok", test="bn/ok/a"), row(formula="bn.ok", test="bn/ok/a", oracle="dual"),
         row(formula="bn.bad", test="bn/bad/a"),
-        row(formula="bn.bad", test="bn/bad/a", oracle="dual", passed=False, abs_err=0.5)],
-        formulas=("bn.ok", "bn.bad", "bn.none"),
+        row(formula="bn.bad", test="bn/bad/a", oracle="dual", passed=False, abs_err=0.5),
+        dict(row(formula="bn.zero", test="bn/zero/a", rel_err=0), rel_defined=False),
+        row(formula="bn.zero", test="bn/zero/nc", kind="negative_control", note="drop: caught by the check",
+            abs_err=2.0, rel_err=1.0, atol=0, rtol=0)],
+        formulas=("bn.ok", "bn.bad", "bn.none", "bn.zero"),
         ablation=[{"op": "bn", "term": "bn.ok", "change": "drop", "max_abs_err": 1.0, "max_rel_err": 1.0,
                    "caught": True, "expected_caught": True, "passed": True, "note": "dropped"}])
     bench_path = tmp / "bench.json"
@@ -94,12 +103,42 @@ class DirectivesTest(unittest.TestCase):
         self.assertEqual(self.warnings, "")
 
     def test_status_of_each_formula(self):
-        self.assertIn("\u2714 VERIFIED: bn.ok", self.text)
-        self.assertIn("\u2718 FAILED: bn.bad", self.text)
-        self.assertIn("1 of 2 result rows FAILED", self.text)
-        self.assertIn("\u2718 NOT VERIFIED: bn.none", self.text)
-        self.assertIn("No result rows in this build", self.text)
-        self.assertNotIn("VERIFIED: bn.bad", self.text.replace("NOT VERIFIED", ""))
+        self.assertIn("\u2714 VERIFIED bn.ok :", self.text)
+        self.assertIn("\u2718 FAILED bn.bad :", self.text)
+        self.assertIn("1 of 2 rows FAILED", self.text)
+        self.assertIn("\u2718 NOT VERIFIED bn.none : no result rows in this build", self.text)
+        self.assertNotIn("VERIFIED bn.bad", self.text.replace("NOT VERIFIED", ""))
+
+    def test_one_verdict_line_always_visible_and_the_tables_folded(self):
+        # The verdict is the <summary> of a <details>: folded when verified, open when not.
+        self.assertRegex(self.html, r'<details class="[^"]*gradproof-verified[^"]*"><summary')
+        self.assertRegex(self.html, r'<details class="[^"]*gradproof-failed[^"]*" open="open"><summary')
+        self.assertIn("2 checks \u00d7 1 dtype (float64)", self.text)
+        self.assertIn("1 check \u00d7 1 dtype (float64)", self.text)
+        self.assertIn("worst error 0 of its allowance", self.text)
+
+    def test_no_generated_filler(self):
+        self.assertNotIn("Shapes:", self.text)
+
+    def test_error_over_allowance_column_and_undefined_relative_error(self):
+        self.assertIn("error \u00f7 allowance", self.text)
+        # bn.zero's row has no element above atol: its relative error is "—", not 0.
+        zero = self.html[self.html.index('id="result-bn-zero"'):]
+        zero = zero[:zero.index("</table>")]
+        self.assertIn("<td><p>\u2014</p></td>", zero)
+
+    def test_negative_controls_read_caught_as_derived(self):
+        self.assertIn("\u2714 caught, as derived", self.text)
+        self.assertNotIn("\u2714 pass \u2714 caught", self.text)
+
+    def test_report_has_a_section_per_op(self):
+        self.assertIn('id="report-bn"', self.html)
+        self.assertIn("Batch normalization (bn)", self.text)
+        self.assertIn("title of bn.ok", self.text)
+
+    def test_landing_summary(self):
+        self.assertIn("2 of 4 formulas verified in this build", self.text)
+        self.assertIn("1 caught a dropped or sign-flipped term", self.text)
 
     def test_failing_row_and_command_are_shown(self):
         self.assertIn("gradproof-row-failed", self.html)
@@ -107,16 +146,16 @@ class DirectivesTest(unittest.TestCase):
         self.assertIn("0.5", self.text)
 
     def test_report_totals_and_gaps(self):
-        self.assertIn("1 of 3 formulas verified; 1 of 4 result rows failed; 1 formulas have no result rows",
+        self.assertIn("2 of 4 formulas verified; 1 of 6 result rows failed; 1 formulas have no result rows",
                       self.text)
         self.assertIn("NOT VERIFIED: no result rows", self.text)
 
     def test_report_lists_formulas_no_page_derives(self):
         # The test page labels none of them, so all three are listed.
-        self.assertIn("NOT DERIVED: 3 of 3 catalog formulas have no derivation on this site", self.text)
+        self.assertIn("NOT DERIVED: 4 of 4 catalog formulas have no derivation on this site", self.text)
 
     def test_ablation_table(self):
-        self.assertIn("all 1 negative controls behaved as expected", self.text)
+        self.assertIn("all 1 negative controls behaved as derived: 1 caught, 0 changed nothing", self.text)
 
     def test_absent_bench_is_a_visible_box_not_a_warning(self):
         self.assertIn("No benchmark run in this build", self.text)
@@ -143,7 +182,7 @@ class NotesTest(unittest.TestCase):
 class EdgesTest(unittest.TestCase):
     def test_no_missing_derivation_box_when_every_formula_is_labelled(self):
         with tempfile.TemporaryDirectory() as tmp:
-            page = "".join(f"({fid})=\n## {fid}\n\ntext\n\n" for fid in ("bn.ok", "bn.bad", "bn.none"))
+            page = "".join(f"({fid})=\n## {fid}\n\ntext\n\n" for fid in ("bn.ok", "bn.bad", "bn.none", "bn.zero"))
             html, warnings, _ = build(Path(tmp), "# R\n\n" + page + "```{gradproof-report}\n```\n")
         self.assertEqual(warnings, "")
         self.assertNotIn("NOT DERIVED", html)
@@ -175,10 +214,56 @@ class EdgesTest(unittest.TestCase):
             html, warnings, _ = build(Path(tmp), "# B\n\n```{gradproof-bench}\n```\n",
                                       bench={"rows": [BENCH_ROW], "targets": targets})
         self.assertEqual(warnings, "")
-        self.assertIn("1 of 2 performance targets met in this run", html)
+        self.assertIn("speed targets: 1 of 2 met in this run", html)
+        self.assertIn("correctness is unaffected", html)
         self.assertIn("84.0%", html)
         self.assertIn("0.99\u00d7", html)
-        self.assertIn("FAIL", html)
+        self.assertIn("missed (speed target)", html)
+
+    def test_bench_figures_in_prose_come_from_the_results_file(self):
+        page = ("# B\n\nfused {bench}`batchnorm forward fused 32x64x56x56 2 fraction`, "
+                "{bench}`batchnorm forward fused 32x64x56x56 2 vs:libtorch` faster; "
+                "layer norm {bench}`layernorm forward fused 4096x1024 2 fraction`; "
+                "bandwidth {bench}`- - - - 2 bandwidth`.\n")
+        bench = {"rows": [BENCH_ROW, dict(BENCH_ROW, impl="libtorch", median_ms=2.5)],
+                 "bandwidth": {"2 threads": 60.0}}
+        with tempfile.TemporaryDirectory() as tmp:
+            html, warnings, _ = build(Path(tmp), page, bench=bench)
+            self.assertEqual(warnings, "")
+            t = re.sub(r" ([,;.])", r"\1", text(html))
+            self.assertIn("fused 86%, 2.00\u00d7 faster", t)
+            self.assertIn("layer norm (not measured in this run)", t)
+            self.assertIn("bandwidth 60.0 GB/s", t)
+            _, warnings, _ = build(Path(tmp), "# B\n\n{bench}`batchnorm forward`\n", bench=bench)
+            self.assertIn("expected OP PASS IMPL SHAPE THREADS WHAT", warnings)
+
+    def test_bench_plot_is_small_multiples(self):
+        rows = [BENCH_ROW, dict(BENCH_ROW, pass_="x"), dict(BENCH_ROW, op="layernorm", shape=[4096, 1024])]
+        rows[1] = dict(BENCH_ROW, **{"pass": "backward"})
+        with tempfile.TemporaryDirectory() as tmp:
+            _, warnings, out = build(Path(tmp), "# B\n\n```{gradproof-bench}\n```\n",
+                                     bench={"rows": rows, "bandwidth": {"2 threads": 60.0}})
+            self.assertEqual(warnings, "")
+            svg = next((out / "_images").glob("bench*.svg")).read_text()
+        self.assertIn('width="518.4pt"', svg)  # 7.2 in: fits the page, not one 1728-pt strip
+        for title in ("batchnorm forward", "batchnorm backward", "layernorm forward"):
+            self.assertIn(title, svg)
+
+    def test_step_sweep_plot_and_its_numbers(self):
+        sweep = {"op": "bn", "entry": "the entry", "analytic": 0.5, "h_central": 7.6e-6, "h_richardson": 6.1e-4,
+                 "central_at_policy": 3e-10, "richardson_at_policy": 2e-12, "complex_step": 1e-16, "dual": 0.0,
+                 "h": [0.5, 1e-3, 1e-6, 1e-9], "central": [1e-2, 1e-7, 3e-10, 1e-7],
+                 "richardson": [1e-4, 1e-12, 1e-9, 1e-6]}
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "step_sweep.json").write_text(json.dumps({"schema": 1, "sweeps": [sweep]}))
+            html, warnings, out = build(Path(tmp), "# S\n\n```{gradproof-step-sweep} bn\n```\n\n"
+                                                   "```{gradproof-step-sweep} ln\n```\n")
+            self.assertEqual(warnings, "")
+            self.assertTrue(list((out / "_images").glob("step_sweep_bn*.svg")))
+        t = text(html)
+        self.assertIn("at the chosen step h = 7.6e-06 central differences miss the analytic value 0.5 by 3e-10", t)
+        self.assertIn("No step sweep for ln in this build", t)
+        self.assertIn('alt="Log-log plot of the relative error', html)
 
     def test_a_target_verdict_that_contradicts_its_numbers_is_a_warning(self):
         lie = [{"target": "x: fused, fraction of bandwidth", "measured": 0.5, "threshold": 0.75, "met": True}]

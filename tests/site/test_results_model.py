@@ -143,5 +143,77 @@ tu2 -> tu65559;
         self.assertEqual(gr.parse_list_labels("something else"), [])
 
 
+
+class VerdictTest(unittest.TestCase):
+    """The one line a formula reduces to, and how rows are read against their allowance."""
+
+    def test_allowance_ratio_is_the_error_over_atol_plus_rtol_n_at_the_worst_element(self):
+        r = dict(row(atol=1e-6, rtol=1e-5), analytic=1.0 + 2e-5, numeric=1.0)
+        self.assertAlmostEqual(gr.allowance_ratio(r), 2e-5 / (1e-6 + 1e-5), places=6)
+
+    def test_a_float32_row_with_a_large_rel_err_can_sit_well_inside_its_allowance(self):
+        # max rel err 0.00285 beside rtol 1e-05 is no violation when atol carries the allowance.
+        r = dict(row(dtype="float32", rel_err=0.00285, atol=3e-5, rtol=1e-5), analytic=0.001 + 2.85e-6, numeric=0.001)
+        self.assertLess(gr.allowance_ratio(r), 0.1)
+
+    def test_demonstration_rows_have_no_allowance_ratio(self):
+        self.assertIsNone(gr.allowance_ratio(row(kind="negative_control", atol=0, rtol=0)))
+        self.assertIsNone(gr.allowance_ratio(row(kind="pitfall")))
+
+    def test_relative_error_undefined_when_the_row_says_so(self):
+        g = gr.group_rows([dict(row(rel_err=0), rel_defined=False)])[0]
+        self.assertFalse(g.rel_defined)
+        self.assertTrue(gr.group_rows([row()])[0].rel_defined)  # older files: defined
+
+    def test_negative_control_outcome_from_its_note(self):
+        self.assertEqual(gr.demonstration_outcome(row(kind="negative_control", note="drop: caught by the oracle")),
+                         "caught")
+        self.assertEqual(gr.demonstration_outcome(row(kind="negative_control", note="flip: not caught (no change)")),
+                         "no change")
+
+    def test_checks_times_dtypes(self):
+        rows = [row(), row(dtype="float32"), row(oracle="dual"), row(oracle="dual", dtype="float32")]
+        v = gr.verdict_of(rows)
+        self.assertEqual(gr.checks_phrase(v), "2 checks \u00d7 2 dtypes (float64, float32)")
+        v = gr.verdict_of(rows[:3])
+        self.assertEqual(gr.checks_phrase(v), "3 comparisons (float64: 2, float32: 1)")
+
+    def test_verdict_counts_demonstrations_apart(self):
+        rows = [row(), row(kind="negative_control", note="drop: caught", abs_err=2.0, rel_err=1.0),
+                row(kind="pitfall", abs_err=5.0)]
+        v = gr.verdict_of(rows)
+        self.assertEqual(v.checks, 1)
+        self.assertEqual(v.demonstrations, {"caught": 1, "shown": 1})
+        self.assertEqual(gr.demonstrations_phrase(v),
+                         "1 negative control caught, as derived; 1 pitfall row behaved as derived")
+
+    def test_fmt_ratio(self):
+        self.assertEqual(gr.fmt_ratio(None), "\u2014")
+        self.assertEqual(gr.fmt_ratio(0.01234), "0.012")
+        self.assertEqual(gr.fmt_ratio(float("inf")), "\u221e")
+
+
+class SweepTest(unittest.TestCase):
+    def sweep(self, **kw):
+        s = {"op": "bn", "entry": "e", "analytic": 1.0, "h_central": 1e-5, "h_richardson": 1e-3,
+             "central_at_policy": 1e-10, "richardson_at_policy": 1e-12, "complex_step": 0.0, "dual": 1e-16,
+             "h": [1e-1, 1e-2], "central": [1e-3, 1e-5], "richardson": [1e-5, 1e-9]}
+        s.update(kw)
+        return s
+
+    def test_absent_file_is_none_and_a_sweep_is_read_by_op(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            self.assertIsNone(gr.load_sweeps(Path(tmp) / "none.json"))
+            p = Path(tmp) / "s.json"
+            p.write_text(json.dumps({"schema": 1, "sweeps": [self.sweep()]}))
+            self.assertEqual(gr.load_sweeps(p)["bn"]["h_central"], 1e-5)
+
+    def test_lengths_must_agree(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            p = Path(tmp) / "s.json"
+            p.write_text(json.dumps({"schema": 1, "sweeps": [self.sweep(central=[1.0])]}))
+            with self.assertRaises(gr.DataError):
+                gr.load_sweeps(p)
+
 if __name__ == "__main__":
     unittest.main()

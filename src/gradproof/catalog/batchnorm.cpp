@@ -461,6 +461,159 @@ std::vector<ResultRow> check_dvar_dmu(const std::string& test) {
   return rows;
 }
 
+// ∂σ²/∂μ is a property of the graph, not of batch normalization. Three graphs of the same
+// forward value show it (derivations/batchnorm.md, "Why the answer depends on the graph"):
+//  1. one pass, σ² = E[x²] − μ²: the edge μ → σ² carries −2μ ≠ 0, and the edge x → σ² becomes
+//     2xᵢ/M; assembled with those edges the backward gives the same dx (against the complex step);
+//  2. a μ that is not the mean of the set σ² is taken over (a mask: μ over the first half of
+//     each channel only): ∂σ²/∂μ = −(2/M)Σ(xⱼ − μ) is no longer zero;
+//  3. and then the line `grad_mean += grad_var * (-2.0 * 0.0)` drops a real path: dx assembled
+//     with that term set to 0 misses the complex-step gradient by far more than its tolerance.
+std::vector<ResultRow> check_dvar_dmu_depends_on_the_graph(const std::string& test) {
+  std::vector<ResultRow> rows;
+  const Shape shape{3, 2, 5};
+  const TermSetup s = term_setup(shape);
+  const ops::NCL& d = s.p.d;
+  const Index n = s.p.x.size(), C = d.C;
+  const double M = static_cast<double>(d.M());
+  const double eps = s.p.cfg.eps;
+  // 1a. The one-pass edge μ → σ²: ∂(E[x²] − μ²)/∂μ = −2μ, by the complex step, x fixed.
+  const auto one_pass_var = [&s, n, C, M](const auto& muv) {
+    using S = typename std::decay_t<decltype(muv)>::Scalar;
+    Vec<S> v = Vec<S>::Constant(C, S(0));
+    for (Index i = 0; i < n; ++i) v[channel_of(s.p.d, i)] += S(s.p.x[i] * s.p.x[i] / M);
+    for (Index c = 0; c < C; ++c) v[c] -= muv[c] * muv[c];
+    return v;
+  };
+  {
+    const Eigen::VectorXd numeric = check::jacobian(Oracle::complex_step, one_pass_var, s.mu).diagonal();
+    const Eigen::VectorXd analytic = -2.0 * s.mu;
+    ResultRow row = oracle_row({"bn.dvar_dmu", test, "complex_step", "float64", "property", shape, ""},
+                               Oracle::complex_step, analytic, numeric, {C});
+    std::ostringstream note;
+    note << "one-pass graph σ² = E[x²] − μ²: the edge μ → σ² carries ∂σ²/∂μ = −2μ, not 0 (max |2μ| = "
+         << numeric.cwiseAbs().maxCoeff() << ")";
+    row.note = note.str();
+    row.passed = row.passed && numeric.cwiseAbs().maxCoeff() > 0.1;
+    rows.push_back(row);
+  }
+  // 1b. dx assembled on the one-pass graph: ∂σ²/∂xᵢ = 2xᵢ/M (μ fixed) and ∂σ²/∂μ = −2μ change
+  //     together, and dx is the same as on the two-pass graph.
+  {
+    Eigen::VectorXd dl_dvar = Eigen::VectorXd::Zero(C), sum_g = Eigen::VectorXd::Zero(C);
+    const Eigen::VectorXd var = as_f64(s.pd->fwd.cache.var);
+    for (Index i = 0; i < n; ++i) {
+      const Index c = channel_of(d, i);
+      const double g = s.p.gamma[c] * s.p.w[i];
+      dl_dvar[c] += -0.5 * std::pow(var[c] + eps, -1.5) * g * (s.p.x[i] - s.mu[c]);
+      sum_g[c] += g;
+    }
+    Eigen::VectorXd dx(n);
+    for (Index i = 0; i < n; ++i) {
+      const Index c = channel_of(d, i);
+      const double r = 1.0 / std::sqrt(var[c] + eps);
+      const double dl_dmu = -r * sum_g[c] + dl_dvar[c] * (-2.0 * s.mu[c]);
+      dx[i] = s.p.gamma[c] * s.p.w[i] * r + dl_dvar[c] * 2.0 * s.p.x[i] / M + dl_dmu / M;
+    }
+    const auto loss = [&s](const auto& xv) {
+      using S = typename std::decay_t<decltype(xv)>::Scalar;
+      const Vec<S> y = y_of_x(s.p, true)(xv);
+      Vec<S> out(1);
+      out[0] = S(0);
+      for (Index i = 0; i < y.size(); ++i) out[0] += S(s.p.w[i]) * y[i];
+      return out;
+    };
+    const Eigen::VectorXd numeric = check::jacobian(Oracle::complex_step, loss, as_f64(s.p.x)).row(0).transpose();
+    rows.push_back(oracle_row({"bn.dvar_dmu", test, "complex_step", "float64", "property", shape,
+                               "one-pass graph: dx assembled with ∂σ²/∂xᵢ = 2xᵢ/M and ∂σ²/∂μ = −2μ equals the "
+                               "complex-step gradient of L = <w, y>, as on the two-pass graph"},
+                              Oracle::complex_step, dx, numeric, {n}, dx_entry_scale(s.p, s.pd->fwd.cache)));
+  }
+  // 2. A mask: μ is the mean of the first half of each channel's values, σ² is over all of them.
+  std::vector<char> in_mask(static_cast<std::size_t>(n), 0);
+  for (Index c = 0; c < C; ++c) {
+    const auto idx = channel_indices(d, c);
+    for (std::size_t k = 0; k < idx.size() / 2; ++k) in_mask[static_cast<std::size_t>(idx[k])] = 1;
+  }
+  Eigen::VectorXd mu_mask = Eigen::VectorXd::Zero(C), count = Eigen::VectorXd::Zero(C);
+  for (Index i = 0; i < n; ++i)
+    if (in_mask[static_cast<std::size_t>(i)]) {
+      mu_mask[channel_of(d, i)] += s.p.x[i];
+      count[channel_of(d, i)] += 1;
+    }
+  mu_mask = mu_mask.cwiseQuotient(count);
+  {
+    const auto f = [&s](const auto& muv) {
+      using S = typename std::decay_t<decltype(muv)>::Scalar;
+      return var_of<S>(s.p, cast_to<S>(s.p.x), muv);
+    };
+    const Eigen::VectorXd numeric = check::jacobian(Oracle::complex_step, f, mu_mask).diagonal();
+    Eigen::VectorXd analytic = Eigen::VectorXd::Zero(C);
+    for (Index i = 0; i < n; ++i) analytic[channel_of(d, i)] += -2.0 / M * (s.p.x[i] - mu_mask[channel_of(d, i)]);
+    ResultRow row = oracle_row({"bn.dvar_dmu", test, "complex_step", "float64", "property", shape, ""},
+                               Oracle::complex_step, analytic, numeric, {C});
+    std::ostringstream note;
+    note << "μ the mean of half of the set σ² is taken over (a mask): ∂σ²/∂μ = −(2/M)Σ(xⱼ − μ) is not 0 (max |∂σ²/∂μ| = "
+         << numeric.cwiseAbs().maxCoeff() << ")";
+    row.note = note.str();
+    row.passed = row.passed && numeric.cwiseAbs().maxCoeff() > 1e3 * row.atol;
+    rows.push_back(row);
+  }
+  // 3. With the mask, writing 0 for ∂σ²/∂μ drops a path: the dx so assembled misses the gradient.
+  {
+    const auto masked_loss = [&s, &in_mask, n, C, M, eps](const auto& xv) {
+      using S = typename std::decay_t<decltype(xv)>::Scalar;
+      using std::sqrt;
+      Vec<S> mu = Vec<S>::Constant(C, S(0)), cnt = Vec<S>::Constant(C, S(0)), var = Vec<S>::Constant(C, S(0));
+      for (Index i = 0; i < n; ++i) {
+        if (in_mask[static_cast<std::size_t>(i)]) {
+          mu[channel_of(s.p.d, i)] += xv[i];
+          cnt[channel_of(s.p.d, i)] += S(1);
+        }
+      }
+      for (Index c = 0; c < C; ++c) mu[c] /= cnt[c];
+      for (Index i = 0; i < n; ++i) {
+        const Index c = channel_of(s.p.d, i);
+        var[c] += (xv[i] - mu[c]) * (xv[i] - mu[c]) / S(M);
+      }
+      Vec<S> out(1);
+      out[0] = S(0);
+      for (Index i = 0; i < n; ++i) {
+        const Index c = channel_of(s.p.d, i);
+        out[0] += S(s.p.w[i]) * (S(s.p.gamma[c]) * (xv[i] - mu[c]) / sqrt(var[c] + S(eps)) + S(s.p.beta[c]));
+      }
+      return out;
+    };
+    const Eigen::VectorXd numeric = check::jacobian(Oracle::complex_step, masked_loss, as_f64(s.p.x)).row(0).transpose();
+    // The masked graph's backward with ∂σ²/∂μ replaced by 0, as the line under judgement does.
+    Eigen::VectorXd var = Eigen::VectorXd::Zero(C), dl_dvar = Eigen::VectorXd::Zero(C), sum_g = Eigen::VectorXd::Zero(C);
+    for (Index i = 0; i < n; ++i) var[channel_of(d, i)] += std::pow(s.p.x[i] - mu_mask[channel_of(d, i)], 2) / M;
+    for (Index i = 0; i < n; ++i) {
+      const Index c = channel_of(d, i);
+      const double g = s.p.gamma[c] * s.p.w[i];
+      dl_dvar[c] += -0.5 * std::pow(var[c] + eps, -1.5) * g * (s.p.x[i] - mu_mask[c]);
+      sum_g[c] += g;
+    }
+    Eigen::VectorXd dx(n);
+    for (Index i = 0; i < n; ++i) {
+      const Index c = channel_of(d, i);
+      const double r = 1.0 / std::sqrt(var[c] + eps);
+      const double dl_dmu = -r * sum_g[c] + dl_dvar[c] * 0.0;  // grad_var * (-2.0 * 0.0)
+      const double dmu_dx = in_mask[static_cast<std::size_t>(i)] ? 1.0 / count[c] : 0.0;
+      dx[i] = s.p.gamma[c] * s.p.w[i] * r + dl_dvar[c] * 2.0 * (s.p.x[i] - mu_mask[c]) / M + dl_dmu * dmu_dx;
+    }
+    ResultRow row = oracle_row({"bn.dvar_dmu", test, "complex_step", "float64", "pitfall", shape, ""},
+                               Oracle::complex_step, dx, numeric, {n}, dx_entry_scale(s.p, s.pd->fwd.cache));
+    std::ostringstream note;
+    note << "with the mask, dx assembled with ∂σ²/∂μ written as 0 misses the complex-step gradient: max error "
+         << row.max_abs_err << " (passes when the check catches it, the error over 100× its allowance)";
+    row.note = note.str();
+    row.passed = !row.passed && row.max_abs_err > 100 * (row.atol + row.rtol * numeric.cwiseAbs().maxCoeff());
+    rows.push_back(row);
+  }
+  return rows;
+}
+
 std::vector<ResultRow> check_dvar_dx(const std::string& test) {
   std::vector<ResultRow> rows;
   for (const Shape& shape : term_shapes()) {
@@ -1061,6 +1214,8 @@ void register_batchnorm(Registry& r) {
   add("bn.dl_dxhat", "bn/terms/dl_dxhat_matches_oracles", check_dl_dxhat);
   add("bn.dl_dvar", "bn/terms/dl_dvar_matches_oracles", check_dl_dvar);
   add("bn.dvar_dmu", "bn/terms/dvar_dmu_is_zero_at_batch_mean", check_dvar_dmu);
+  add("bn.dvar_dmu", "bn/terms/dvar_dmu_depends_on_the_graph_one_pass_and_masked_mean",
+      check_dvar_dmu_depends_on_the_graph);
   add("bn.dl_dmu", "bn/terms/dl_dmu_matches_oracles", check_dl_dmu);
   add("bn.dvar_dx", "bn/terms/dvar_dx_matches_oracles", check_dvar_dx);
   add("bn.dmu_dx", "bn/terms/dmu_dx_matches_oracles", check_dmu_dx);
@@ -1110,6 +1265,12 @@ void register_batchnorm(Registry& r) {
     add(id, "bn/negative_controls/" + id.substr(3) + "_drop_and_flip",
         [id](const std::string& t) { return check_negative_controls(id, t); });
   }
+  r.sweeps.push_back({"bn", [] {
+    const Shape shape = jacobian_shapes()[1];
+    const Problem p = make_problem(shape, seed_of(shape));
+    const Prepared<double> pd(p, true);
+    return sweep_of(y_of_x(p, true), p.x, p.w, as_f64(run_backward(pd, p.w, Backward::staged).dx));
+  }});
   r.ablations.push_back({"bn", bn_ablation,
                          "Every term is caught except ∂σ²/∂μ: it is zero at the batch mean, so dropping or\n"
                          "flipping it changes dx only at the level of rounding. `grad_mean += grad_var * (-2.0 * 0.0)`\n"

@@ -41,4 +41,13 @@ std::string ablation_summary(const std::string& op) {
   throw std::invalid_argument("ablate: no negative-control table for op '" + op + "'");
 }
 
+std::vector<check::StepSweep> step_sweeps() {
+  std::vector<check::StepSweep> out;
+  for (const auto& s : registry().sweeps) {
+    out.push_back(s.run());
+    out.back().op = s.op;
+  }
+  return out;
+}
+
 }  // namespace gradproof::catalog

@@ -7,6 +7,7 @@
 #pragma once
 
 #include "gradproof/check/results.hpp"
+#include "gradproof/check/step_sweep.hpp"
 
 #include <functional>
 #include <string>
@@ -35,11 +36,18 @@ struct Ablation {
   std::string summary;                                    ///< what the table shows, in a few lines
 };
 
+/// The error-against-step measurement of one op: one representative gradient entry, float64.
+struct Sweep {
+  std::string op;                             ///< op family
+  std::function<check::StepSweep()> run;      ///< runs the sweep
+};
+
 /// Everything one op family contributes to the catalog.
 struct Registry {
   std::vector<Formula> formulas;
   std::vector<Check> checks;
   std::vector<Ablation> ablations;
+  std::vector<Sweep> sweeps;
 };
 
 /// The whole catalog (built once, on first use).
@@ -58,6 +66,9 @@ std::vector<check::AblationRow> ablate(const std::string& op);
 /// What the negative-control table of `op` shows (printed under it by `gradproof ablate`).
 /// \throws std::invalid_argument if the op has no ablation table.
 std::string ablation_summary(const std::string& op);
+
+/// Runs the error-against-step sweep of every op, in catalog order.
+std::vector<check::StepSweep> step_sweeps();
 
 /// Adds batch normalization (`bn.*`) to a registry.
 void register_batchnorm(Registry& r);

@@ -9,6 +9,7 @@
 #include "gradproof/ops/layernorm.hpp"
 #include "gradproof/ops/normalization.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -1180,6 +1181,14 @@ void register_family(Registry& r, Member m) {
     add(tid, op + "/negative_controls/" + term.name + "_drop_and_flip",
         [mm, tid](const std::string& t) { return check_negative_controls(spec(mm), tid, t); });
   }
+  r.sweeps.push_back({op, [mm] {
+    // The first small case whose sets have at least 4 values (with M = 2 the gradient is O(ε)).
+    const auto& cases = spec(mm).jacobian;
+    const auto it = std::find_if(cases.begin(), cases.end(), [mm](const Case& c) { return make_problem(mm, c).sets.M >= 4; });
+    const Problem p = make_problem(mm, it != cases.end() ? *it : cases.front());
+    const Prepared<double> pd(p, true);
+    return sweep_of(y_of_x(p, true), p.x, p.w, as_f64(run_backward(p, pd, p.w, Backward::staged).dx));
+  }});
   r.ablations.push_back(
       {op, [mm] { return family_ablation(spec(mm)); },
        "Every term is caught except ∂σ²/∂μ: it is −(2/M)·Σ(xᵢ − μ) over the very set μ is the mean of, so it is\n"

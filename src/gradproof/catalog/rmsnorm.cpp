@@ -681,6 +681,11 @@ void register_rmsnorm(Registry& r) {
     add(id, "rms/negative_controls/" + id.substr(4) + "_drop_and_flip",
         [id](const std::string& t) { return check_negative_controls(id, t); });
   }
+  r.sweeps.push_back({"rms", [] {
+    const Problem p = make_problem(jacobian_cases().front());
+    const Prepared<double> pd(p);
+    return sweep_of(y_of_x(p), p.x, p.w, as_f64(run_backward(pd, p.w, Backward::staged).dx));
+  }});
   r.ablations.push_back({"rms", rms_ablation,
                          "Every term is caught: without a mean there is no term that vanishes (nothing like\n"
                          "∂σ²/∂μ), and each of the two paths x → x̂ and x → ms carries part of the gradient."});

@@ -5,6 +5,7 @@
 
 #include "gradproof/check/compare.hpp"
 #include "gradproof/check/oracles.hpp"
+#include "gradproof/check/step_sweep.hpp"
 #include "gradproof/tensor.hpp"
 
 #include <Eigen/Core>
@@ -291,6 +292,34 @@ void projection_rows(std::vector<check::ResultRow>& rows, RowMeta meta, F&& f, c
       rows.push_back(oracle_row(meta, o, analytic[a], numeric, {K}, magnitude));
     }
   }
+}
+
+/// \brief The error-against-step sweep of an op for L = <w, y(x)>, at the entry of the analytic
+/// dx (float64, staged) that is largest in magnitude, so that a relative error is meaningful.
+/// \param y_of_x  generic callable, `Vec<S>` to `Vec<S>`: the forward pass
+/// \param x       the input
+/// \param w       the upstream weight, same shape
+/// \param dx      the analytic gradient of L in x, flat
+template <class F>
+check::StepSweep sweep_of(F&& y_of_x, const TensorD& x, const TensorD& w, const Eigen::VectorXd& dx) {
+  const Eigen::VectorXd wv = to_vec(w);
+  const auto loss = [&y_of_x, &wv](const auto& xv) {
+    using S = typename std::decay_t<decltype(xv)>::Scalar;
+    const Vec<S> y = y_of_x(xv);
+    Vec<S> out(1);
+    out[0] = S(0);
+    for (Eigen::Index i = 0; i < y.size(); ++i) out[0] += S(wv[i]) * y[i];
+    return out;
+  };
+  Eigen::Index k = 0;
+  dx.cwiseAbs().maxCoeff(&k);
+  check::StepSweep s = check::step_sweep(loss, to_vec(x), k, dx[k]);
+  std::ostringstream what;
+  what << "∂L/∂x at flat index " << k << " (the largest |dx|), L = <w, y> with a random w, input "
+       << to_string(x.shape());
+  s.entry = what.str();
+  s.shape = i64(x.shape());
+  return s;
 }
 
 }  // namespace gradproof::catalog::support

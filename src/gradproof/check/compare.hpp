@@ -67,6 +67,9 @@ struct Comparison {
   /// \f$\max_i |a_i - n_i| / |n_i|\f$ over the elements with \f$|n_i| > \mathrm{atol}\f$ (where a
   /// relative error means something); 0 if there are none.
   double max_rel_err = 0;
+  /// Whether any element has \f$|n_i| > \mathrm{atol}\f$: if none does (a value that is 0, such
+  /// as \f$\partial\sigma^2/\partial\mu\f$), there is no relative error, and max_rel_err's 0 means nothing.
+  bool rel_defined = false;
   Eigen::Index worst = 0;  ///< element with the largest error relative to its allowance
   double analytic = 0;     ///< \f$a\f$ at the worst element
   double numeric = 0;      ///< \f$n\f$ at the worst element
@@ -100,7 +103,10 @@ inline Comparison compare(const Eigen::Ref<const Eigen::VectorXd>& a, const Eige
       c.worst = i;
     }
     c.max_abs_err = std::isnan(err) ? err : std::max(c.max_abs_err, err);
-    if (std::abs(n[i]) > tol.atol && std::abs(n[i]) > 0) c.max_rel_err = std::max(c.max_rel_err, err / std::abs(n[i]));
+    if (std::abs(n[i]) > tol.atol && std::abs(n[i]) > 0) {
+      c.max_rel_err = std::max(c.max_rel_err, err / std::abs(n[i]));
+      c.rel_defined = true;
+    }
   }
   if (a.size()) {
     c.analytic = a[c.worst];
@@ -131,6 +137,7 @@ struct ResultRow {
   std::vector<std::int64_t> shape{};  ///< shape of the input the check ran on
   double max_abs_err = 0;  ///< as in Comparison::max_abs_err
   double max_rel_err = 0;  ///< as in Comparison::max_rel_err
+  bool rel_defined = true; ///< as in Comparison::rel_defined (rows built by hand say so themselves)
   double atol = 0;         ///< absolute tolerance used
   double rtol = 0;         ///< relative tolerance used
   bool passed = false;     ///< every element within \f$\mathrm{atol} + \mathrm{rtol}\,|n_i|\f$
@@ -144,6 +151,7 @@ struct ResultRow {
 inline ResultRow& fill(ResultRow& row, const Comparison& c, const std::vector<std::int64_t>& value_shape) {
   row.max_abs_err = c.max_abs_err;
   row.max_rel_err = c.max_rel_err;
+  row.rel_defined = c.rel_defined;
   row.atol = c.tol.atol;
   row.rtol = c.tol.rtol;
   row.passed = c.passed;

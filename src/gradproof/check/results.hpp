@@ -89,6 +89,7 @@ inline void write_json(std::ostream& out, const ResultRow& r) {
   json::number(out, r.max_abs_err);
   out << ",\"max_rel_err\":";
   json::number(out, r.max_rel_err);
+  out << ",\"rel_defined\":" << (r.rel_defined ? "true" : "false");
   out << ",\"atol\":";
   json::number(out, r.atol);
   out << ",\"rtol\":";

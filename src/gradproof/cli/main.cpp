@@ -30,7 +30,8 @@ constexpr const char* kUsage =
     "  verify [--op OP] [--json FILE]\n"
     "                               run the catalog's checks, print a table (and write JSON)\n"
     "  ablate OP                    the negative-control table of an op (bn, norm, ln, gn, in, rms)\n"
-    "  collect PARTS_DIR OUT.json   merge a test run's result parts into results.json\n";
+    "  collect PARTS_DIR OUT.json   merge a test run's result parts into results.json\n"
+    "  sweep OUT.json               error against step size of every op's oracles (float64)\n";
 
 std::string utc_now() {
   const std::time_t t = std::time(nullptr);
@@ -168,6 +169,40 @@ int cmd_ablate(const std::string& op) {
   return ok ? 0 : 1;
 }
 
+// The error-against-step sweeps, one JSON object per op: the data behind the step policy's plot.
+int cmd_sweep(const fs::path& out_path) {
+  const auto sweeps = catalog::step_sweeps();
+  if (out_path.has_parent_path()) fs::create_directories(out_path.parent_path());
+  std::ofstream out(out_path);
+  out << "{\n\"schema\": 1,\n\"generated_utc\": ";
+  check::json::string(out, utc_now());
+  out << ",\n\"sweeps\": [";
+  for (std::size_t i = 0; i < sweeps.size(); ++i) {
+    out << (i ? ",\n  " : "\n  ");
+    check::write_json(out, sweeps[i]);
+  }
+  out << "\n]\n}\n";
+  if (!out) {
+    std::cerr << "gradproof sweep: cannot write " << out_path << '\n';
+    return 2;
+  }
+  // What the plots are for: at the steps StepPolicy picks, each oracle's error of the entry is
+  // within the relative tolerance the policy grants that oracle in float64 (the sweep fails otherwise).
+  bool ok = !sweeps.empty();
+  for (const auto& s : sweeps) {
+    const auto rtol = [](check::Oracle o) { return check::tolerance_policy("float64", o, 0.0).rtol; };
+    const bool fine = s.central_at_policy <= rtol(check::Oracle::central) &&
+                      s.richardson_at_policy <= rtol(check::Oracle::richardson) &&
+                      s.complex_step <= rtol(check::Oracle::complex_step) && s.dual <= rtol(check::Oracle::dual);
+    ok = ok && fine;
+    std::cout << std::left << std::setw(6) << s.op << "central " << fmt(s.central_at_policy) << " at h = "
+              << fmt(s.h_central) << ", richardson " << fmt(s.richardson_at_policy) << " at h = "
+              << fmt(s.h_richardson) << ", complex step " << fmt(s.complex_step) << ", dual " << fmt(s.dual)
+              << (fine ? "" : "  EXCEEDS the float64 tolerance policy") << '\n';
+  }
+  return ok ? 0 : 1;
+}
+
 // Parts are JSON lines written by the test suites: "R {row}" or "A {ablation row}".
 int cmd_collect(const fs::path& parts, const fs::path& out_path) {
   std::vector<std::string> rows, ablation;
@@ -231,6 +266,7 @@ int main(int argc, char** argv) {
     }
     if (args[0] == "ablate" && args.size() == 2) return cmd_ablate(args[1]);
     if (args[0] == "collect" && args.size() == 3) return cmd_collect(args[1], args[2]);
+    if (args[0] == "sweep" && args.size() == 2) return cmd_sweep(args[1]);
     std::cerr << "gradproof: unknown command or wrong arguments: '" << args[0] << "'\n" << kUsage;
     return 2;
   } catch (const std::exception& e) {
