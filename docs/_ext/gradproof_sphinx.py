@@ -412,9 +412,17 @@ class AblationDirective(ResultsDirective):
         title = (f"{len(failed)} of {len(rows)} negative controls did not behave as derived" if failed
                  else f"all {len(rows)} negative controls behaved as derived: {caught} caught, "
                       f"{unchanged} changed nothing")
+        zero = [f"{a['term']} {a['change']}" for a in rows if a["passed"] is True and not a["caught"]]
+        if zero:
+            title += f" ({', '.join(zero)})"
         out = nodes.container(classes=["gradproof-ablation-block"])
-        out += status_box(status, title, [nodes.paragraph(text=self.provenance(res) + ".")])
-        out += ablation_table(rows)
+        fold = details(classes=["gradproof-details", f"gradproof-{STATUS_CLASS[status]}"], open=bool(failed))
+        mark = nodes.inline(text=STATUS_MARK[status].split(" ")[0] + " negative controls",
+                            classes=["gradproof-pass" if not failed else "gradproof-fail"])
+        fold += summary("", "", mark, nodes.Text(f" of {op}: {title}"), classes=["gradproof-verdict"])
+        fold += nodes.paragraph(text=self.provenance(res) + ".")
+        fold += ablation_table(rows)
+        out += fold
         return [out]
 
 
@@ -423,7 +431,7 @@ class AblationDirective(ResultsDirective):
 OP_NAMES = {"bn": "Batch normalization", "norm": "Normalization over a set", "ln": "Layer normalization",
             "gn": "Group normalization", "in": "Instance normalization", "rms": "RMS normalization"}
 
-REPORT_COLUMNS = ["oracle (kind)", "dtype", "rows", "max abs err", "max rel err", "rtol",
+REPORT_COLUMNS = ["oracle (kind)", "dtype", "rows", "max abs err", "max rel err",
                   "error \u00f7 allowance", "result"]
 
 
@@ -436,13 +444,13 @@ def report_table(res: gr.Results, formulas: list[dict[str, Any]]) -> nodes.table
         head += ref_to(f["id"])
         head += nodes.inline(text=f["title"], classes=["gradproof-formula-title"])
         if not rows:
-            body.append([head, "\u2014", "\u2014", "0", "\u2014", "\u2014", "\u2014", "\u2014",
+            body.append([head, "\u2014", "\u2014", "0", "\u2014", "\u2014", "\u2014",
                          nodes.inline(text="\u2718 NOT VERIFIED: no result rows", classes=["gradproof-fail"])])
             classes.append(["gradproof-first", "gradproof-row-failed"])
             continue
         for i, g in enumerate(gr.group_rows(rows, by_test=False)):
             body.append([head if i == 0 else "", oracle_cell(g), g.dtype, str(len(g.rows)), gr.fmt_num(g.max_abs_err),
-                         rel_cell(g), gr.fmt_range(*g.rtol_range), gr.fmt_ratio(g.ratio), outcome(g)])
+                         rel_cell(g), gr.fmt_ratio(g.ratio), outcome(g)])
             classes.append((["gradproof-first"] if i == 0 else []) + ([] if g.passed else ["gradproof-row-failed"]))
     return make_table(["formula"] + REPORT_COLUMNS, body, ["gradproof-report"], classes)
 

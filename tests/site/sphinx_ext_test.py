@@ -155,7 +155,7 @@ class DirectivesTest(unittest.TestCase):
         self.assertIn("NOT DERIVED: 4 of 4 catalog formulas have no derivation on this site", self.text)
 
     def test_ablation_table(self):
-        self.assertIn("all 1 negative controls behaved as derived: 1 caught, 0 changed nothing", self.text)
+        self.assertIn("negative controls of bn: all 1 negative controls behaved as derived: 1 caught, 0 changed nothing", self.text)
 
     def test_absent_bench_is_a_visible_box_not_a_warning(self):
         self.assertIn("No benchmark run in this build", self.text)
