@@ -335,7 +335,8 @@ class FormulaDirective(ResultsDirective):
         out += fold
         head = nodes.paragraph()
         head += nodes.literal(text=fid)
-        head += nodes.Text(f" \u2014 {title}. {len(rows)} result rows from {len(tests)} tests "
+        head += nodes.Text(f" \u2014 {title}. {len(rows)} result row{'s' if len(rows) != 1 else ''} from "
+                           f"{len(tests)} test{'s' if len(tests) != 1 else ''} "
                            f"({self.provenance(res)}). A row is one comparison on one input in one dtype; "
                            "the error \u00f7 allowance column is |a \u2212 n| \u00f7 (atol + rtol\u00b7|n|) at the "
                            "worst element (below 1 passes")
