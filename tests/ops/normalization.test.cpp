@@ -290,6 +290,13 @@ BOOST_AUTO_TEST_CASE(outputs_must_not_alias_each_other_gamma_or_the_cache) {
                           (MessageHas{{"dx (output) and gamma"}}));
     BOOST_CHECK_EXCEPTION(layernorm_backward_into(x1, x1, &g1, f1.cache, dx1, &dx1, nullptr), InvalidArgument,
                           (MessageHas{{"dgamma (output) and dx (output)"}}));
+    TensorD dy1 = x1;  // dγ over dy or over x: both still read while dγ accumulates
+    BOOST_CHECK_EXCEPTION(layernorm_backward_into(dy1, x1, &g1, f1.cache, dx1, &dy1, nullptr), InvalidArgument,
+                          (MessageHas{{"dgamma (output) and dy"}}));
+    auto fr = rmsnorm_forward<double>(x1, &g1, {{2, 3}});
+    TensorD x1c = x1;
+    BOOST_CHECK_EXCEPTION(rmsnorm_backward_into(x1, x1c, &g1, fr.cache, dx1, &x1c), InvalidArgument,
+                          (MessageHas{{"rmsnorm", "dgamma (output) and x"}}));
   }
   {
     TensorD g({2}, 1.5), b({2}, 0.5), dg({2});

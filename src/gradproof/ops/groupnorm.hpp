@@ -233,7 +233,7 @@ void groupnorm_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, 
                              Opt<Tensor<Scalar>> dbeta) {
   using namespace norm::detail;
   check_backward(kGroupNorm, dy, x, gamma, cache, gn_cache_sets<Scalar>);
-  check_outputs(kGroupNorm, x, gamma, cache, dx, dgamma, dbeta);
+  check_outputs(kGroupNorm, dy, x, gamma, cache, dx, dgamma, dbeta);
   //! [gn.dx_fused]
   // dxᵢ = (1/(M√(σ²_ng+ε))) · (M gᵢ − Σⱼ gⱼ − x̂ᵢ Σⱼ gⱼ x̂ⱼ) over the group's M = (C/G)·L values,
   // gᵢ = γ_{c(i)} dyᵢ: Σg = Σ_c γ_c Σ_l dy, one channel (run of L values) at a time. Two passes per group.

@@ -356,7 +356,7 @@ void instancenorm_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& 
                                 Opt<Tensor<Scalar>> dbeta) {
   using namespace norm::detail;
   check_backward(kInstanceNorm, dy, x, gamma, cache, in_cache_sets<Scalar>, true);
-  check_outputs(kInstanceNorm, x, gamma, cache, dx, dgamma, dbeta);
+  check_outputs(kInstanceNorm, dy, x, gamma, cache, dx, dgamma, dbeta);
   //! [in.dx_fused]
   // dx_{ncl} = (γ_c/(L√(σ²_nc+ε))) · (L dy_{ncl} − Σ_k dy_{nck} − x̂_{ncl} Σ_k dy_{nck} x̂_{nck}):
   // γ is constant over the set, so it factors out of both sums. Two passes per (sample, channel).

@@ -247,7 +247,7 @@ void layernorm_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, 
                              Opt<Tensor<Scalar>> dbeta) {
   using namespace norm::detail;
   check_backward(kLayerNorm, dy, x, gamma, cache, ln_cache_sets<Scalar>);
-  check_outputs(kLayerNorm, x, gamma, cache, dx, dgamma, dbeta);
+  check_outputs(kLayerNorm, dy, x, gamma, cache, dx, dgamma, dbeta);
   //! [ln.dx_fused]
   // dx_{r,j} = (1/(M√(σ²_r+ε))) · (M g_{r,j} − Σ_k g_{r,k} − x̂_{r,j} Σ_k g_{r,k} x̂_{r,k}), g_{r,j} = γⱼ dy_{r,j};
   // γ varies along the row, so it sits inside both sums. Two passes per row.

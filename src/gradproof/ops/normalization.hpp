@@ -282,11 +282,13 @@ void check_backward(const char* op, const Tensor<Scalar>& dy, const Tensor<Scala
 
 /// Checks the caller's outputs of a fused backward pass of `op`.
 ///
-/// The outputs must be distinct from each other, from `gamma` and from the cache's statistics;
-/// `dx` may be `dy` or `x` (in place: every value of a set is read before its `dx` is written).
+/// The outputs must be distinct from each other, from `gamma` and from the cache's statistics,
+/// and dγ, dβ also from `dy` and `x`; `dx` may be `dy` or `x` (in place: every value of a set is
+/// read before its `dx` is written).
 template <class Scalar>
-void check_outputs(const char* op, const Tensor<Scalar>& x, const Tensor<Scalar>* gamma, const NormCache<Scalar>& cache,
-                   const Tensor<Scalar>& dx, const Tensor<Scalar>* dgamma, const Tensor<Scalar>* dbeta) {
+void check_outputs(const char* op, const Tensor<Scalar>& dy, const Tensor<Scalar>& x, const Tensor<Scalar>* gamma,
+                   const NormCache<Scalar>& cache, const Tensor<Scalar>& dx, const Tensor<Scalar>* dgamma,
+                   const Tensor<Scalar>* dbeta) {
   require_shape(dx, x.shape(), op, "dx (output)");
   if (dgamma && !gamma) {
     throw InvalidArgument(std::string(op) + ": dgamma requested but gamma is null (no affine transform)");
@@ -299,7 +301,11 @@ void check_outputs(const char* op, const Tensor<Scalar>& x, const Tensor<Scalar>
   require_distinct(op, dgamma, "dgamma (output)", dbeta, "dbeta (output)");
   for (const auto& [out, name] : {std::pair{&dx, "dx (output)"}, std::pair{dgamma, "dgamma (output)"},
                                   std::pair{dbeta, "dbeta (output)"}}) {
-    if (name != std::string_view("dx (output)")) require_distinct(op, out, name, &dx, "dx (output)");
+    if (name != std::string_view("dx (output)")) {
+      require_distinct(op, out, name, &dx, "dx (output)");
+      require_distinct(op, out, name, &dy, "dy");
+      require_distinct(op, out, name, &x, "x");
+    }
     require_distinct(op, out, name, gamma, "gamma");
     require_distinct(op, out, name, &cache.mean, "cache mean");
     require_distinct(op, out, name, &cache.var, "cache var");
@@ -928,7 +934,7 @@ void backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, Opt<const 
                    const NormCache<Scalar>& cache, Tensor<Scalar>& dx, Opt<Tensor<Scalar>> dgamma,
                    Opt<Tensor<Scalar>> dbeta) {
   detail::check_backward(kNorm, dy, x, gamma, cache, detail::core_cache_sets<Scalar>);
-  detail::check_outputs(kNorm, x, gamma, cache, dx, dgamma, dbeta);
+  detail::check_outputs(kNorm, dy, x, gamma, cache, dx, dgamma, dbeta);
   backward_kernel(cache.sets, dy.data(), x.data(), detail::data_or_null(gamma), cache, dx.data(),
                   dgamma ? dgamma->data() : nullptr, dbeta ? dbeta->data() : nullptr);
 }

@@ -406,6 +406,8 @@ void rmsnorm_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, Op
   require_distinct(kRMSNorm, &dx, "dx (output)", gamma, "gamma");
   require_distinct(kRMSNorm, dgamma, "dgamma (output)", &dx, "dx (output)");
   require_distinct(kRMSNorm, dgamma, "dgamma (output)", gamma, "gamma");
+  require_distinct(kRMSNorm, dgamma, "dgamma (output)", &dy, "dy");
+  require_distinct(kRMSNorm, dgamma, "dgamma (output)", &x, "x");
   for (const Tensor<Scalar>* out : {static_cast<const Tensor<Scalar>*>(&dx), static_cast<const Tensor<Scalar>*>(dgamma)}) {
     require_distinct(kRMSNorm, out, out == &dx ? "dx (output)" : "dgamma (output)", &cache.ms, "cache ms");
     require_distinct(kRMSNorm, out, out == &dx ? "dx (output)" : "dgamma (output)", &cache.invrms, "cache invrms");
