@@ -34,6 +34,7 @@ void fill_uniform(TensorF& t, std::mt19937_64& rng, double lo, double hi) {
 
 ops::BatchNormCache<float> cache_of(const BnProblem& p) {
   ops::BatchNormCache<float> c;
+  c.shape = p.shape;
   c.dims = ops::ncl_view(p.shape, "bench", "x");
   c.training = true;
   c.mean = p.mean;
@@ -71,7 +72,7 @@ BnPtr make_bn_problem(const Shape& shape) {
   const TensorD xd = p->x.cast<double>(), gd = p->gamma.cast<double>(), bd = p->beta.cast<double>();
   TensorD yd(shape);
   ops::BatchNormCache<double> cd;
-  ops::detail::shape_cache(cd, ops::ncl_view(shape, "bench", "x"), true);
+  ops::detail::shape_cache(cd, shape, ops::ncl_view(shape, "bench", "x"), true);
   ops::detail::batchnorm_forward_train_reference<double>(xd, &gd, &bd, p->eps, yd, cd);
   auto gref = ops::batchnorm_backward_staged<double>(p->dy.cast<double>(), xd, &gd, cd);
   p->ref_y = std::move(yd);
@@ -104,7 +105,7 @@ std::vector<Case> ours_batchnorm(const BnPtr& p) {
 
   {  // The reference forward, the code the oracles run (single thread, Eigen per chunk).
     auto s = std::make_shared<Fwd>(Fwd{TensorF(p->shape), {}});
-    ops::detail::shape_cache(s->cache, ops::ncl_view(p->shape, "bench", "x"), true);
+    ops::detail::shape_cache(s->cache, p->shape, ops::ncl_view(p->shape, "bench", "x"), true);
     out.push_back({"batchnorm", "forward", "staged", shape, 8 * n,
                    [p, s] { ops::detail::batchnorm_forward_train_reference<float>(p->x, &p->gamma, &p->beta,
                                                                                   p->eps, s->y, s->cache); },

@@ -12,6 +12,8 @@
 #include <array>
 #include <cstddef>
 #include <initializer_list>
+#include <limits>
+#include <optional>
 #include <span>
 #include <sstream>
 #include <stdexcept>
@@ -49,8 +51,20 @@ inline bool same_shape(ShapeView shape, ShapeView expected) noexcept {
 /// Formats a shape as `(2, 3, 4)`.
 std::string to_string(ShapeView shape);
 
-/// Product of the extents (1 for rank 0).
-Index numel(const Shape& shape);
+/// \brief Product of the extents (1 for rank 0), checked.
+///
+/// Every extent must be >= 0, and the product of the non-zero extents must fit in Index: then
+/// every partial product of extents (a row length, a set size \f$M\f$, an offset) fits too, so
+/// code that multiplies extents of a valid shape cannot overflow. (A shape with a zero extent
+/// has no elements, but its other extents still obey the bound.)
+/// \param shape  the extents
+/// \param what   name of the argument, for the error message
+/// \throws InvalidArgument naming `what` and the extents, for a negative extent or a product
+///         that overflows Index (`(2^62 + 1, 4)` would otherwise wrap around to 4 values).
+Index numel(ShapeView shape, const char* what = "shape");
+
+/// numel() without the exception: `std::nullopt` for a negative extent or an overflow.
+std::optional<Index> try_numel(ShapeView shape) noexcept;
 
 /// \brief Owning, row-major tensor of `Scalar` with a runtime shape.
 ///
@@ -114,11 +128,17 @@ class Tensor {
   }
 
  private:
+  // The element count of `shape`, refused before anything is allocated when an extent is
+  // negative, the product overflows, or the bytes would exceed what a std::vector can hold.
   static Index checked_numel(const Shape& shape) {
-    for (Index d : shape) {
-      if (d < 0) throw InvalidArgument("Tensor: negative extent in shape " + to_string(shape));
+    const Index n = numel(shape, "Tensor: shape");
+    if (static_cast<std::size_t>(n) > std::vector<Scalar>().max_size()) {
+      std::ostringstream msg;
+      msg << "Tensor: shape " << to_string(shape) << " has " << n << " elements of " << sizeof(Scalar)
+          << " bytes, more than can be allocated (at most " << std::vector<Scalar>().max_size() << ")";
+      throw InvalidArgument(msg.str());
     }
-    return numel(shape);
+    return n;
   }
 
   Shape shape_;
@@ -134,10 +154,41 @@ inline std::string to_string(ShapeView shape) {
   return out.str();
 }
 
-inline Index numel(const Shape& shape) {
-  Index n = 1;
-  for (Index d : shape) n *= d;
-  return n;
+inline std::optional<Index> try_numel(ShapeView shape) noexcept {
+  Index nonzero = 1;
+  bool zero = false;
+  for (Index d : shape) {
+    if (d < 0 || (d != 0 && __builtin_mul_overflow(nonzero, d, &nonzero))) return std::nullopt;
+    zero = zero || d == 0;
+  }
+  return zero ? 0 : nonzero;
+}
+
+inline Index numel(ShapeView shape, const char* what) {
+  if (const auto n = try_numel(shape)) return *n;
+  std::ostringstream msg;
+  msg << what << " " << to_string(shape);
+  if (std::ranges::any_of(shape, [](Index d) { return d < 0; })) {
+    msg << " has a negative extent";
+  } else {
+    msg << ": the product of the extents overflows the index type (at most " << std::numeric_limits<Index>::max()
+        << ")";
+  }
+  throw InvalidArgument(msg.str());
+}
+
+/// \brief `a * b` for non-negative sizes, checked: the product of two extents or counts that
+/// may not be extents of one valid shape (a set size times a count of sets, say).
+/// \throws InvalidArgument naming `what` and both factors when the product overflows Index.
+inline Index checked_product(Index a, Index b, const char* what) {
+  Index p = 0;
+  if (a < 0 || b < 0 || __builtin_mul_overflow(a, b, &p)) {
+    std::ostringstream msg;
+    msg << what << " = " << a << " * " << b << " is negative or overflows the index type (at most "
+        << std::numeric_limits<Index>::max() << ")";
+    throw InvalidArgument(msg.str());
+  }
+  return p;
 }
 
 using TensorF = Tensor<float>;   ///< The float alias, as published for every op.

@@ -7,6 +7,7 @@
 #include "gradproof/ops/groupnorm.hpp"
 #include "gradproof/ops/instancenorm.hpp"
 #include "gradproof/ops/layernorm.hpp"
+#include "gradproof/ops/normalization.hpp"
 #include "gradproof/ops/rmsnorm.hpp"
 #include "gradproof/parallel.hpp"
 #include "support/alloc_counter.hpp"
@@ -137,6 +138,57 @@ BOOST_AUTO_TEST_CASE_TEMPLATE(instancenorm_into_allocates_nothing, S, Scalars) {
   BOOST_TEST(allocations_of_second_call([&] {
                instancenorm_forward_eval_into<S>(x, &g, &b, running, cfg, eval.y, eval.cache);
              }) == 0);
+}
+
+// A corrupt cache is refused before its shapes size an allocation (issue 10, defect 7): the
+// allocating backward passes used to allocate dγ and dβ from the cache's shapes first, and
+// validate after. Each cache here claims 2^24 channels or parameters (64 MiB of float per
+// output); the call must throw having requested well under 1 MiB (the exception and its
+// message).
+BOOST_AUTO_TEST_CASE(a_corrupt_cache_is_refused_before_anything_is_allocated) {
+  constexpr Index kHuge = Index(1) << 24;
+  constexpr long long kSmall = 1 << 20;
+  const auto bytes_of_failing_call = [](auto&& f) {
+    const long long before = gradproof::testing::allocated_bytes();
+    bool refused = false;
+    try {
+      f();
+    } catch (const InvalidArgument&) {
+      refused = true;
+    }
+    BOOST_TEST(refused);
+    return gradproof::testing::allocated_bytes() - before;
+  };
+  const TensorF x = input<float>({4, 8, 5}), g({8}, 1.5f), b({8}, 0.5f);
+
+  auto bn = batchnorm_forward_train<float>(x, &g, &b, nullptr).cache;
+  bn.dims.C = kHuge;
+  BOOST_TEST(bytes_of_failing_call([&] { batchnorm_backward<float>(x, x, &g, bn); }) < kSmall);
+  BOOST_TEST(bytes_of_failing_call([&] { batchnorm_backward_staged<float>(x, x, &g, bn); }) < kSmall);
+
+  // Layer norm without γ but with β: nothing else checks the parameter shape the cache records.
+  const Shape row{5};
+  const TensorF bl({5}, 0.5f);
+  auto ln = layernorm_forward<float>(x, nullptr, &bl, {row}).cache;
+  ln.param_shape = {kHuge};
+  BOOST_TEST(bytes_of_failing_call([&] { layernorm_backward<float>(x, x, nullptr, ln); }) < kSmall);
+  BOOST_TEST(bytes_of_failing_call([&] { layernorm_backward_staged<float>(x, x, nullptr, ln); }) < kSmall);
+
+  auto gn = groupnorm_forward<float>(x, nullptr, &b, {2}).cache;
+  gn.param_shape = {kHuge};
+  BOOST_TEST(bytes_of_failing_call([&] { groupnorm_backward<float>(x, x, nullptr, gn); }) < kSmall);
+  BOOST_TEST(bytes_of_failing_call([&] { groupnorm_backward_staged<float>(x, x, nullptr, gn); }) < kSmall);
+
+  auto in = instancenorm_forward_train<float>(x, nullptr, &b, nullptr).cache;
+  in.param_shape = {kHuge};
+  BOOST_TEST(bytes_of_failing_call([&] { instancenorm_backward<float>(x, x, nullptr, in); }) < kSmall);
+  BOOST_TEST(bytes_of_failing_call([&] { instancenorm_backward_staged<float>(x, x, nullptr, in); }) < kSmall);
+
+  const TensorF bc({40}, 0.5f);
+  auto core = norm::forward<float>({4, 40, 1, 1}, x, nullptr, &bc).cache;
+  core.param_shape = {kHuge};
+  BOOST_TEST(bytes_of_failing_call([&] { norm::backward<float>(x, x, nullptr, core); }) < kSmall);
+  BOOST_TEST(bytes_of_failing_call([&] { norm::backward_staged<float>(x, x, nullptr, core); }) < kSmall);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

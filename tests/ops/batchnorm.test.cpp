@@ -7,9 +7,12 @@
 
 #include <boost/test/unit_test.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <string>
+#include <vector>
 
 using namespace gradproof;
 using namespace gradproof::ops;
@@ -112,6 +115,61 @@ BOOST_FIXTURE_TEST_CASE(backward_checks_dy_cache_and_outputs, Fixture) {
                         (MessageHas{{"dgamma", "gamma is null"}}));
 }
 
+// Issue 10, defect 7: outputs passed as one tensor, or over γ or a statistic the pass reads.
+BOOST_FIXTURE_TEST_CASE(outputs_must_not_alias_each_other_gamma_or_the_cache, Fixture) {
+  auto fwd = batchnorm_forward_train<double>(x, &gamma, &beta, nullptr);
+  TensorD dx(x.shape()), dg({3}), db({3});
+  BOOST_CHECK_EXCEPTION(batchnorm_backward_into(x, x, &gamma, fwd.cache, dx, &dg, &dg), InvalidArgument,
+                        (MessageHas{{"batchnorm", "dgamma (output) and dbeta (output) must be distinct"}}));
+  BOOST_CHECK_EXCEPTION(batchnorm_backward_into(x, x, &gamma, fwd.cache, dx, &gamma, &db), InvalidArgument,
+                        (MessageHas{{"dgamma (output) and gamma"}}));
+  BOOST_CHECK_EXCEPTION(batchnorm_backward_into(x, x, &gamma, fwd.cache, dx, &dg, &fwd.cache.invstd), InvalidArgument,
+                        (MessageHas{{"dbeta (output) and cache invstd"}}));
+  // The forward pass: y over a cache statistic it is about to resize, running statistics over γ.
+  BatchNormCache<double> cache;
+  cache.mean = TensorD(x.shape());
+  BOOST_CHECK_EXCEPTION(batchnorm_forward_train_into<double>(x, &gamma, &beta, nullptr, {}, cache.mean, cache),
+                        InvalidArgument, (MessageHas{{"y (output) and cache mean (output)"}}));
+  BOOST_CHECK_EXCEPTION(batchnorm_forward_train<double>(x, &running.var, &beta, &running), InvalidArgument,
+                        (MessageHas{{"running var and gamma"}}));
+}
+
+// Issue 10, defect 7: a cache made for another shape with the same (N, C, L) view, or with
+// statistics of the wrong size, is refused.
+BOOST_FIXTURE_TEST_CASE(a_cache_from_another_shape_or_with_other_statistics_is_refused, Fixture) {
+  const auto fwd = batchnorm_forward_train<double>(x, &gamma, &beta, nullptr);
+  const TensorD x4({4, 3, 1, 2}, std::vector<double>(x.data(), x.data() + x.size()));
+  BOOST_CHECK_EXCEPTION(batchnorm_backward(x4, x4, &gamma, fwd.cache), InvalidArgument,
+                        (MessageHas{{"cache was made for an input of shape (4, 3, 2)", "x has shape (4, 3, 1, 2)"}}));
+  BOOST_CHECK_EXCEPTION(batchnorm_backward_staged(x4, x4, &gamma, fwd.cache), InvalidArgument,
+                        (MessageHas{{"(4, 3, 2)", "(4, 3, 1, 2)"}}));
+  auto short_var = fwd.cache;
+  short_var.var = TensorD({2});
+  BOOST_CHECK_EXCEPTION(batchnorm_backward(x, x, &gamma, short_var), InvalidArgument,
+                        (MessageHas{{"cache var", "(3,)", "(2,)"}}));
+}
+
+// Issue 10, defect 7: the count of batches is incremented, and with momentum None divided by:
+// -1 gave NaN running statistics and INT64_MAX overflowed (undefined behaviour).
+BOOST_FIXTURE_TEST_CASE(num_batches_tracked_must_leave_room_for_one_more_batch, Fixture) {
+  BatchNormConfig cumulative;
+  cumulative.momentum = std::nullopt;
+  for (std::int64_t n : {std::int64_t(-1), std::numeric_limits<std::int64_t>::min(),
+                         std::numeric_limits<std::int64_t>::max()}) {
+    auto r = running;
+    r.num_batches_tracked = n;
+    BOOST_CHECK_EXCEPTION(batchnorm_forward_train<double>(x, &gamma, &beta, &r, cumulative), InvalidArgument,
+                          (MessageHas{{"num_batches_tracked", "[0, 9223372036854775806]", std::to_string(n)}}));
+    BOOST_TEST(r.num_batches_tracked == n);  // refused before anything was updated
+    BOOST_TEST(r.mean[0] == 0.0);
+  }
+  auto r = running;
+  r.num_batches_tracked = std::numeric_limits<std::int64_t>::max() - 1;
+  BOOST_CHECK_NO_THROW(batchnorm_forward_train<double>(x, &gamma, &beta, &r, cumulative));
+  BOOST_TEST(r.num_batches_tracked == std::numeric_limits<std::int64_t>::max());
+  BOOST_TEST(std::isfinite(r.mean[0]));
+}
+
 BOOST_AUTO_TEST_CASE(tensor_value_count_must_match_shape) {
   BOOST_CHECK_EXCEPTION(TensorD({2, 2}, std::vector<double>(3, 0.0)), InvalidArgument,
                         (MessageHas{{"3 values", "(2, 2)", "expected 4"}}));
@@ -180,6 +238,37 @@ BOOST_FIXTURE_TEST_CASE(momentum_none_is_a_cumulative_average, Fixture) {
     BOOST_TEST(running.mean[c] == fwd.cache.mean[c], boost::test_tools::tolerance(1e-15));
     BOOST_TEST(running.var[c] == fwd.cache.var[c] * 8.0 / 7.0, boost::test_tools::tolerance(1e-14));  // M = 8
   }
+}
+
+// The aliasing the passes allow: y over x, dx over dy or over x (every value of a channel is
+// read before its own output is written, and each thread writes only its own channels); in place
+// gives the bits of out of place. A shape large enough for the pipelined kernel and both threads.
+BOOST_AUTO_TEST_CASE(in_place_forward_and_backward_give_the_same_bits) {
+  const auto same = [](const TensorF& a, const TensorF& b) {
+    return a.shape() == b.shape() && std::equal(a.data(), a.data() + a.size(), b.data());
+  };
+  const Shape shape{4, 24, 33, 33};
+  const TensorF x = iota(shape).cast<float>(), g = iota({24}).cast<float>(), b({24}, 0.5f);
+  TensorF dy(shape);
+  for (Index i = 0; i < dy.size(); ++i) dy[i] = static_cast<float>(std::cos(0.37 * static_cast<double>(i)));
+  const auto ref = batchnorm_forward_train<float>(x, &g, &b, nullptr);
+  TensorF over_x = x;
+  BatchNormCache<float> c2;
+  batchnorm_forward_train_into<float>(over_x, &g, &b, nullptr, {}, over_x, c2);
+  BOOST_TEST(same(over_x, ref.y));
+  const auto grads = batchnorm_backward<float>(dy, x, &g, ref.cache);
+  TensorF over_dy = dy, dg({24}), db({24});
+  batchnorm_backward_into<float>(over_dy, x, &g, ref.cache, over_dy, &dg, &db);
+  BOOST_TEST((same(over_dy, grads.dx) && same(dg, grads.dgamma) && same(db, grads.dbeta)));
+  TensorF over_x2 = x;
+  batchnorm_backward_into<float>(dy, over_x2, &g, ref.cache, over_x2, &dg, &db);
+  BOOST_TEST((same(over_x2, grads.dx) && same(dg, grads.dgamma) && same(db, grads.dbeta)));
+  // Eval: y over x.
+  const auto running = BatchNormRunningStats<float>::fresh(24);
+  const auto eval = batchnorm_forward_eval<float>(x, &g, &b, running);
+  TensorF over_x3 = x;
+  batchnorm_forward_eval_into<float>(over_x3, &g, &b, running, {}, over_x3, c2);
+  BOOST_TEST(same(over_x3, eval.y));
 }
 
 BOOST_AUTO_TEST_SUITE_END()  // semantics

@@ -59,7 +59,7 @@ void fused_matches_reference_with(const Shape& shape, double mean) {
   const auto f = batchnorm_forward_train<float>(x, &gamma, &beta, nullptr);
   TensorD yd(shape);
   BatchNormCache<double> cd;
-  detail::shape_cache(cd, ncl_view(shape, "test", "x"), true);
+  detail::shape_cache(cd, shape, ncl_view(shape, "test", "x"), true);
   detail::batchnorm_forward_train_reference<double>(xd, &gd, &bd, 1e-5, yd, cd);
   const std::string at = " at " + to_string(shape) + " with mean " + std::to_string(mean) + ", " +
                          std::to_string(parallel::max_threads()) + " thread(s)";
@@ -148,7 +148,7 @@ BOOST_AUTO_TEST_CASE(fused_statistics_survive_a_large_mean) {
   const auto f = batchnorm_forward_train<float>(x, nullptr, nullptr, nullptr);
   TensorD yd(shape);
   BatchNormCache<double> cd;
-  detail::shape_cache(cd, ncl_view(shape, "test", "x"), true);
+  detail::shape_cache(cd, shape, ncl_view(shape, "test", "x"), true);
   detail::batchnorm_forward_train_reference<double>(xd, nullptr, nullptr, 1e-5, yd, cd);
   check_close(as_f64(f.cache.mean), as_f64(cd.mean), "mean at mean 2000");
   check_close(as_f64(f.cache.var), as_f64(cd.var), "var at mean 2000");

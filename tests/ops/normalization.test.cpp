@@ -13,6 +13,7 @@
 
 #include <boost/test/unit_test.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -174,6 +175,18 @@ BOOST_AUTO_TEST_CASE(core_sets_must_be_consistent) {
                         (MessageHas{{"gamma", "(6,)", "(5,)"}}));
 }
 
+// Issue 10, defect 3: the sizes of the sets are products too. R·M = (2^62 + 2)·4 wraps around to
+// 8, the size of x, and P = period·M/run = (2^62 + 1)·4 to 4, the size of γ; unchecked, the
+// forward pass walked 2^62 sets past x, or read γ[4..7] of a 4-value γ.
+BOOST_AUTO_TEST_CASE(core_set_sizes_that_overflow_are_refused) {
+  const Index big = (Index(1) << 62) + 1;
+  const TensorD x = iota({2, 4}), four({4}, 1.5);
+  BOOST_CHECK_EXCEPTION(norm::forward<double>({big + 1, 4, 1, 1}, x, nullptr, nullptr), InvalidArgument,
+                        (MessageHas{{"norm", "R = 4611686018427387906", "M = 4", "beyond the index type"}}));
+  BOOST_CHECK_EXCEPTION(norm::forward<double>({2, 4, big, 1}, x, &four, nullptr), InvalidArgument,
+                        (MessageHas{{"norm", "period = 4611686018427387905", "period*(M/run)", "beyond the index type"}}));
+}
+
 // The backward passes of every layer check dy, the cache, γ against the forward pass, and the
 // caller's outputs. The checks are shared (norm::detail), so they are exercised through each
 // layer's entry point once.
@@ -245,6 +258,132 @@ BOOST_AUTO_TEST_CASE(backward_checks_dy_cache_gamma_and_outputs) {
   RMSNormCache<float> rc;
   BOOST_CHECK_EXCEPTION(rmsnorm_forward_into(x.cast<float>(), nullptr, {{3}}, yf, rc), InvalidArgument,
                         (MessageHas{{"rmsnorm", "y (output)", "(4, 2, 3)", "(4, 6)"}}));
+}
+
+// Issue 10, defect 7: two outputs passed as one tensor, or an output over an input the pass
+// still reads, are refused. (dγ and dβ as one tensor used to lose one of the two gradients.)
+BOOST_AUTO_TEST_CASE(outputs_must_not_alias_each_other_gamma_or_the_cache) {
+  const TensorD x = iota({4, 2, 3}), dy = iota({4, 2, 3});
+  TensorD dx(x.shape());
+  const MessageHas one_tensor{{"dgamma (output) and dbeta (output) must be distinct", "same storage"}};
+  {
+    TensorD g({3}, 1.5), b({3}, 0.5), dg({3});
+    auto f = layernorm_forward<double>(x, &g, &b, {{3}});
+    BOOST_CHECK_EXCEPTION(layernorm_backward_into(dy, x, &g, f.cache, dx, &dg, &dg), InvalidArgument, one_tensor);
+    BOOST_CHECK_EXCEPTION(layernorm_backward_into(dy, x, &g, f.cache, dx, &g, &dg), InvalidArgument,
+                          (MessageHas{{"layernorm", "dgamma (output) and gamma"}}));
+    BOOST_CHECK_EXCEPTION(layernorm_backward_into(dy, x, &g, f.cache, dx, &dg, &g), InvalidArgument,
+                          (MessageHas{{"dbeta (output) and gamma"}}));
+    // y over γ (one row: x, γ and y all (2, 3)), and y over a statistic of the cache it fills.
+    const TensorD x1 = iota({2, 3});
+    TensorD g1({2, 3}, 1.5);
+    NormCache<double> c1;
+    BOOST_CHECK_EXCEPTION(layernorm_forward_into(x1, &g1, nullptr, {{2, 3}}, g1, c1), InvalidArgument,
+                          (MessageHas{{"layernorm", "y (output) and gamma"}}));
+    c1.mean = TensorD({2, 3});  // sized like y: the forward pass would resize it under y's feet
+    BOOST_CHECK_EXCEPTION(layernorm_forward_into(x1, &g1, nullptr, {{2, 3}}, c1.mean, c1), InvalidArgument,
+                          (MessageHas{{"layernorm", "y (output) and cache mean (output)"}}));
+    // dx over γ or over dγ (one row again, where they have one shape).
+    auto f1 = layernorm_forward<double>(x1, &g1, nullptr, {{2, 3}});
+    TensorD dg1({2, 3}), dx1({2, 3});
+    BOOST_CHECK_EXCEPTION(layernorm_backward_into(x1, x1, &g1, f1.cache, g1, &dg1, nullptr), InvalidArgument,
+                          (MessageHas{{"dx (output) and gamma"}}));
+    BOOST_CHECK_EXCEPTION(layernorm_backward_into(x1, x1, &g1, f1.cache, dx1, &dx1, nullptr), InvalidArgument,
+                          (MessageHas{{"dgamma (output) and dx (output)"}}));
+    TensorD dy1 = x1;  // dγ over dy or over x: both still read while dγ accumulates
+    BOOST_CHECK_EXCEPTION(layernorm_backward_into(dy1, x1, &g1, f1.cache, dx1, &dy1, nullptr), InvalidArgument,
+                          (MessageHas{{"dgamma (output) and dy"}}));
+    auto fr = rmsnorm_forward<double>(x1, &g1, {{2, 3}});
+    TensorD x1c = x1;
+    BOOST_CHECK_EXCEPTION(rmsnorm_backward_into(x1, x1c, &g1, fr.cache, dx1, &x1c), InvalidArgument,
+                          (MessageHas{{"rmsnorm", "dgamma (output) and x"}}));
+  }
+  {
+    TensorD g({2}, 1.5), b({2}, 0.5), dg({2});
+    const auto f = groupnorm_forward<double>(x, &g, &b, {1});
+    BOOST_CHECK_EXCEPTION(groupnorm_backward_into(dy, x, &g, f.cache, dx, &dg, &dg), InvalidArgument,
+                          (MessageHas{{"groupnorm", "dgamma (output) and dbeta (output)"}}));
+    const auto fi = instancenorm_forward_train<double>(x, &g, &b, nullptr);
+    BOOST_CHECK_EXCEPTION(instancenorm_backward_into(dy, x, &g, fi.cache, dx, &dg, &dg), InvalidArgument,
+                          (MessageHas{{"instancenorm", "dgamma (output) and dbeta (output)"}}));
+    // Running statistics are written: not over γ or β.
+    InstanceNormRunningStats<double> running{g, TensorD({2}, 1.0)};
+    BOOST_CHECK_EXCEPTION(instancenorm_forward_train<double>(x, &running.mean, &b, &running), InvalidArgument,
+                          (MessageHas{{"instancenorm", "running mean and gamma"}}));
+  }
+  {
+    TensorD g({6}, 1.5), b({6}, 0.5), dg({6});
+    auto f = norm::forward<double>({4, 6, 1, 1}, x, &g, &b);
+    BOOST_CHECK_EXCEPTION(norm::backward_into(dy, x, &g, f.cache, dx, &dg, &dg), InvalidArgument,
+                          (MessageHas{{"norm", "dgamma (output) and dbeta (output)"}}));
+  }
+  {
+    TensorD g({3}, 1.5);
+    auto f = rmsnorm_forward<double>(x, &g, {{3}});
+    BOOST_CHECK_EXCEPTION(rmsnorm_backward_into(dy, x, &g, f.cache, dx, &g), InvalidArgument,
+                          (MessageHas{{"rmsnorm", "dgamma (output) and gamma"}}));
+    // dγ over a statistic the pass reads (3 rows of 3: both are (3)).
+    const TensorD x3 = iota({3, 3});
+    TensorD dx3(x3.shape());
+    auto f3 = rmsnorm_forward<double>(x3, &g, {{3}});
+    BOOST_CHECK_EXCEPTION(rmsnorm_backward_into(x3, x3, &g, f3.cache, dx3, &f3.cache.invrms), InvalidArgument,
+                          (MessageHas{{"rmsnorm", "dgamma (output) and cache invrms"}}));
+  }
+}
+
+// Issue 10, defect 7: a backward pass takes only a cache of its own op, made for an input of the
+// shape of its x, with the sets and parameter shape that forward pass makes. A group-norm cache
+// used to be accepted by the layer-norm backward (which then computed group norm's dx).
+BOOST_AUTO_TEST_CASE(a_cache_from_another_op_or_shape_is_refused) {
+  const TensorD x = iota({2, 4, 3}), dy = iota({2, 4, 3});
+  const TensorD g4({4}, 1.5), b4({4}, 0.5), g3({3}, 1.5);
+  TensorD dx(x.shape()), dg4({4}), db4({4});
+  const auto gn = groupnorm_forward<double>(x, &g4, &b4, {2});
+  const MessageHas from_gn{{"layernorm: cache was made by the forward pass of groupnorm, not of layernorm"}};
+  // γ of shape (4) matches the group-norm cache's parameter shape, so nothing else catches it.
+  BOOST_CHECK_EXCEPTION(layernorm_backward(dy, x, &g4, gn.cache), InvalidArgument, from_gn);
+  BOOST_CHECK_EXCEPTION(layernorm_backward_staged(dy, x, &g4, gn.cache), InvalidArgument, from_gn);
+  BOOST_CHECK_EXCEPTION(layernorm_backward_into(dy, x, &g4, gn.cache, dx, &dg4, &db4), InvalidArgument, from_gn);
+  const auto in = instancenorm_forward_train<double>(x, &g4, &b4, nullptr);
+  BOOST_CHECK_EXCEPTION(groupnorm_backward(dy, x, &g4, in.cache), InvalidArgument,
+                        (MessageHas{{"groupnorm", "forward pass of instancenorm"}}));
+  BOOST_CHECK_EXCEPTION(instancenorm_backward_into(dy, x, &g4, gn.cache, dx, &dg4, &db4), InvalidArgument,
+                        (MessageHas{{"instancenorm", "forward pass of groupnorm"}}));
+  const auto ln = layernorm_forward<double>(x, &g3, nullptr, {{3}});
+  BOOST_CHECK_EXCEPTION(norm::backward_staged(dy, x, &g3, ln.cache), InvalidArgument,
+                        (MessageHas{{"norm", "forward pass of layernorm"}}));
+  BOOST_CHECK_EXCEPTION(layernorm_backward(dy, x, nullptr, NormCache<double>{}), InvalidArgument,
+                        (MessageHas{{"layernorm", "no op (a default-constructed cache)"}}));
+
+  // A cache of the right op whose sets, parameter shape or statistics were changed: the old check
+  // looked at the shape of x and the sizes only.
+  auto not_trailing = ln.cache;
+  not_trailing.param_shape = {2, 3};  // γ of that shape used to pass, and the pass read 3 of its 6 values
+  const TensorD g23({2, 3}, 1.5), g43({4, 3}, 1.5);
+  BOOST_CHECK_EXCEPTION(layernorm_backward(dy, x, &g23, not_trailing), InvalidArgument,
+                        (MessageHas{{"layernorm", "cache has normalized_shape (2, 3)", "(2, 4, 3)", "does not end in"}}));
+  auto bad_sets = ln.cache;
+  bad_sets.sets = {4, 6, 1, 1};
+  BOOST_CHECK_EXCEPTION(layernorm_backward(dy, x, &g3, bad_sets), InvalidArgument,
+                        (MessageHas{{"cache is inconsistent", "(4, 6, 1, 1)", "(8, 3, 1, 1)"}}));
+  auto eval = ln.cache;
+  eval.training = false;  // only instance norm's eval pass makes such caches
+  BOOST_CHECK_EXCEPTION(layernorm_backward(dy, x, &g3, eval), InvalidArgument, (MessageHas{{"running (eval)"}}));
+  auto short_var = ln.cache;
+  short_var.var = TensorD({3});
+  BOOST_CHECK_EXCEPTION(layernorm_backward(dy, x, &g3, short_var), InvalidArgument,
+                        (MessageHas{{"cache var", "(8,)", "(3,)"}}));
+  auto groups = gn.cache;
+  groups.sets.period = 3;  // 3 groups do not divide 4 channels
+  BOOST_CHECK_EXCEPTION(groupnorm_backward(dy, x, &g4, groups), InvalidArgument,
+                        (MessageHas{{"groupnorm", "num_groups = 3"}}));
+  auto rms = rmsnorm_forward<double>(x, &g3, {{3}}).cache;
+  rms.param_shape = {4, 3};
+  BOOST_CHECK_EXCEPTION(rmsnorm_backward(dy, x, &g43, rms), InvalidArgument, (MessageHas{{"rmsnorm"}}));
+  auto rms_sets = rmsnorm_forward<double>(x, &g3, {{3}}).cache;
+  rms_sets.sets = {4, 6, 1, 1};
+  BOOST_CHECK_EXCEPTION(rmsnorm_backward_staged(dy, x, &g3, rms_sets), InvalidArgument,
+                        (MessageHas{{"rmsnorm", "cache is inconsistent"}}));
 }
 
 BOOST_AUTO_TEST_SUITE_END()  // bad_input
@@ -329,6 +468,80 @@ BOOST_AUTO_TEST_CASE(sets_of_one_value_give_beta_and_zero_gradient) {
   const double terms_g = 2.0 * max_abs(dyg) / std::sqrt(eps);
   BOOST_TEST(max_abs(groupnorm_backward(dyg, xg, &gc, fg.cache).dx) <= 4 * u * terms_g);
   BOOST_TEST(max_abs(groupnorm_backward_staged(dyg, xg, &gc, fg.cache).dx) <= 4 * u * terms_g);
+}
+
+// The aliasing the passes allow, and document: `y` over `x` in a forward pass, `dx` over `dy`
+// or over `x` in a fused backward pass. Every value of a set is read before its own output is
+// written, so in place gives the same bits as out of place (the results do not depend on the
+// buffers' alignment). Shapes large enough for the vectorised kernels and both threads.
+BOOST_AUTO_TEST_CASE(in_place_forward_and_backward_give_the_same_bits) {
+  const auto same = [](const TensorF& a, const TensorF& b) {
+    return a.shape() == b.shape() && std::equal(a.data(), a.data() + a.size(), b.data());
+  };
+  const Shape shape{4, 8, 30, 30};
+  const TensorF x = iota(shape).cast<float>();
+  TensorF dy(shape);
+  for (Index i = 0; i < dy.size(); ++i) dy[i] = static_cast<float>(std::cos(0.37 * static_cast<double>(i)));
+  const TensorF g8 = iota({8}).cast<float>(), b8({8}, 0.5f);
+  const TensorF g900 = iota({900}).cast<float>(), b900({900}, 0.5f);
+  // forward(x, y, cache) and backward_into(dy, x, cache, dx, dgamma, dbeta) of one layer.
+  const auto check = [&](const char* what, const TensorF& gamma, const auto& forward_into, const auto& backward_into) {
+    BOOST_TEST_CONTEXT(what) {
+      TensorF y(shape);
+      NormCache<float> cache;
+      forward_into(x, y, cache);
+      TensorF over_x = x;
+      NormCache<float> c2;
+      forward_into(over_x, over_x, c2);
+      BOOST_TEST(same(over_x, y));
+      TensorF dx(shape), dg(gamma.shape()), db(gamma.shape());
+      backward_into(dy, x, cache, dx, dg, db);
+      TensorF over_dy = dy, dg2(gamma.shape()), db2(gamma.shape());
+      backward_into(over_dy, x, cache, over_dy, dg2, db2);
+      BOOST_TEST(same(over_dy, dx));
+      BOOST_TEST((same(dg2, dg) && same(db2, db)));
+      TensorF over_x2 = x;
+      backward_into(dy, over_x2, cache, over_x2, dg2, db2);
+      BOOST_TEST(same(over_x2, dx));
+      BOOST_TEST((same(dg2, dg) && same(db2, db)));
+    }
+  };
+  const Shape row{30, 30};
+  const TensorF g_row = iota(row).cast<float>(), b_row(row, 0.5f);
+  check("layernorm", g_row,
+        [&](const TensorF& in, TensorF& y, NormCache<float>& c) { layernorm_forward_into(in, &g_row, &b_row, {row}, y, c); },
+        [&](const TensorF& d, const TensorF& in, const NormCache<float>& c, TensorF& dx, TensorF& dg, TensorF& db) {
+          layernorm_backward_into(d, in, &g_row, c, dx, &dg, &db);
+        });
+  check("groupnorm", g8,
+        [&](const TensorF& in, TensorF& y, NormCache<float>& c) { groupnorm_forward_into(in, &g8, &b8, {2}, y, c); },
+        [&](const TensorF& d, const TensorF& in, const NormCache<float>& c, TensorF& dx, TensorF& dg, TensorF& db) {
+          groupnorm_backward_into(d, in, &g8, c, dx, &dg, &db);
+        });
+  check("instancenorm", g8,
+        [&](const TensorF& in, TensorF& y, NormCache<float>& c) {
+          instancenorm_forward_train_into(in, &g8, &b8, nullptr, {}, y, c);
+        },
+        [&](const TensorF& d, const TensorF& in, const NormCache<float>& c, TensorF& dx, TensorF& dg, TensorF& db) {
+          instancenorm_backward_into(d, in, &g8, c, dx, &dg, &db);
+        });
+  check("norm", g900,
+        [&](const TensorF& in, TensorF& y, NormCache<float>& c) { norm::forward_into({32, 900, 1, 1}, in, &g900, &b900, 1e-5, y, c); },
+        [&](const TensorF& d, const TensorF& in, const NormCache<float>& c, TensorF& dx, TensorF& dg, TensorF& db) {
+          norm::backward_into(d, in, &g900, c, dx, &dg, &db);
+        });
+  // RMS norm (no β, its own cache).
+  const RMSNormConfig rcfg{row, std::nullopt};
+  TensorF y(shape), dx(shape), dg(row);
+  RMSNormCache<float> rc, rc2;
+  rmsnorm_forward_into(x, &g_row, rcfg, y, rc);
+  TensorF over_x = x;
+  rmsnorm_forward_into(over_x, &g_row, rcfg, over_x, rc2);
+  BOOST_TEST(same(over_x, y));
+  rmsnorm_backward_into(dy, x, &g_row, rc, dx, &dg);
+  TensorF over_dy = dy, dg2(row);
+  rmsnorm_backward_into(over_dy, x, &g_row, rc, over_dy, &dg2);
+  BOOST_TEST((same(over_dy, dx) && same(dg2, dg)));
 }
 
 BOOST_AUTO_TEST_CASE(instancenorm_eval_uses_running_statistics) {

@@ -13,17 +13,22 @@
 
 namespace {
 std::atomic<long> g_allocations{0};
-void count() noexcept { g_allocations.fetch_add(1, std::memory_order_relaxed); }
+std::atomic<long long> g_bytes{0};
+void count(std::size_t bytes) noexcept {
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
+  g_bytes.fetch_add(static_cast<long long>(bytes), std::memory_order_relaxed);
+}
 }  // namespace
 
 long gradproof::testing::allocations() noexcept { return g_allocations.load(std::memory_order_relaxed); }
+long long gradproof::testing::allocated_bytes() noexcept { return g_bytes.load(std::memory_order_relaxed); }
 
 #if defined(__SANITIZE_ADDRESS__)
 
 extern "C" int __sanitizer_install_malloc_and_free_hooks(void (*malloc_hook)(const volatile void*, std::size_t),
                                                          void (*free_hook)(const volatile void*));
 namespace {
-void on_malloc(const volatile void*, std::size_t) { count(); }
+void on_malloc(const volatile void*, std::size_t n) { count(n); }
 void on_free(const volatile void*) {}
 [[maybe_unused]] const int g_installed = __sanitizer_install_malloc_and_free_hooks(on_malloc, on_free);
 }  // namespace
@@ -90,13 +95,13 @@ extern "C" {
 
 void* malloc(std::size_t n) {
   if (t_resolving) return boot_alloc(n);
-  count();
+  count(n);
   return real().malloc(n);
 }
 
 void* calloc(std::size_t k, std::size_t n) {
   if (t_resolving) return boot_alloc(k * n);
-  count();
+  count(k * n);
   return real().calloc(k, n);
 }
 
@@ -106,7 +111,7 @@ void* realloc(void* p, std::size_t n) {
     if (q) std::memcpy(q, p, std::min<std::size_t>(n, static_cast<std::size_t>(g_boot + sizeof g_boot - static_cast<char*>(p))));
     return q;
   }
-  count();
+  count(n);
   return real().realloc(p, n);
 }
 
@@ -117,22 +122,22 @@ void free(void* p) {
 }
 
 void* memalign(std::size_t a, std::size_t n) {
-  count();
+  count(n);
   return real().memalign(a, n);
 }
 
 int posix_memalign(void** out, std::size_t a, std::size_t n) {
-  count();
+  count(n);
   return real().posix_memalign(out, a, n);
 }
 
 void* aligned_alloc(std::size_t a, std::size_t n) {
-  count();
+  count(n);
   return real().aligned_alloc(a, n);
 }
 
 void* valloc(std::size_t n) {
-  count();
+  count(n);
   return real().valloc(n);
 }
 

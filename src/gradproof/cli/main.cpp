@@ -2,6 +2,7 @@
 // merge the result parts of a test run into results.json.
 #include "gradproof/catalog/catalog.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
@@ -10,6 +11,7 @@
 #include <iomanip>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -27,11 +29,24 @@ constexpr const char* kUsage =
     "\n"
     "commands:\n"
     "  list                         formula ids with their titles\n"
-    "  verify [--op OP] [--json FILE]\n"
-    "                               run the catalog's checks, print a table (and write JSON)\n"
+    "  verify [--op OP]... [--json FILE]\n"
+    "                               run the catalog's checks, print a table (and write JSON);\n"
+    "                               --op may be repeated (the checks of every op given, each\n"
+    "                               once); without it, every op. FILE is opened before any\n"
+    "                               check runs\n"
     "  ablate OP                    the negative-control table of an op (bn, norm, ln, gn, in, rms)\n"
     "  collect PARTS_DIR OUT.json   merge a test run's result parts into results.json\n"
-    "  sweep OUT.json               error against step size of every op's oracles (float64)\n";
+    "  sweep OUT.json               error against step size of every op's oracles (float64)\n"
+    "\n"
+    "exit status:\n"
+    "  0  success: every check passed, every negative control behaved as derived, every row\n"
+    "     collected passed\n"
+    "  1  the command ran, and a check failed (verify), a negative control did not behave as\n"
+    "     derived (ablate), a collected row had failed (collect), or an oracle exceeded its\n"
+    "     float64 tolerance at the chosen step (sweep)\n"
+    "  2  usage or I/O error: unknown command or option, missing or repeated option value,\n"
+    "     unknown op, no result parts, an output that cannot be written (nothing is reported\n"
+    "     as written unless every byte was)\n";
 
 std::string utc_now() {
   const std::time_t t = std::time(nullptr);
@@ -86,11 +101,35 @@ std::string fmt(double v) {
   return s.str();
 }
 
-int cmd_verify(const std::string& op, const std::string& json_path) {
-  const auto checks = catalog::checks(op);
-  if (checks.empty()) {
-    std::cerr << "gradproof verify: no checks for op '" << op << "' (see `gradproof list`)\n";
-    return 2;
+// Closes `out` (flushing it) and reports whether every byte written to it arrived: a full disk
+// shows only when the buffer is flushed, after every `<<` has succeeded.
+bool close_ok(std::ofstream& out) {
+  out.close();
+  return !out.fail();
+}
+
+int cmd_verify(const std::vector<std::string>& ops, const std::optional<std::string>& json_path) {
+  std::vector<catalog::Check> checks;
+  std::vector<catalog::Formula> formulas;
+  for (const std::string& op : ops.empty() ? std::vector<std::string>{""} : ops) {
+    auto mine = catalog::checks(op);
+    if (mine.empty()) {
+      std::cerr << "gradproof verify: no checks for op '" << op << "' (see `gradproof list`)\n";
+      return 2;
+    }
+    checks.insert(checks.end(), mine.begin(), mine.end());
+    const auto fs = catalog::formulas(op);
+    formulas.insert(formulas.end(), fs.begin(), fs.end());
+  }
+  // Opened before the checks run (they take seconds to minutes), so that an unwritable path
+  // fails at once.
+  std::ofstream json;
+  if (json_path) {
+    json.open(*json_path);
+    if (!json) {
+      std::cerr << "gradproof verify: cannot open " << *json_path << " for writing\n";
+      return 2;
+    }
   }
   std::vector<check::ResultRow> rows;
   std::size_t failed = 0;
@@ -135,13 +174,12 @@ int cmd_verify(const std::string& op, const std::string& json_path) {
   for (const auto& r : rows)
     if (!r.passed) std::cout << check::describe(r) << '\n';
 
-  if (!json_path.empty()) {
+  if (json_path) {
     std::vector<std::string> rj, aj;
     for (const auto& r : rows) rj.push_back(to_json(r));
-    std::ofstream out(json_path);
-    write_results(out, catalog::formulas(op), rj, aj);
-    if (!out) {
-      std::cerr << "gradproof verify: cannot write " << json_path << '\n';
+    write_results(json, formulas, rj, aj);
+    if (!close_ok(json)) {
+      std::cerr << "gradproof verify: cannot write " << *json_path << '\n';
       return 2;
     }
   }
@@ -174,6 +212,10 @@ int cmd_sweep(const fs::path& out_path) {
   const auto sweeps = catalog::step_sweeps();
   if (out_path.has_parent_path()) fs::create_directories(out_path.parent_path());
   std::ofstream out(out_path);
+  if (!out) {
+    std::cerr << "gradproof sweep: cannot open " << out_path.string() << " for writing\n";
+    return 2;
+  }
   out << "{\n\"schema\": 1,\n\"generated_utc\": ";
   check::json::string(out, utc_now());
   out << ",\n\"sweeps\": [";
@@ -182,8 +224,8 @@ int cmd_sweep(const fs::path& out_path) {
     check::write_json(out, sweeps[i]);
   }
   out << "\n]\n}\n";
-  if (!out) {
-    std::cerr << "gradproof sweep: cannot write " << out_path << '\n';
+  if (!close_ok(out)) {
+    std::cerr << "gradproof sweep: cannot write " << out_path.string() << '\n';
     return 2;
   }
   // What the plots are for: at the steps StepPolicy picks, each oracle's error of the entry is
@@ -230,11 +272,16 @@ int cmd_collect(const fs::path& parts, const fs::path& out_path) {
       }
     }
   }
-  fs::create_directories(out_path.parent_path());
+  // A bare file name has no parent to create (and create_directories("") throws).
+  if (out_path.has_parent_path()) fs::create_directories(out_path.parent_path());
   std::ofstream out(out_path);
-  write_results(out, catalog::formulas(), rows, ablation);
   if (!out) {
-    std::cerr << "gradproof collect: cannot write " << out_path << '\n';
+    std::cerr << "gradproof collect: cannot open " << out_path.string() << " for writing\n";
+    return 2;
+  }
+  write_results(out, catalog::formulas(), rows, ablation);
+  if (!close_ok(out)) {
+    std::cerr << "gradproof collect: cannot write " << out_path.string() << '\n';
     return 2;
   }
   std::cout << "wrote " << out_path.string() << ": " << rows.size() << " result rows (" << failed << " failed), "
@@ -242,35 +289,66 @@ int cmd_collect(const fs::path& parts, const fs::path& out_path) {
   return failed ? 1 : 0;
 }
 
+int usage_error(const std::string& message) {
+  std::cerr << "gradproof " << message << "\n\n" << kUsage;
+  return 2;
+}
+
+// `verify [--op OP]... [--json FILE]`. A value that starts with "--" is taken for the next
+// option, not for a value: `--op --json f` reports the missing op rather than running op "--json".
+int verify_main(const std::vector<std::string>& args) {
+  std::vector<std::string> ops;
+  std::optional<std::string> json;
+  for (std::size_t i = 1; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a != "--op" && a != "--json") return usage_error("verify: unknown option '" + a + "'");
+    if (i + 1 == args.size() || args[i + 1].empty() || args[i + 1].rfind("--", 0) == 0) {
+      return usage_error("verify: " + a + " needs a value");
+    }
+    const std::string& value = args[++i];
+    if (a == "--op") {
+      if (std::find(ops.begin(), ops.end(), value) == ops.end()) ops.push_back(value);  // each op once
+    } else if (json) {
+      return usage_error("verify: --json given more than once ('" + *json + "', then '" + value + "')");
+    } else {
+      json = value;
+    }
+  }
+  return cmd_verify(ops, json);
+}
+
+int run(const std::vector<std::string>& args) {
+  if (args.empty()) return usage_error("needs a command");
+  const std::string& command = args[0];
+  if (command == "-h" || command == "--help") {
+    std::cout << kUsage;
+    return 0;
+  }
+  if (command == "list") return args.size() == 1 ? cmd_list() : usage_error("list: takes no arguments");
+  if (command == "verify") return verify_main(args);
+  if (command == "ablate") return args.size() == 2 ? cmd_ablate(args[1]) : usage_error("ablate: needs exactly one OP");
+  if (command == "collect") {
+    return args.size() == 3 ? cmd_collect(args[1], args[2]) : usage_error("collect: needs PARTS_DIR and OUT.json");
+  }
+  if (command == "sweep") return args.size() == 2 ? cmd_sweep(args[1]) : usage_error("sweep: needs OUT.json");
+  return usage_error("unknown command '" + command + "'");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::vector<std::string> args(argv + 1, argv + argc);
+  int status = 2;
   try {
-    if (args.empty() || args[0] == "-h" || args[0] == "--help") {
-      std::cout << kUsage;
-      return args.empty() ? 2 : 0;
-    }
-    if (args[0] == "list" && args.size() == 1) return cmd_list();
-    if (args[0] == "verify") {
-      std::string op, json;
-      for (std::size_t i = 1; i < args.size(); ++i) {
-        if (args[i] == "--op" && i + 1 < args.size()) op = args[++i];
-        else if (args[i] == "--json" && i + 1 < args.size()) json = args[++i];
-        else {
-          std::cerr << "gradproof verify: unknown option '" << args[i] << "'\n" << kUsage;
-          return 2;
-        }
-      }
-      return cmd_verify(op, json);
-    }
-    if (args[0] == "ablate" && args.size() == 2) return cmd_ablate(args[1]);
-    if (args[0] == "collect" && args.size() == 3) return cmd_collect(args[1], args[2]);
-    if (args[0] == "sweep" && args.size() == 2) return cmd_sweep(args[1]);
-    std::cerr << "gradproof: unknown command or wrong arguments: '" << args[0] << "'\n" << kUsage;
-    return 2;
+    status = run(std::vector<std::string>(argv + 1, argv + argc));
   } catch (const std::exception& e) {
     std::cerr << "gradproof: " << e.what() << '\n';
     return 2;
   }
+  // Standard output is a write too (`gradproof list > /dev/full`): a report lost is an error.
+  std::cout.flush();
+  if (!std::cout) {
+    std::cerr << "gradproof: cannot write to standard output\n";
+    return 2;
+  }
+  return status;
 }

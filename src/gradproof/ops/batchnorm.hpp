@@ -24,8 +24,10 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <sstream>
+#include <string_view>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -55,9 +57,12 @@ struct BatchNormRunningStats {
   }
 };
 
-/// What the backward pass needs from the forward pass.
+/// What the backward pass needs from the forward pass. Every backward pass checks that the cache
+/// was made for an input of the shape of its `x`, with `(C)` statistics, before it reads or
+/// allocates anything else.
 template <class Scalar>
 struct BatchNormCache {
+  Shape shape;            ///< shape of the forward input
   NCL dims;               ///< the `(N, C, L)` view of the input
   bool training = true;   ///< batch statistics (true) or running statistics (false)
   Tensor<Scalar> mean;    ///< `(C)`: \f$\mu\f$, the batch mean (training) or the running mean (eval)
@@ -126,19 +131,40 @@ NCL check_bn_inputs(const Tensor<Scalar>& x, const Tensor<Scalar>* gamma, const 
   return d;
 }
 
+/// Throws unless `y` is distinct from `gamma`, `beta` and the cache's statistics (it may be `x`:
+/// each value is read before its own output is written), and the running statistics from
+/// `gamma` and `beta`.
+template <class Scalar>
+void check_bn_forward_outputs(const Tensor<Scalar>& y, const Tensor<Scalar>* gamma, const Tensor<Scalar>* beta,
+                              const BatchNormRunningStats<Scalar>* running, const BatchNormCache<Scalar>& cache) {
+  for (const auto& [in, name] : {std::pair{gamma, "gamma"}, std::pair{beta, "beta"}}) {
+    require_distinct(kBatchNorm, &y, "y (output)", in, name);
+    if (running) require_distinct(kBatchNorm, &running->mean, "running mean", in, name);
+    if (running) require_distinct(kBatchNorm, &running->var, "running var", in, name);
+  }
+  require_distinct(kBatchNorm, &y, "y (output)", &cache.mean, "cache mean (output)");
+  require_distinct(kBatchNorm, &y, "y (output)", &cache.var, "cache var (output)");
+  require_distinct(kBatchNorm, &y, "y (output)", &cache.invstd, "cache invstd (output)");
+}
+
 /// Checks `dy` and the cache against `x` before a backward pass.
+/// Checks `dy` and the cache against `x` before a backward pass, before anything is allocated.
 template <class Scalar>
 NCL check_bn_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, const Tensor<Scalar>* gamma,
                       const BatchNormCache<Scalar>& cache) {
   const NCL d = ncl_view(x.shape(), kBatchNorm, "x");
   require_shape(dy, x.shape(), kBatchNorm, "dy (must match x)");
   check_channel_vector(gamma, d.C, "gamma");
-  if (cache.dims.N != d.N || cache.dims.C != d.C || cache.dims.L != d.L || cache.mean.size() != d.C ||
-      cache.invstd.size() != d.C) {
+  if (cache.shape != x.shape() || cache.dims.N != d.N || cache.dims.C != d.C || cache.dims.L != d.L) {
     std::ostringstream msg;
-    msg << kBatchNorm << ": cache was made for (N, C, L) = (" << cache.dims.N << ", " << cache.dims.C
-        << ", " << cache.dims.L << ") but x has shape " << to_string(x.shape());
+    msg << kBatchNorm << ": cache was made for an input of shape " << to_string(cache.shape) << ", (N, C, L) = ("
+        << cache.dims.N << ", " << cache.dims.C << ", " << cache.dims.L << "), but x has shape "
+        << to_string(x.shape());
     throw InvalidArgument(msg.str());
+  }
+  for (const auto& [t, name] : {std::pair{&cache.mean, "cache mean"}, std::pair{&cache.var, "cache var"},
+                                std::pair{&cache.invstd, "cache invstd"}}) {
+    check_channel_vector(t, d.C, name);
   }
   return d;
 }
@@ -154,9 +180,11 @@ template <class Scalar>
 using ConstChunkMap = Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
 
 
-/// Gives the cache the shape of a pass over `d`; allocates only when a statistic is not `(C)`.
+/// Gives the cache the shape of a pass over an input of `shape`, whose `(N, C, L)` view is `d`;
+/// allocates only when a statistic is not `(C)` (or the recorded shape needs more room).
 template <class Scalar>
-void shape_cache(BatchNormCache<Scalar>& cache, const NCL& d, bool training) {
+void shape_cache(BatchNormCache<Scalar>& cache, const Shape& shape, const NCL& d, bool training) {
+  cache.shape = shape;  // reuses the storage of the same rank: no allocation
   cache.dims = d;
   cache.training = training;
   for (Tensor<Scalar>* t : {&cache.mean, &cache.var, &cache.invstd}) {
@@ -422,7 +450,7 @@ void batchnorm_forward_train_fused(const Tensor<Scalar>& x, const Tensor<Scalar>
 /// \param beta     `(C)` shift, or `nullptr` (\f$\beta = 0\f$)
 /// \param running  running statistics to update (unbiased variance), or `nullptr`
 /// \param cfg      \f$\varepsilon\f$ and momentum
-/// \param y        output, preallocated with the shape of `x`
+/// \param y        output, preallocated with the shape of `x`; may be `x` (in place), no other argument
 /// \param cache    output for the backward pass; its `(C)` statistics are allocated if they do
 ///                 not have that shape yet
 /// \throws InvalidArgument as batchnorm_forward_train(), or if `y` does not have the shape of `x`.
@@ -441,8 +469,18 @@ void batchnorm_forward_train_into(const Tensor<Scalar>& x, Opt<const Tensor<Scal
     require_shape(running->mean, vector_shape(d.C), detail::kBatchNorm, "running mean");
     require_shape(running->var, vector_shape(d.C), detail::kBatchNorm, "running var");
   }
+  if (running && (running->num_batches_tracked < 0 ||
+                  running->num_batches_tracked == std::numeric_limits<std::int64_t>::max())) {
+    // One more batch is counted below, and with momentum None the update divides by the count:
+    // -1 would become 0 (an infinite weight, NaN statistics), INT64_MAX would overflow.
+    std::ostringstream msg;
+    msg << detail::kBatchNorm << ": running num_batches_tracked must be in [0, "
+        << std::numeric_limits<std::int64_t>::max() - 1 << "]; got " << running->num_batches_tracked;
+    throw InvalidArgument(msg.str());
+  }
   require_shape(y, x.shape(), detail::kBatchNorm, "y (output, must match x)");
-  detail::shape_cache(cache, d, true);
+  detail::check_bn_forward_outputs<Scalar>(y, gamma, beta, running, cache);
+  detail::shape_cache(cache, x.shape(), d, true);
 
   if constexpr (std::is_floating_point_v<Scalar>) {
     detail::batchnorm_forward_train_fused(x, gamma, beta, cfg.eps, y, cache);
@@ -504,7 +542,7 @@ BatchNormForward<Scalar> batchnorm_forward_train(const Tensor<Scalar>& x, Opt<co
 /// \param beta     `(C)` shift or `nullptr`
 /// \param running  running statistics, `(C)` each
 /// \param cfg      \f$\varepsilon\f$ (the momentum is unused but still validated)
-/// \param y        output, preallocated with the shape of `x`
+/// \param y        output, preallocated with the shape of `x`; may be `x` (in place), no other argument
 /// \param cache    output holding the running statistics; its `(C)` statistics are allocated if
 ///                 they do not have that shape yet
 /// \throws InvalidArgument as batchnorm_forward_eval(), or if `y` does not have the shape of `x`.
@@ -517,7 +555,8 @@ void batchnorm_forward_eval_into(const Tensor<Scalar>& x, Opt<const Tensor<Scala
   require_shape(running.mean, vector_shape(d.C), detail::kBatchNorm, "running mean");
   require_shape(running.var, vector_shape(d.C), detail::kBatchNorm, "running var");
   require_shape(y, x.shape(), detail::kBatchNorm, "y (output, must match x)");
-  detail::shape_cache(cache, d, false);
+  detail::check_bn_forward_outputs<Scalar>(y, gamma, beta, nullptr, cache);
+  detail::shape_cache(cache, x.shape(), d, false);
 
   for (Index c = 0; c < d.C; ++c) {
     cache.mean[c] = running.mean[c];
@@ -713,10 +752,12 @@ BatchNormGrads<Scalar> batchnorm_backward_staged(const Tensor<Scalar>& dy, const
 /// \param x       the forward input, same shape
 /// \param gamma   `(C)` scale or `nullptr`
 /// \param cache   from the forward pass on `x`
-/// \param dx      output, preallocated with the shape of `x`
+/// \param dx      output, preallocated with the shape of `x`; may be `dy` or `x` (in place), no other argument
 /// \param dgamma  output `(C)`, or `nullptr` to skip (must be `nullptr` when `gamma` is)
 /// \param dbeta   output `(C)`, or `nullptr` to skip
-/// \throws InvalidArgument on mismatched shapes of any argument or output.
+/// \throws InvalidArgument on mismatched shapes of any argument or output, outputs that alias
+///         each other, `gamma` or the cache, or a cache that a forward pass of this op on an
+///         input of the shape of `x` did not make.
 template <class Scalar>
 void batchnorm_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, Opt<const Tensor<Scalar>> gamma,
                              const BatchNormCache<Scalar>& cache, Tensor<Scalar>& dx, Opt<Tensor<Scalar>> dgamma,
@@ -726,6 +767,20 @@ void batchnorm_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, 
   detail::check_channel_vector(dgamma, d.C, "dgamma (output)");
   detail::check_channel_vector(dbeta, d.C, "dbeta (output)");
   if (dgamma && !gamma) throw InvalidArgument("batchnorm: dgamma requested but gamma is null (no affine transform)");
+  // dx may be dy or x (every value of a channel is read before its dx is written); the outputs
+  // must be distinct from each other, from gamma and from the cache's statistics.
+  require_distinct(detail::kBatchNorm, dgamma, "dgamma (output)", dbeta, "dbeta (output)");
+  for (const auto& [out, name] : {std::pair{static_cast<const Tensor<Scalar>*>(&dx), "dx (output)"},
+                                  std::pair{static_cast<const Tensor<Scalar>*>(dgamma), "dgamma (output)"},
+                                  std::pair{static_cast<const Tensor<Scalar>*>(dbeta), "dbeta (output)"}}) {
+    if (name != std::string_view("dx (output)")) {
+      require_distinct(detail::kBatchNorm, out, name, static_cast<const Tensor<Scalar>*>(&dx), "dx (output)");
+    }
+    require_distinct(detail::kBatchNorm, out, name, gamma, "gamma");
+    require_distinct(detail::kBatchNorm, out, name, &cache.mean, "cache mean");
+    require_distinct(detail::kBatchNorm, out, name, &cache.var, "cache var");
+    require_distinct(detail::kBatchNorm, out, name, &cache.invstd, "cache invstd");
+  }
 
   const Scalar M = Scalar(static_cast<double>(d.M()));
   const bool nontemporal = kernels::should_stream(dx.size() * Index(sizeof(Scalar)));
@@ -789,6 +844,7 @@ void batchnorm_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, 
 template <class Scalar>
 BatchNormGrads<Scalar> batchnorm_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& x,
                                           Opt<const Tensor<Scalar>> gamma, const BatchNormCache<Scalar>& cache) {
+  detail::check_bn_backward(dy, x, gamma, cache);  // before the cache's shapes size an allocation
   BatchNormGrads<Scalar> g{Tensor<Scalar>(x.shape()), gamma ? Tensor<Scalar>({cache.dims.C}) : Tensor<Scalar>(),
                            gamma ? Tensor<Scalar>({cache.dims.C}) : Tensor<Scalar>()};
   batchnorm_backward_into(dy, x, gamma, cache, g.dx, gamma ? &g.dgamma : nullptr, gamma ? &g.dbeta : nullptr);

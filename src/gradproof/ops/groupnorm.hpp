@@ -68,6 +68,23 @@ inline NormSets groupnorm_sets(const Shape& shape, Index groups) {
   return s;
 }
 
+/// The sets a group-norm forward pass made for an input of `shape` with the cache's number of
+/// groups (its sets' period), and its `(C)` parameter shape; for a backward pass.
+/// \throws InvalidArgument naming the cache when its groups or parameter shape cannot be.
+template <class Scalar>
+NormSets gn_cache_sets(const char* op, const Shape& shape, const NormCache<Scalar>& cache) {
+  const NCL d = ncl_view(shape, op, "x");
+  const Index groups = cache.sets.period;
+  if (groups < 1 || d.C % groups != 0 || !same_shape(cache.param_shape, vector_shape(d.C))) {
+    std::ostringstream msg;
+    msg << op << ": cache has num_groups = " << groups << " and parameter shape " << to_string(cache.param_shape)
+        << ", which no forward pass on x of shape " << to_string(shape) << " makes (expected a divisor of C = " << d.C
+        << " and " << to_string(vector_shape(d.C)) << ")";
+    throw InvalidArgument(msg.str());
+  }
+  return {d.N * groups, (d.C / groups) * d.L, groups, d.L};
+}
+
 }  // namespace norm::detail
 
 /// \brief Forward pass writing into caller-provided `y` and `cache`; allocation-free when the
@@ -84,7 +101,7 @@ inline NormSets groupnorm_sets(const Shape& shape, Index groups) {
 /// \param gamma  `(C)` scale, or `nullptr` (\f$\gamma = 1\f$)
 /// \param beta   `(C)` shift, or `nullptr` (\f$\beta = 0\f$)
 /// \param cfg    `num_groups` and \f$\varepsilon\f$
-/// \param y      output, preallocated with the shape of `x`
+/// \param y      output, preallocated with the shape of `x`; may be `x` (in place), no other argument
 /// \param cache  output: `(N·G)` statistics and what the backward pass needs
 /// \throws InvalidArgument on a rank outside [2, 4], an empty `x`, `num_groups` <= 0 or not
 ///         dividing `C`, \f$N\cdot(C/G)\cdot L = 1\f$ (refused by PyTorch), `gamma`/`beta` not
@@ -99,7 +116,8 @@ void groupnorm_forward_into(const Tensor<Scalar>& x, Opt<const Tensor<Scalar>> g
   require_optional_shape(beta, channels, kGroupNorm, "beta");
   require_positive_eps(cfg.eps, kGroupNorm);
   require_shape(y, x.shape(), kGroupNorm, "y (output)");
-  prepare_cache(cache, s, x.shape(), channels, true, gamma != nullptr, beta != nullptr);
+  check_forward_outputs(kGroupNorm, y, gamma, beta, cache);
+  prepare_cache(cache, kGroupNorm, s, x.shape(), channels, true, gamma != nullptr, beta != nullptr);
   //! [gn.forward]
   // Each (sample n, group g) is a set of M = (C/G)·L contiguous values: μ_ng, σ²_ng over the set,
   // x̂ = (x − μ_ng)/√(σ²_ng + ε), y = γ_c x̂ + β_c with c the channel of the value (γ per channel).
@@ -133,7 +151,7 @@ NormGrads<Scalar> groupnorm_backward_staged(const Tensor<Scalar>& dy, const Tens
                                             Opt<const Tensor<Scalar>> gamma, const NormCache<Scalar>& cache,
                                             const NormTermScales& scales = {},
                                             NormStagedTrace<Scalar>* trace = nullptr) {
-  norm::detail::check_backward(norm::detail::kGroupNorm, dy, x, gamma, cache);
+  norm::detail::check_backward(norm::detail::kGroupNorm, dy, x, gamma, cache, norm::detail::gn_cache_sets<Scalar>);
   const NormSets& s = cache.sets;
   NormGrads<Scalar> g = norm::detail::allocate_grads(x, gamma, cache);
 
@@ -203,17 +221,19 @@ NormGrads<Scalar> groupnorm_backward_staged(const Tensor<Scalar>& dy, const Tens
 /// \param x       the forward input
 /// \param gamma   `(C)` scale, or `nullptr` (as in the forward pass)
 /// \param cache   from the forward pass on `x`
-/// \param dx      output, preallocated with the shape of `x`
+/// \param dx      output, preallocated with the shape of `x`; may be `dy` or `x` (in place), no other argument
 /// \param dgamma  output `(C)`, or `nullptr` to skip (must be `nullptr` when `gamma` is)
 /// \param dbeta   output `(C)`, or `nullptr` to skip (must be `nullptr` without \f$\beta\f$)
-/// \throws InvalidArgument on mismatched shapes of any argument or output.
+/// \throws InvalidArgument on mismatched shapes of any argument or output, outputs that alias
+///         each other, `gamma` or the cache, or a cache that a forward pass of this op on an
+///         input of the shape of `x` did not make.
 template <class Scalar>
 void groupnorm_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, Opt<const Tensor<Scalar>> gamma,
                              const NormCache<Scalar>& cache, Tensor<Scalar>& dx, Opt<Tensor<Scalar>> dgamma,
                              Opt<Tensor<Scalar>> dbeta) {
   using namespace norm::detail;
-  check_backward(kGroupNorm, dy, x, gamma, cache);
-  check_outputs(kGroupNorm, x, gamma, cache, dx, dgamma, dbeta);
+  check_backward(kGroupNorm, dy, x, gamma, cache, gn_cache_sets<Scalar>);
+  check_outputs(kGroupNorm, dy, x, gamma, cache, dx, dgamma, dbeta);
   //! [gn.dx_fused]
   // dxᵢ = (1/(M√(σ²_ng+ε))) · (M gᵢ − Σⱼ gⱼ − x̂ᵢ Σⱼ gⱼ x̂ⱼ) over the group's M = (C/G)·L values,
   // gᵢ = γ_{c(i)} dyᵢ: Σg = Σ_c γ_c Σ_l dy, one channel (run of L values) at a time. Two passes per group.
@@ -227,6 +247,8 @@ void groupnorm_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, 
 template <class Scalar>
 NormGrads<Scalar> groupnorm_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, Opt<const Tensor<Scalar>> gamma,
                                      const NormCache<Scalar>& cache) {
+  // The cache is checked before its shapes size any allocation.
+  norm::detail::check_backward(norm::detail::kGroupNorm, dy, x, gamma, cache, norm::detail::gn_cache_sets<Scalar>);
   NormGrads<Scalar> g = norm::detail::allocate_grads(x, gamma, cache);
   groupnorm_backward_into(dy, x, gamma, cache, g.dx, gamma ? &g.dgamma : nullptr, cache.has_beta ? &g.dbeta : nullptr);
   return g;

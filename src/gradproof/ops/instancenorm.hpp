@@ -99,6 +99,27 @@ NormSets check_in_inputs(const Tensor<Scalar>& x, const Tensor<Scalar>* gamma, c
     require_shape(running->var, channels, kInstanceNorm, "running var");
   }
   require_shape(y, x.shape(), kInstanceNorm, "y (output)");
+  if (running) {
+    require_distinct(kInstanceNorm, &running->mean, "running mean", gamma, "gamma");
+    require_distinct(kInstanceNorm, &running->mean, "running mean", beta, "beta");
+    require_distinct(kInstanceNorm, &running->var, "running var", gamma, "gamma");
+    require_distinct(kInstanceNorm, &running->var, "running var", beta, "beta");
+  }
+  return s;
+}
+
+/// The sets an instance-norm forward pass made for an input of `shape`, and its `(C)` parameter
+/// shape; for a backward pass.
+/// \throws InvalidArgument naming the cache when its parameter shape is not `(C)`.
+template <class Scalar>
+NormSets in_cache_sets(const char* op, const Shape& shape, const NormCache<Scalar>& cache) {
+  const NormSets s = instancenorm_sets(shape, false);
+  if (!same_shape(cache.param_shape, vector_shape(s.period))) {
+    std::ostringstream msg;
+    msg << op << ": cache has parameter shape " << to_string(cache.param_shape) << " but x of shape "
+        << to_string(shape) << " has " << to_string(vector_shape(s.period)) << " (one per channel)";
+    throw InvalidArgument(msg.str());
+  }
   return s;
 }
 
@@ -118,7 +139,7 @@ NormSets check_in_inputs(const Tensor<Scalar>& x, const Tensor<Scalar>* gamma, c
 /// \param beta     `(C)` shift, or `nullptr`
 /// \param running  running statistics to update, or `nullptr` (PyTorch's default `track_running_stats=False`)
 /// \param cfg      \f$\varepsilon\f$ and momentum
-/// \param y        output, preallocated with the shape of `x`
+/// \param y        output, preallocated with the shape of `x`; may be `x` (in place), no other argument
 /// \param cache    output: `(N·C)` statistics and what the backward pass needs
 /// \throws InvalidArgument on a rank other than 3 or 4, an empty `x`, a single spatial value
 ///         (\f$L = 1\f$: PyTorch refuses instance statistics of one value), `gamma`/`beta`/running
@@ -130,7 +151,9 @@ void instancenorm_forward_train_into(const Tensor<Scalar>& x, Opt<const Tensor<S
                                      const InstanceNormConfig& cfg, Tensor<Scalar>& y, NormCache<Scalar>& cache) {
   using namespace norm::detail;
   const NormSets s = check_in_inputs(x, gamma, beta, running, cfg, true, y);
-  prepare_cache(cache, s, x.shape(), vector_shape(x.shape()[1]), true, gamma != nullptr, beta != nullptr);
+  check_forward_outputs(kInstanceNorm, y, gamma, beta, cache);
+  prepare_cache(cache, kInstanceNorm, s, x.shape(), vector_shape(x.shape()[1]), true, gamma != nullptr,
+                beta != nullptr);
   //! [in.forward]
   // Each (sample n, channel c) is a set of M = L contiguous values: μ_nc, σ²_nc over the set,
   // x̂ = (x − μ_nc)/√(σ²_nc + ε), y = γ_c x̂ + β_c (γ, β constant over the set).
@@ -182,7 +205,7 @@ NormForward<Scalar> instancenorm_forward_train(const Tensor<Scalar>& x, Opt<cons
 /// \param beta     `(C)` shift or `nullptr`
 /// \param running  running statistics, `(C)` each
 /// \param cfg      \f$\varepsilon\f$ (the momentum is unused but still validated)
-/// \param y        output, preallocated with the shape of `x`
+/// \param y        output, preallocated with the shape of `x`; may be `x` (in place), no other argument
 /// \param cache    output
 /// \throws InvalidArgument as instancenorm_forward_train_into(), except that \f$L = 1\f$ is allowed.
 template <class Scalar>
@@ -192,7 +215,9 @@ void instancenorm_forward_eval_into(const Tensor<Scalar>& x, Opt<const Tensor<Sc
   using namespace norm::detail;
   using std::sqrt;
   const NormSets s = check_in_inputs(x, gamma, beta, &running, cfg, false, y);
-  prepare_cache(cache, s, x.shape(), vector_shape(x.shape()[1]), false, gamma != nullptr, beta != nullptr);
+  check_forward_outputs(kInstanceNorm, y, gamma, beta, cache);
+  prepare_cache(cache, kInstanceNorm, s, x.shape(), vector_shape(x.shape()[1]), false, gamma != nullptr,
+                beta != nullptr);
   for (Index r = 0; r < s.R; ++r) {
     const Index c = r % s.period;
     cache.mean[r] = running.mean[c];
@@ -230,7 +255,8 @@ NormGrads<Scalar> instancenorm_backward_staged(const Tensor<Scalar>& dy, const T
                                                Opt<const Tensor<Scalar>> gamma, const NormCache<Scalar>& cache,
                                                const NormTermScales& scales = {},
                                                NormStagedTrace<Scalar>* trace = nullptr) {
-  norm::detail::check_backward(norm::detail::kInstanceNorm, dy, x, gamma, cache);
+  norm::detail::check_backward(norm::detail::kInstanceNorm, dy, x, gamma, cache, norm::detail::in_cache_sets<Scalar>,
+                               true);
   const NormSets& s = cache.sets;
   NormGrads<Scalar> g = norm::detail::allocate_grads(x, gamma, cache);
   if (cache.has_beta) {
@@ -318,17 +344,19 @@ NormGrads<Scalar> instancenorm_backward_staged(const Tensor<Scalar>& dy, const T
 /// \param x       the forward input
 /// \param gamma   `(C)` scale, or `nullptr` (as in the forward pass)
 /// \param cache   from the forward pass on `x`
-/// \param dx      output, preallocated with the shape of `x`
+/// \param dx      output, preallocated with the shape of `x`; may be `dy` or `x` (in place), no other argument
 /// \param dgamma  output `(C)`, or `nullptr` to skip (must be `nullptr` when `gamma` is)
 /// \param dbeta   output `(C)`, or `nullptr` to skip (must be `nullptr` without \f$\beta\f$)
-/// \throws InvalidArgument on mismatched shapes of any argument or output.
+/// \throws InvalidArgument on mismatched shapes of any argument or output, outputs that alias
+///         each other, `gamma` or the cache, or a cache that a forward pass of this op on an
+///         input of the shape of `x` did not make.
 template <class Scalar>
 void instancenorm_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, Opt<const Tensor<Scalar>> gamma,
                                 const NormCache<Scalar>& cache, Tensor<Scalar>& dx, Opt<Tensor<Scalar>> dgamma,
                                 Opt<Tensor<Scalar>> dbeta) {
   using namespace norm::detail;
-  check_backward(kInstanceNorm, dy, x, gamma, cache);
-  check_outputs(kInstanceNorm, x, gamma, cache, dx, dgamma, dbeta);
+  check_backward(kInstanceNorm, dy, x, gamma, cache, in_cache_sets<Scalar>, true);
+  check_outputs(kInstanceNorm, dy, x, gamma, cache, dx, dgamma, dbeta);
   //! [in.dx_fused]
   // dx_{ncl} = (γ_c/(L√(σ²_nc+ε))) · (L dy_{ncl} − Σ_k dy_{nck} − x̂_{ncl} Σ_k dy_{nck} x̂_{nck}):
   // γ is constant over the set, so it factors out of both sums. Two passes per (sample, channel).
@@ -342,6 +370,9 @@ void instancenorm_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& 
 template <class Scalar>
 NormGrads<Scalar> instancenorm_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& x,
                                         Opt<const Tensor<Scalar>> gamma, const NormCache<Scalar>& cache) {
+  // The cache is checked before its shapes size any allocation.
+  norm::detail::check_backward(norm::detail::kInstanceNorm, dy, x, gamma, cache, norm::detail::in_cache_sets<Scalar>,
+                               true);
   NormGrads<Scalar> g = norm::detail::allocate_grads(x, gamma, cache);
   instancenorm_backward_into(dy, x, gamma, cache, g.dx, gamma ? &g.dgamma : nullptr,
                              cache.has_beta ? &g.dbeta : nullptr);

@@ -68,6 +68,30 @@ inline NormSets layernorm_sets(const Shape& shape, const Shape& normalized, cons
   return s;
 }
 
+/// \brief The sets a layer-norm (or RMS-norm) forward pass made for an input of `shape`, from
+/// the `normalized_shape` a cache records (its `param_shape`), after checking that `shape` ends
+/// in it: for a backward pass, whose `x` has been checked against the cache's shape.
+/// \throws InvalidArgument naming the cache when its `normalized_shape` is empty or not trailing.
+template <class Cache>
+NormSets layernorm_cache_sets(const char* op, const Shape& shape, const Cache& cache) {
+  const Shape& normalized = cache.param_shape;
+  const bool trailing = !normalized.empty() && normalized.size() <= shape.size() &&
+                        std::equal(normalized.begin(), normalized.end(), shape.end() - static_cast<long>(normalized.size()));
+  if (!trailing) {
+    std::ostringstream msg;
+    msg << op << ": cache has normalized_shape " << to_string(normalized) << ", which x of shape " << to_string(shape)
+        << " does not end in";
+    throw InvalidArgument(msg.str());
+  }
+  return layernorm_sets(shape, normalized, op);
+}
+
+/// layernorm_cache_sets() for the NormCache of layer norm.
+template <class Scalar>
+NormSets ln_cache_sets(const char* op, const Shape& shape, const NormCache<Scalar>& cache) {
+  return layernorm_cache_sets(op, shape, cache);
+}
+
 }  // namespace norm::detail
 
 /// \brief Forward pass writing into caller-provided `y` and `cache`; allocation-free when the
@@ -86,7 +110,7 @@ inline NormSets layernorm_sets(const Shape& shape, const Shape& normalized, cons
 /// \param gamma  `normalized_shape` scale, or `nullptr` (\f$\gamma = 1\f$)
 /// \param beta   `normalized_shape` shift, or `nullptr` (\f$\beta = 0\f$)
 /// \param cfg    `normalized_shape` and \f$\varepsilon\f$
-/// \param y      output, preallocated with the shape of `x`
+/// \param y      output, preallocated with the shape of `x`; may be `x` (in place), no other argument
 /// \param cache  output: `(R)` statistics and what the backward pass needs
 /// \throws InvalidArgument on a rank outside [2, 4], an empty `x`, an empty `normalized_shape` or
 ///         one that `x` does not end in, `gamma`/`beta` not of shape `normalized_shape`, `eps`
@@ -100,7 +124,8 @@ void layernorm_forward_into(const Tensor<Scalar>& x, Opt<const Tensor<Scalar>> g
   require_optional_shape(beta, cfg.normalized_shape, kLayerNorm, "beta");
   require_positive_eps(cfg.eps, kLayerNorm);
   require_shape(y, x.shape(), kLayerNorm, "y (output)");
-  prepare_cache(cache, s, x.shape(), cfg.normalized_shape, true, gamma != nullptr, beta != nullptr);
+  check_forward_outputs(kLayerNorm, y, gamma, beta, cache);
+  prepare_cache(cache, kLayerNorm, s, x.shape(), cfg.normalized_shape, true, gamma != nullptr, beta != nullptr);
   //! [ln.forward]
   // Each row r (one index of the leading axes) is a set of M = prod(normalized_shape) values:
   // μ_r, σ²_r over the row, x̂ = (x − μ_r)/√(σ²_r + ε), y_{r,j} = γ_j x̂_{r,j} + β_j (γ, β elementwise).
@@ -137,7 +162,7 @@ NormGrads<Scalar> layernorm_backward_staged(const Tensor<Scalar>& dy, const Tens
                                             Opt<const Tensor<Scalar>> gamma, const NormCache<Scalar>& cache,
                                             const NormTermScales& scales = {},
                                             NormStagedTrace<Scalar>* trace = nullptr) {
-  norm::detail::check_backward(norm::detail::kLayerNorm, dy, x, gamma, cache);
+  norm::detail::check_backward(norm::detail::kLayerNorm, dy, x, gamma, cache, norm::detail::ln_cache_sets<Scalar>);
   const NormSets& s = cache.sets;
   NormGrads<Scalar> g = norm::detail::allocate_grads(x, gamma, cache);
 
@@ -210,17 +235,19 @@ NormGrads<Scalar> layernorm_backward_staged(const Tensor<Scalar>& dy, const Tens
 /// \param x       the forward input
 /// \param gamma   `normalized_shape` scale, or `nullptr` (as in the forward pass)
 /// \param cache   from the forward pass on `x`
-/// \param dx      output, preallocated with the shape of `x`
+/// \param dx      output, preallocated with the shape of `x`; may be `dy` or `x` (in place), no other argument
 /// \param dgamma  output `normalized_shape`, or `nullptr` to skip (must be `nullptr` when `gamma` is)
 /// \param dbeta   output `normalized_shape`, or `nullptr` to skip (must be `nullptr` without \f$\beta\f$)
-/// \throws InvalidArgument on mismatched shapes of any argument or output.
+/// \throws InvalidArgument on mismatched shapes of any argument or output, outputs that alias
+///         each other, `gamma` or the cache, or a cache that a forward pass of this op on an
+///         input of the shape of `x` did not make.
 template <class Scalar>
 void layernorm_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, Opt<const Tensor<Scalar>> gamma,
                              const NormCache<Scalar>& cache, Tensor<Scalar>& dx, Opt<Tensor<Scalar>> dgamma,
                              Opt<Tensor<Scalar>> dbeta) {
   using namespace norm::detail;
-  check_backward(kLayerNorm, dy, x, gamma, cache);
-  check_outputs(kLayerNorm, x, gamma, cache, dx, dgamma, dbeta);
+  check_backward(kLayerNorm, dy, x, gamma, cache, ln_cache_sets<Scalar>);
+  check_outputs(kLayerNorm, dy, x, gamma, cache, dx, dgamma, dbeta);
   //! [ln.dx_fused]
   // dx_{r,j} = (1/(M√(σ²_r+ε))) · (M g_{r,j} − Σ_k g_{r,k} − x̂_{r,j} Σ_k g_{r,k} x̂_{r,k}), g_{r,j} = γⱼ dy_{r,j};
   // γ varies along the row, so it sits inside both sums. Two passes per row.
@@ -234,6 +261,8 @@ void layernorm_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, 
 template <class Scalar>
 NormGrads<Scalar> layernorm_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, Opt<const Tensor<Scalar>> gamma,
                                      const NormCache<Scalar>& cache) {
+  // The cache is checked before its shapes size any allocation.
+  norm::detail::check_backward(norm::detail::kLayerNorm, dy, x, gamma, cache, norm::detail::ln_cache_sets<Scalar>);
   NormGrads<Scalar> g = norm::detail::allocate_grads(x, gamma, cache);
   layernorm_backward_into(dy, x, gamma, cache, g.dx, gamma ? &g.dgamma : nullptr, cache.has_beta ? &g.dbeta : nullptr);
   return g;

@@ -5,6 +5,7 @@
 #include "gradproof/tensor.hpp"
 
 #include <cmath>
+#include <functional>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -36,7 +37,8 @@ struct NCL {
 /// \param shape  shape of the argument, rank 2, 3 or 4
 /// \param what   name of the argument, for the error message
 /// \param op     name of the operation, for the error message
-/// \throws InvalidArgument for a rank outside [2, 4] or an empty tensor.
+/// \throws InvalidArgument for a rank outside [2, 4], an empty tensor, or extents whose product
+///         overflows (numel()).
 inline NCL ncl_view(const Shape& shape, const char* op, const char* what) {
   const auto rank = shape.size();
   if (rank < 2 || rank > 4) {
@@ -45,7 +47,14 @@ inline NCL ncl_view(const Shape& shape, const char* op, const char* what) {
         << " with shape " << to_string(shape);
     throw InvalidArgument(msg.str());
   }
-  if (numel(shape) == 0) {
+  const std::optional<Index> count = try_numel(shape);
+  if (!count) {
+    std::ostringstream msg;
+    msg << op << ": " << what << " has shape " << to_string(shape)
+        << ", with a negative extent or a product of extents that overflows the index type";
+    throw InvalidArgument(msg.str());
+  }
+  if (*count == 0) {
     std::ostringstream msg;
     msg << op << ": " << what << " must not be empty; got shape " << to_string(shape);
     throw InvalidArgument(msg.str());
@@ -67,6 +76,40 @@ void require_shape(const Tensor<Scalar>& t, ShapeView expected, const char* op, 
         << to_string(t.shape());
     throw InvalidArgument(msg.str());
   }
+}
+
+/// \brief True when `a` and `b` share storage: the same tensor, or overlapping elements.
+///
+/// A Tensor owns its elements, so two distinct tensors never overlap today; the range test keeps
+/// the answer right for views. Empty tensors share nothing.
+template <class Scalar>
+bool same_storage(const Tensor<Scalar>& a, const Tensor<Scalar>& b) noexcept {
+  if (&a == &b) return true;
+  if (a.empty() || b.empty()) return false;
+  const std::less<const Scalar*> before;
+  return before(a.data(), b.data() + b.size()) && before(b.data(), a.data() + a.size());
+}
+
+/// \brief Throws unless the output `out` (if given) and the tensor `other` (if given) are
+/// distinct: two outputs written by one call, or an output and an input the call still reads.
+///
+/// The passes write an output in place of an input only where every element of the input is
+/// read before its own output element is written (`y` over `x`, `dx` over `dy` or `x`, each
+/// documented); everything else — `dgamma` and `dbeta` as one tensor, `dgamma` over `gamma`,
+/// an output over a cache statistic — would silently lose or corrupt a result.
+/// \param op          name of the operation, for the error message
+/// \param out         an output, or `nullptr`
+/// \param out_name    its name, e.g. "dgamma (output)"
+/// \param other       another output or an input, or `nullptr`
+/// \param other_name  its name
+template <class Scalar>
+void require_distinct(const char* op, const Tensor<Scalar>* out, const char* out_name, const Tensor<Scalar>* other,
+                      const char* other_name) {
+  if (out == nullptr || other == nullptr || !same_storage(*out, *other)) return;
+  std::ostringstream msg;
+  msg << op << ": " << out_name << " and " << other_name << " must be distinct tensors; got the same storage"
+      << " (shape " << to_string(out->shape()) << ")";
+  throw InvalidArgument(msg.str());
 }
 
 /// Throws unless `eps` is finite and positive (NaN fails both comparisons, so it is refused too).

@@ -40,8 +40,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <tuple>
 #include <utility>
 
@@ -105,8 +107,13 @@ struct NormStagedTrace {
 };
 
 /// What a backward pass of the family needs from its forward pass.
+///
+/// Every backward pass checks that the cache is its own op's (`op`), made for an input of the
+/// shape of its `x` (`shape`), with the sets, parameter shape and statistics that such a forward
+/// pass makes, before it reads or allocates anything else.
 template <class Scalar>
 struct NormCache {
+  std::string_view op;     ///< the op whose forward pass made the cache ("layernorm", "groupnorm", ...)
   NormSets sets;           ///< the sets the statistics were taken over
   Shape shape;             ///< shape of the forward input
   Shape param_shape;       ///< shape of \f$\gamma\f$, \f$\beta\f$ and their gradients
@@ -152,7 +159,9 @@ void require_optional_shape(const Tensor<Scalar>* t, ShapeView expected, const c
   if (t != nullptr) require_shape(*t, expected, op, what);
 }
 
-/// Checks a NormSets for internal consistency (the layers build valid ones; the core API checks).
+/// Checks a NormSets for internal consistency (the layers build valid ones; the core API checks):
+/// positive extents, `run` dividing `M`, and sizes \f$R M\f$ and \f$P\f$ that fit in Index
+/// (unchecked, \f$(2^{62}+1)\cdot 4\f$ wraps around to 4 and a 4-value `x` would pass).
 inline void check_sets(const NormSets& s, const char* op) {
   if (s.R < 1 || s.M < 1 || s.period < 1 || s.run < 1 || s.M % s.run != 0) {
     std::ostringstream msg;
@@ -160,14 +169,23 @@ inline void check_sets(const NormSets& s, const char* op) {
         << ", M = " << s.M << ", period = " << s.period << ", run = " << s.run;
     throw InvalidArgument(msg.str());
   }
+  Index size = 0, params = 0;
+  if (__builtin_mul_overflow(s.R, s.M, &size) || __builtin_mul_overflow(s.period, s.per_set(), &params)) {
+    std::ostringstream msg;
+    msg << op << ": sets with R = " << s.R << ", M = " << s.M << ", period = " << s.period << ", run = " << s.run
+        << " have R*M or period*(M/run) values beyond the index type (at most "
+        << std::numeric_limits<Index>::max() << ")";
+    throw InvalidArgument(msg.str());
+  }
 }
 
 /// Gives the cache the shape of a pass over `s` (allocating only when a statistic is not `(R)`)
 /// and records what the forward pass had.
 template <class Scalar>
-void prepare_cache(NormCache<Scalar>& cache, const NormSets& s, const Shape& shape, ShapeView param_shape,
-                   bool training, bool has_gamma, bool has_beta) {
+void prepare_cache(NormCache<Scalar>& cache, const char* op, const NormSets& s, const Shape& shape,
+                   ShapeView param_shape, bool training, bool has_gamma, bool has_beta) {
   // Assignments that reuse the cache's storage when the shapes are unchanged: no allocation.
+  cache.op = op;
   cache.sets = s;
   cache.shape = shape;
   cache.param_shape.assign(param_shape.begin(), param_shape.end());
@@ -178,17 +196,80 @@ void prepare_cache(NormCache<Scalar>& cache, const NormSets& s, const Shape& sha
     if (!same_shape(t->shape(), vector_shape(s.R))) *t = Tensor<Scalar>({s.R});
 }
 
-/// Checks `dy`, `x`, `gamma` and the cache before a backward pass of `op`.
+/// Throws unless `y` is distinct from every tensor a forward pass of `op` reads or writes besides
+/// `x` (which it may overwrite in place: each value is read before its own output is written).
 template <class Scalar>
+void check_forward_outputs(const char* op, const Tensor<Scalar>& y, const Tensor<Scalar>* gamma,
+                           const Tensor<Scalar>* beta, const NormCache<Scalar>& cache) {
+  require_distinct(op, &y, "y (output)", gamma, "gamma");
+  require_distinct(op, &y, "y (output)", beta, "beta");
+  require_distinct(op, &y, "y (output)", &cache.mean, "cache mean (output)");
+  require_distinct(op, &y, "y (output)", &cache.var, "cache var (output)");
+  require_distinct(op, &y, "y (output)", &cache.invstd, "cache invstd (output)");
+}
+
+/// The core's own check of a cache: its sets are consistent, sized for `x`, with `(P)` parameters.
+template <class Scalar>
+NormSets core_cache_sets(const char* op, const Shape&, const NormCache<Scalar>& cache) {
+  check_sets(cache.sets, op);
+  if (!same_shape(cache.param_shape, vector_shape(cache.sets.params()))) {
+    std::ostringstream msg;
+    msg << op << ": cache has parameter shape " << to_string(cache.param_shape) << " but its sets have "
+        << cache.sets.params() << " parameters";
+    throw InvalidArgument(msg.str());
+  }
+  return cache.sets;
+}
+
+/// \brief Checks `dy`, `x`, `gamma` and the cache before a backward pass of `op`, before anything
+/// is allocated: the cache must come from a forward pass of `op` (not of another member of the
+/// family) on an input of the shape of `x`, and hold the sets, parameter shape and `(R)`
+/// statistics that such a pass makes.
+/// \param expected_sets  `(op, x.shape(), cache)` → the sets a forward pass of `op` makes for
+///                       that shape with the cache's hyper-parameters; throws itself when the
+///                       cache's parameter shape cannot be the op's
+/// \param eval_allowed   whether the op makes caches of running statistics (instance norm eval)
+template <class Scalar, class ExpectedSets>
 void check_backward(const char* op, const Tensor<Scalar>& dy, const Tensor<Scalar>& x, const Tensor<Scalar>* gamma,
-                    const NormCache<Scalar>& cache) {
+                    const NormCache<Scalar>& cache, const ExpectedSets& expected_sets, bool eval_allowed = false) {
   require_shape(dy, x.shape(), op, "dy (must match x)");
-  const NormSets& s = cache.sets;
-  if (x.shape() != cache.shape || s.size() != x.size() || cache.mean.size() != s.R || cache.invstd.size() != s.R) {
+  if (cache.op != op) {
+    std::ostringstream msg;
+    msg << op << ": cache was made by the forward pass of "
+        << (cache.op.empty() ? std::string_view("no op (a default-constructed cache)") : cache.op) << ", not of " << op;
+    throw InvalidArgument(msg.str());
+  }
+  if (x.shape() != cache.shape) {
     std::ostringstream msg;
     msg << op << ": cache was made for an input of shape " << to_string(cache.shape) << " but x has shape "
         << to_string(x.shape());
     throw InvalidArgument(msg.str());
+  }
+  const NormSets& s = cache.sets;
+  if (const NormSets e = expected_sets(op, x.shape(), cache); !(s == e)) {
+    std::ostringstream msg;
+    msg << op << ": cache is inconsistent with x of shape " << to_string(x.shape()) << ": its sets are (R, M, period, run) = ("
+        << s.R << ", " << s.M << ", " << s.period << ", " << s.run << "), a forward pass makes (" << e.R << ", " << e.M
+        << ", " << e.period << ", " << e.run << ")";
+    throw InvalidArgument(msg.str());
+  }
+  if (s.size() != x.size()) {  // the core's own sets: consistent, but for another number of values
+    std::ostringstream msg;
+    msg << op << ": cache sets cover R*M = " << s.size() << " values but x has shape " << to_string(x.shape());
+    throw InvalidArgument(msg.str());
+  }
+  for (const auto& [t, name] : {std::pair{&cache.mean, "mean"}, std::pair{&cache.var, "var"},
+                                std::pair{&cache.invstd, "invstd"}}) {
+    if (!same_shape(t->shape(), vector_shape(s.R))) {
+      std::ostringstream msg;
+      msg << op << ": cache " << name << " must have shape " << to_string(vector_shape(s.R)) << " (one per set); got "
+          << to_string(t->shape());
+      throw InvalidArgument(msg.str());
+    }
+  }
+  if (!cache.training && !eval_allowed) {
+    throw InvalidArgument(std::string(op) + ": cache holds running (eval) statistics, which a forward pass of " + op +
+                          " never makes");
   }
   if ((gamma != nullptr) != cache.has_gamma) {
     std::ostringstream msg;
@@ -200,9 +281,14 @@ void check_backward(const char* op, const Tensor<Scalar>& dy, const Tensor<Scala
 }
 
 /// Checks the caller's outputs of a fused backward pass of `op`.
+///
+/// The outputs must be distinct from each other, from `gamma` and from the cache's statistics,
+/// and dγ, dβ also from `dy` and `x`; `dx` may be `dy` or `x` (in place: every value of a set is
+/// read before its `dx` is written).
 template <class Scalar>
-void check_outputs(const char* op, const Tensor<Scalar>& x, const Tensor<Scalar>* gamma, const NormCache<Scalar>& cache,
-                   const Tensor<Scalar>& dx, const Tensor<Scalar>* dgamma, const Tensor<Scalar>* dbeta) {
+void check_outputs(const char* op, const Tensor<Scalar>& dy, const Tensor<Scalar>& x, const Tensor<Scalar>* gamma,
+                   const NormCache<Scalar>& cache, const Tensor<Scalar>& dx, const Tensor<Scalar>* dgamma,
+                   const Tensor<Scalar>* dbeta) {
   require_shape(dx, x.shape(), op, "dx (output)");
   if (dgamma && !gamma) {
     throw InvalidArgument(std::string(op) + ": dgamma requested but gamma is null (no affine transform)");
@@ -212,9 +298,23 @@ void check_outputs(const char* op, const Tensor<Scalar>& x, const Tensor<Scalar>
   }
   require_optional_shape(dgamma, cache.param_shape, op, "dgamma (output)");
   require_optional_shape(dbeta, cache.param_shape, op, "dbeta (output)");
+  require_distinct(op, dgamma, "dgamma (output)", dbeta, "dbeta (output)");
+  for (const auto& [out, name] : {std::pair{&dx, "dx (output)"}, std::pair{dgamma, "dgamma (output)"},
+                                  std::pair{dbeta, "dbeta (output)"}}) {
+    if (name != std::string_view("dx (output)")) {
+      require_distinct(op, out, name, &dx, "dx (output)");
+      require_distinct(op, out, name, &dy, "dy");
+      require_distinct(op, out, name, &x, "x");
+    }
+    require_distinct(op, out, name, gamma, "gamma");
+    require_distinct(op, out, name, &cache.mean, "cache mean");
+    require_distinct(op, out, name, &cache.var, "cache var");
+    require_distinct(op, out, name, &cache.invstd, "cache invstd");
+  }
 }
 
-/// The outputs of a backward pass on `x`, allocated: dx always, dγ when the layer has γ, dβ when
+/// The outputs of a backward pass on `x`, allocated (after check_backward(), so that the shapes
+/// come from a cache that has been validated): dx always, dγ when the layer has γ, dβ when
 /// the forward pass had β (the others stay empty, as NormGrads documents).
 template <class Scalar>
 NormGrads<Scalar> allocate_grads(const Tensor<Scalar>& x, const Tensor<Scalar>* gamma, const NormCache<Scalar>& cache) {
@@ -757,7 +857,7 @@ constexpr const char* kNorm = "norm";
 /// \param gamma  `(P)` scales or `nullptr`
 /// \param beta   `(P)` shifts or `nullptr`
 /// \param eps    \f$\varepsilon\f$, finite and > 0
-/// \param y      output, preallocated with the shape of `x`
+/// \param y      output, preallocated with the shape of `x`; may be `x` (in place), no other argument
 /// \param cache  output cache
 /// \throws InvalidArgument on inconsistent sets, sizes or \f$\varepsilon\f$.
 template <class Scalar>
@@ -773,7 +873,9 @@ void forward_into(const NormSets& s, const Tensor<Scalar>& x, Opt<const Tensor<S
   detail::require_optional_shape(beta, vector_shape(s.params()), kNorm, "beta");
   require_positive_eps(eps, kNorm);
   require_shape(y, x.shape(), kNorm, "y (output)");
-  detail::prepare_cache(cache, s, x.shape(), vector_shape(s.params()), true, gamma != nullptr, beta != nullptr);
+  detail::check_forward_outputs(kNorm, y, gamma, beta, cache);
+  detail::prepare_cache(cache, kNorm, s, x.shape(), vector_shape(s.params()), true, gamma != nullptr,
+                        beta != nullptr);
   forward_kernel(s, x.data(), detail::data_or_null(gamma), detail::data_or_null(beta), eps, y.data(),
                  cache.mean.data(), cache.var.data(), cache.invstd.data());
 }
@@ -799,7 +901,7 @@ template <class Scalar>
 NormGrads<Scalar> backward_staged(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, Opt<const Tensor<Scalar>> gamma,
                                   const NormCache<Scalar>& cache, const NormTermScales& scales = {},
                                   NormStagedTrace<Scalar>* trace = nullptr) {
-  detail::check_backward(kNorm, dy, x, gamma, cache);
+  detail::check_backward(kNorm, dy, x, gamma, cache, detail::core_cache_sets<Scalar>);
   const NormSets& s = cache.sets;
   NormGrads<Scalar> g = detail::allocate_grads(x, gamma, cache);
   if (gamma) steps::dgamma(s, dy, x, cache, g.dgamma);
@@ -821,16 +923,18 @@ NormGrads<Scalar> backward_staged(const Tensor<Scalar>& dy, const Tensor<Scalar>
 /// \param x       the forward input
 /// \param gamma   `(P)` scales or `nullptr` (as in the forward pass)
 /// \param cache   from the forward pass on `x`
-/// \param dx      output, preallocated with the shape of `x`
+/// \param dx      output, preallocated with the shape of `x`; may be `dy` or `x` (in place), no other argument
 /// \param dgamma  output `(P)`, or `nullptr` to skip (must be `nullptr` when `gamma` is)
 /// \param dbeta   output `(P)`, or `nullptr` to skip
-/// \throws InvalidArgument on mismatched shapes of any argument or output.
+/// \throws InvalidArgument on mismatched shapes of any argument or output, outputs that alias
+///         each other, `gamma` or the cache, or a cache that a forward pass of this op on an
+///         input of the shape of `x` did not make.
 template <class Scalar>
 void backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, Opt<const Tensor<Scalar>> gamma,
                    const NormCache<Scalar>& cache, Tensor<Scalar>& dx, Opt<Tensor<Scalar>> dgamma,
                    Opt<Tensor<Scalar>> dbeta) {
-  detail::check_backward(kNorm, dy, x, gamma, cache);
-  detail::check_outputs(kNorm, x, gamma, cache, dx, dgamma, dbeta);
+  detail::check_backward(kNorm, dy, x, gamma, cache, detail::core_cache_sets<Scalar>);
+  detail::check_outputs(kNorm, dy, x, gamma, cache, dx, dgamma, dbeta);
   backward_kernel(cache.sets, dy.data(), x.data(), detail::data_or_null(gamma), cache, dx.data(),
                   dgamma ? dgamma->data() : nullptr, dbeta ? dbeta->data() : nullptr);
 }
@@ -839,6 +943,7 @@ void backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, Opt<const 
 template <class Scalar>
 NormGrads<Scalar> backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, Opt<const Tensor<Scalar>> gamma,
                            const NormCache<Scalar>& cache) {
+  detail::check_backward(kNorm, dy, x, gamma, cache, detail::core_cache_sets<Scalar>);  // before allocating
   NormGrads<Scalar> g = detail::allocate_grads(x, gamma, cache);
   backward_into(dy, x, gamma, cache, g.dx, gamma ? &g.dgamma : nullptr, cache.has_beta ? &g.dbeta : nullptr);
   return g;

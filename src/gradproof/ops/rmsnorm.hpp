@@ -95,15 +95,34 @@ namespace norm::detail {
 
 constexpr const char* kRMSNorm = "rmsnorm";
 
+/// Checks `dy`, `x`, `gamma` and the cache before a backward pass, before anything is allocated:
+/// the cache must be made for an input of the shape of `x`, with the sets, parameter shape and
+/// `(R)` statistics that the forward pass makes.
 template <class Scalar>
 void check_rms_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, const Tensor<Scalar>* gamma,
                         const RMSNormCache<Scalar>& cache) {
   require_shape(dy, x.shape(), kRMSNorm, "dy (must match x)");
-  if (x.shape() != cache.shape || cache.sets.size() != x.size() || cache.invrms.size() != cache.sets.R) {
+  if (x.shape() != cache.shape) {
     std::ostringstream msg;
     msg << kRMSNorm << ": cache was made for an input of shape " << to_string(cache.shape) << " but x has shape "
         << to_string(x.shape());
     throw InvalidArgument(msg.str());
+  }
+  const NormSets& s = cache.sets;
+  if (const NormSets e = layernorm_cache_sets(kRMSNorm, x.shape(), cache); !(s == e)) {
+    std::ostringstream msg;
+    msg << kRMSNorm << ": cache is inconsistent with x of shape " << to_string(x.shape())
+        << ": its sets are (R, M, period, run) = (" << s.R << ", " << s.M << ", " << s.period << ", " << s.run
+        << "), a forward pass makes (" << e.R << ", " << e.M << ", " << e.period << ", " << e.run << ")";
+    throw InvalidArgument(msg.str());
+  }
+  for (const auto& [t, name] : {std::pair{&cache.ms, "ms"}, std::pair{&cache.invrms, "invrms"}}) {
+    if (!same_shape(t->shape(), vector_shape(s.R))) {
+      std::ostringstream msg;
+      msg << kRMSNorm << ": cache " << name << " must have shape " << to_string(vector_shape(s.R))
+          << " (one per row); got " << to_string(t->shape());
+      throw InvalidArgument(msg.str());
+    }
   }
   if ((gamma != nullptr) != cache.has_gamma) {
     std::ostringstream msg;
@@ -240,7 +259,7 @@ void rmsnorm_backward_rows(const NormSets& s, const Scalar* dy, const Scalar* x,
 /// \param x      input of rank 2 to 4 ending in `cfg.normalized_shape`
 /// \param gamma  `normalized_shape` scale, or `nullptr` (`elementwise_affine=False`)
 /// \param cfg    `normalized_shape` and \f$\varepsilon\f$ (absent: machine epsilon of `Scalar`)
-/// \param y      output, preallocated with the shape of `x`
+/// \param y      output, preallocated with the shape of `x`; may be `x` (in place), no other argument
 /// \param cache  output: `(R)` statistics, the \f$\varepsilon\f$ used, and what backward needs
 /// \throws InvalidArgument on a rank outside [2, 4], an empty `x`, an empty `normalized_shape` or
 ///         one that `x` does not end in, `gamma` not of shape `normalized_shape`, a given `eps`
@@ -254,6 +273,9 @@ void rmsnorm_forward_into(const Tensor<Scalar>& x, Opt<const Tensor<Scalar>> gam
   require_optional_shape(gamma, cfg.normalized_shape, kRMSNorm, "gamma");
   if (cfg.eps) require_positive_eps(*cfg.eps, kRMSNorm);
   require_shape(y, x.shape(), kRMSNorm, "y (output)");
+  require_distinct(kRMSNorm, &y, "y (output)", gamma, "gamma");
+  require_distinct(kRMSNorm, &y, "y (output)", &cache.ms, "cache ms (output)");
+  require_distinct(kRMSNorm, &y, "y (output)", &cache.invrms, "cache invrms (output)");
   cache.sets = s;
   cache.shape = x.shape();
   cache.param_shape = cfg.normalized_shape;
@@ -367,9 +389,11 @@ RMSNormGrads<Scalar> rmsnorm_backward_staged(const Tensor<Scalar>& dy, const Ten
 /// \param x       the forward input
 /// \param gamma   `normalized_shape` scale, or `nullptr` (as in the forward pass)
 /// \param cache   from the forward pass on `x`
-/// \param dx      output, preallocated with the shape of `x`
+/// \param dx      output, preallocated with the shape of `x`; may be `dy` or `x` (in place), no other argument
 /// \param dgamma  output `normalized_shape`, or `nullptr` to skip (must be `nullptr` when `gamma` is)
-/// \throws InvalidArgument on mismatched shapes of any argument or output.
+/// \throws InvalidArgument on mismatched shapes of any argument or output, outputs that alias
+///         each other, `gamma` or the cache, or a cache that a forward pass of this op on an
+///         input of the shape of `x` did not make.
 template <class Scalar>
 void rmsnorm_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, Opt<const Tensor<Scalar>> gamma,
                            const RMSNormCache<Scalar>& cache, Tensor<Scalar>& dx, Opt<Tensor<Scalar>> dgamma) {
@@ -378,6 +402,16 @@ void rmsnorm_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, Op
   require_shape(dx, x.shape(), kRMSNorm, "dx (output)");
   if (dgamma && !gamma) throw InvalidArgument("rmsnorm: dgamma requested but gamma is null (no affine transform)");
   require_optional_shape(dgamma, cache.param_shape, kRMSNorm, "dgamma (output)");
+  // dx may be dy or x (every value of a row is read before its dx is written); nothing else.
+  require_distinct(kRMSNorm, &dx, "dx (output)", gamma, "gamma");
+  require_distinct(kRMSNorm, dgamma, "dgamma (output)", &dx, "dx (output)");
+  require_distinct(kRMSNorm, dgamma, "dgamma (output)", gamma, "gamma");
+  require_distinct(kRMSNorm, dgamma, "dgamma (output)", &dy, "dy");
+  require_distinct(kRMSNorm, dgamma, "dgamma (output)", &x, "x");
+  for (const Tensor<Scalar>* out : {static_cast<const Tensor<Scalar>*>(&dx), static_cast<const Tensor<Scalar>*>(dgamma)}) {
+    require_distinct(kRMSNorm, out, out == &dx ? "dx (output)" : "dgamma (output)", &cache.ms, "cache ms");
+    require_distinct(kRMSNorm, out, out == &dx ? "dx (output)" : "dgamma (output)", &cache.invrms, "cache invrms");
+  }
 
   const NormSets& s = cache.sets;
   if constexpr (std::is_floating_point_v<Scalar>) {  // the vectorised path of the same formula
@@ -411,6 +445,7 @@ void rmsnorm_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, Op
 template <class Scalar>
 RMSNormGrads<Scalar> rmsnorm_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& x,
                                       Opt<const Tensor<Scalar>> gamma, const RMSNormCache<Scalar>& cache) {
+  norm::detail::check_rms_backward(dy, x, gamma, cache);  // before the cache's shapes size an allocation
   RMSNormGrads<Scalar> g{Tensor<Scalar>(x.shape()), gamma ? Tensor<Scalar>(cache.param_shape) : Tensor<Scalar>()};
   rmsnorm_backward_into(dy, x, gamma, cache, g.dx, gamma ? &g.dgamma : nullptr);
   return g;
