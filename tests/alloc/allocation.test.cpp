@@ -3,6 +3,7 @@
 // allocation on any thread. The counter sees every allocation of the process (see
 // support/alloc_counter.cpp), so this binary holds only these tests.
 #define BOOST_TEST_MODULE gradproof allocation
+#include "gradproof/catalog/catalog.hpp"
 #include "gradproof/ops/batchnorm.hpp"
 #include "gradproof/ops/groupnorm.hpp"
 #include "gradproof/ops/instancenorm.hpp"
@@ -137,6 +138,16 @@ BOOST_AUTO_TEST_CASE_TEMPLATE(instancenorm_into_allocates_nothing, S, Scalars) {
   BOOST_TEST(allocations_of_second_call([&] {
                instancenorm_forward_eval_into<S>(x, &g, &b, running, cfg, eval.y, eval.cache);
              }) == 0);
+}
+
+// Every `*_into` call that an op declared through the harness names (catalog IntoCase).
+BOOST_AUTO_TEST_CASE(declared_into_calls_allocate_nothing) {
+  const auto& cases = gradproof::catalog::registry().into_cases;
+  BOOST_TEST_REQUIRE(!cases.empty());
+  for (const auto& c : cases) {
+    const auto call = c.into.make();
+    BOOST_TEST(allocations_of_second_call(call) == 0, c.op << ": " << c.into.name);
+  }
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -29,8 +29,16 @@ constexpr const char* kUsage =
     "  list                         formula ids with their titles\n"
     "  verify [--op OP] [--json FILE]\n"
     "                               run the catalog's checks, print a table (and write JSON)\n"
-    "  ablate OP                    the negative-control table of an op (bn, norm, ln, gn, in, rms)\n"
+    "  ablate OP                    the negative-control table of an op\n"
     "  collect PARTS_DIR OUT.json   merge a test run's result parts into results.json\n";
+
+// The usage, then the ops of the list of ops (catalog/ops.def) that OP may name.
+std::string usage() {
+  std::ostringstream out;
+  out << kUsage << "\nops (OP):\n";
+  for (const auto& op : catalog::ops()) out << "  " << std::left << std::setw(29) << op.id << op.title << '\n';
+  return out.str();
+}
 
 std::string utc_now() {
   const std::time_t t = std::time(nullptr);
@@ -213,7 +221,7 @@ int main(int argc, char** argv) {
   const std::vector<std::string> args(argv + 1, argv + argc);
   try {
     if (args.empty() || args[0] == "-h" || args[0] == "--help") {
-      std::cout << kUsage;
+      std::cout << usage();
       return args.empty() ? 2 : 0;
     }
     if (args[0] == "list" && args.size() == 1) return cmd_list();
@@ -223,7 +231,7 @@ int main(int argc, char** argv) {
         if (args[i] == "--op" && i + 1 < args.size()) op = args[++i];
         else if (args[i] == "--json" && i + 1 < args.size()) json = args[++i];
         else {
-          std::cerr << "gradproof verify: unknown option '" << args[i] << "'\n" << kUsage;
+          std::cerr << "gradproof verify: unknown option '" << args[i] << "'\n" << usage();
           return 2;
         }
       }
@@ -231,7 +239,7 @@ int main(int argc, char** argv) {
     }
     if (args[0] == "ablate" && args.size() == 2) return cmd_ablate(args[1]);
     if (args[0] == "collect" && args.size() == 3) return cmd_collect(args[1], args[2]);
-    std::cerr << "gradproof: unknown command or wrong arguments: '" << args[0] << "'\n" << kUsage;
+    std::cerr << "gradproof: unknown command or wrong arguments: '" << args[0] << "'\n" << usage();
     return 2;
   } catch (const std::exception& e) {
     std::cerr << "gradproof: " << e.what() << '\n';
