@@ -221,8 +221,8 @@ std::vector<ResultRow> check_dl_ds(const std::string& test) {
 
 // z ↦ L with z = x − m: y = exp(z)/Σexp(z), through e and s together. With `shift`, the same loss
 // as a function of the per-row shift m (x held fixed): the term derived to be zero.
-template <class S>
-Vec<S> loss_of_z(const TermSetup& t, const std::function<S(Index)>& z_at) {
+template <class S, class Z>
+Vec<S> loss_of_z(const TermSetup& t, const Z& z_at) {
   using std::exp;
   Vec<S> out = Vec<S>::Zero(1);
   const Index M = t.p.M();
@@ -241,7 +241,7 @@ std::vector<ResultRow> check_dl_dz(const std::string& test) {
                      for (Index i = 0; i < at.size(); ++i) at[i] = t.p.x[i] - t.pd->fwd.cache.max[t.row(i)];
                      const auto f = [&t](const auto& zv) {
                        using S = typename std::decay_t<decltype(zv)>::Scalar;
-                       return loss_of_z<S>(t, [&](Index i) { return zv[i]; });
+                       return loss_of_z<S>(t, [&](Index i) -> S { return zv[i]; });
                      };
                      const double scale = Softmax::term_magnitudes(t.pd->fwd.y, t.p.w, t.p.M()).maxCoeff();
                      jacobian_rows(rows, meta, f, at, {{"float64", as_f64(t.td.dl_dz)}, {"float32", as_f64(t.tf.dl_dz)}},
@@ -254,7 +254,7 @@ std::vector<ResultRow> check_dshift(const std::string& test) {
                    [](auto& rows, const RowMeta& meta, const TermSetup& t) {
                      const auto f = [&t](const auto& mv) {
                        using S = typename std::decay_t<decltype(mv)>::Scalar;
-                       return loss_of_z<S>(t, [&](Index i) { return S(t.p.x[i]) - mv[t.row(i)]; });
+                       return loss_of_z<S>(t, [&](Index i) -> S { return S(t.p.x[i]) - mv[t.row(i)]; });
                      };
                      // The allowance is that of the sum it is: Σⱼ |∂L/∂zⱼ| per row.
                      Eigen::VectorXd acc = Eigen::VectorXd::Zero(t.pd->fwd.cache.R);
