@@ -37,7 +37,8 @@ struct SoftmaxConfig {
 template <class Scalar>
 struct SoftmaxCache {
   Shape shape;          ///< shape of the forward input
-  Index R = 0, M = 0;   ///< rows and values per row
+  Index R = 0;          ///< rows
+  Index M = 0;          ///< values per row (the last extent)
   Tensor<Scalar> max;   ///< `(R)`: the shift \f$m_r = \max_k x_{r,k}\f$ (a constant of the graph)
   Tensor<Scalar> sum;   ///< `(R)`: \f$s_r = \sum_k \exp(x_{r,k} - m_r)\f$
   Tensor<Index> argmax; ///< `(R)`: first index of the maximum in each row (the subgradient of \f$m\f$)
@@ -73,7 +74,7 @@ struct SoftmaxStagedTrace {
   Tensor<Scalar> dshift;  ///< `(R)`: \f$\partial L/\partial m_r = -\sum_j \partial L/\partial z_{r,j}\f$
 };
 
-namespace softmax_detail {
+namespace detail::softmax {
 
 constexpr const char* kSoftmax = "softmax";
 
@@ -111,7 +112,7 @@ void check_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& other, const
   require_shape(dy, cache.shape, kSoftmax, "dy (must match x)");
 }
 
-}  // namespace softmax_detail
+}  // namespace detail::softmax
 
 /// \brief Forward pass writing into caller-provided `y` and `cache`; allocation-free when the
 /// cache is reused.
@@ -125,7 +126,7 @@ void check_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& other, const
 template <class Scalar>
 void softmax_forward_into(const Tensor<Scalar>& x, const SoftmaxConfig& cfg, Tensor<Scalar>& y,
                           SoftmaxCache<Scalar>& cache) {
-  using namespace softmax_detail;
+  using namespace detail::softmax;
   using std::exp;
   Index R = 0, M = 0;
   rows_of(x.shape(), cfg, R, M);
@@ -178,7 +179,7 @@ SoftmaxGrads<Scalar> softmax_backward_staged(const Tensor<Scalar>& dy, const Ten
                                              const SoftmaxCache<Scalar>& cache, const SoftmaxTermScales& scales = {},
                                              SoftmaxStagedTrace<Scalar>* trace = nullptr) {
   using std::exp;
-  softmax_detail::check_backward(dy, x, cache, "x");
+  detail::softmax::check_backward(dy, x, cache, "x");
   const Index R = cache.R, M = cache.M;
   SoftmaxGrads<Scalar> g{Tensor<Scalar>(x.shape())};
   SoftmaxStagedTrace<Scalar> t{Tensor<Scalar>(x.shape()), Tensor<Scalar>({R}), Tensor<Scalar>(x.shape()),
@@ -238,7 +239,7 @@ SoftmaxGrads<Scalar> softmax_backward_staged(const Tensor<Scalar>& dy, const Ten
 template <class Scalar>
 void softmax_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& y, const SoftmaxCache<Scalar>& cache,
                            Tensor<Scalar>& dx) {
-  using namespace softmax_detail;
+  using namespace detail::softmax;
   check_backward(dy, y, cache, "y");
   require_shape(dx, cache.shape, kSoftmax, "dx (output)");
   // Float sums in double: the projection is a reduction of M products.
