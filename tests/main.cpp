@@ -7,6 +7,7 @@
 #include <boost/test/tree/visitor.hpp>
 #include <boost/test/unit_test.hpp>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -78,7 +79,35 @@ utf::test_suite& suite(utf::test_suite& parent, const std::string& name) {
   return *s;
 }
 
-// Registers every catalog check as a test case at its path, labelled with its formula id.
+// The negative-control table of an op declared through the harness: every row as derived, each
+// term caught except those derived to be zero, which must change nothing.
+void run_ablation(const gradproof::catalog::Ablation& a) {
+  const auto table = a.run();
+  BOOST_TEST_REQUIRE(table.size() == 2 * a.terms.size(), "a drop and a flip row per term of " << a.op);
+  for (const auto& row : table) {
+    gradproof::testing::record(row);
+    BOOST_TEST(row.passed, row.term << " " << row.change << ": caught=" << row.caught
+                                    << " expected=" << row.expected_caught << " — " << row.note);
+    const bool zero = std::find(a.zero_terms.begin(), a.zero_terms.end(), row.term) != a.zero_terms.end();
+    if (zero) BOOST_TEST(!row.caught, "removing " << row.term << " must change nothing — " << row.note);
+    else BOOST_TEST(row.caught, row.term << " " << row.change << " must be caught");
+  }
+}
+
+// A refused input: InvalidArgument, with a message that names the argument and the shapes.
+void run_bad_input(const gradproof::harness::BadInput& b) {
+  try {
+    b.call();
+  } catch (const gradproof::InvalidArgument& e) {
+    const std::string what = e.what();
+    for (const auto& frag : b.expect) BOOST_TEST(what.find(frag) != std::string::npos, "'" << what << "' lacks '" << frag << "'");
+    return;
+  }
+  BOOST_ERROR(b.name << ": no InvalidArgument thrown");
+}
+
+// Registers every catalog check as a test case at its path, labelled with its formula id, and the
+// tests the harness asks for: each declared op's negative-control table and refused inputs.
 bool init_unit_test() {
   for (const auto& chk : gradproof::catalog::checks()) {
     utf::test_suite* parent = &utf::framework::master_test_suite();
@@ -92,6 +121,20 @@ bool init_unit_test() {
     auto* tc = utf::make_test_case([chk] { run_check(chk); }, leaf, __FILE__, __LINE__);
     tc->add_label(chk.formula);
     parent->add(tc);
+  }
+  const auto& reg = gradproof::catalog::registry();
+  for (const auto& a : reg.ablations) {
+    if (a.terms.empty()) continue;  // a table with hand-written tests
+    auto& s = suite(suite(utf::framework::master_test_suite(), a.op), "negative_controls");
+    auto* tc = utf::make_test_case([&a] { run_ablation(a); }, "table_is_as_derived", __FILE__, __LINE__);
+    for (const auto& t : a.terms) tc->add_label(t);
+    s.add(tc);
+  }
+  for (const auto& b : reg.bad_inputs) {
+    auto& s = suite(suite(utf::framework::master_test_suite(), b.op), "bad_input");
+    auto* tc = utf::make_test_case([&b] { run_bad_input(b.bad); }, b.bad.name, __FILE__, __LINE__);
+    tc->add_label(b.bad.formula);
+    s.add(tc);
   }
   return true;
 }

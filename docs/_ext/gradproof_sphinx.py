@@ -969,6 +969,36 @@ def repair_furo(app: Sphinx, exc: Exception | None) -> None:
     shutil.copyfile(normalize, static / "styles" / "normalize.css")
 
 
+# ---- The list of ops (src/gradproof/catalog/ops.def) -------------------------------------------
+# The site's table of contents and the API page's table of headers come from the list of ops, so
+# that adding an op edits that list once: a line `@GRADPROOF_OPS_TOCTREE@` in a toctree becomes one
+# entry per op, a line `@GRADPROOF_OPS_TABLE@` one table row per op.
+OP_LINE = re.compile(r'^GRADPROOF_OP\(\s*([a-z0-9_]+)\s*,\s*([A-Za-z0-9_]+)\s*,\s*"([^"]*)"\s*,\s*"([^"]*)"\s*,\s*"([^"]*)"\s*\)\s*$')
+
+
+def read_ops(path: Path) -> list[dict[str, str]]:
+    ops = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        m = OP_LINE.match(line)
+        if m:
+            ops.append(dict(zip(("id", "registrar", "page", "header", "title"), m.groups())))
+        elif line.startswith("GRADPROOF_OP("):
+            raise ValueError(f"{path}: unreadable line: {line}")
+    return ops
+
+
+def expand_ops(app: Sphinx, docname: str, source: list[str]) -> None:
+    text = source[0]
+    if "@GRADPROOF_OPS_" not in text:
+        return
+    ops = read_ops(Path(app.confdir).parent / "src" / "gradproof" / "catalog" / "ops.def")
+    up = "../" * docname.count("/")
+    text = text.replace("@GRADPROOF_OPS_TOCTREE@", "\n".join(f"derivations/{o['page']}" for o in ops))
+    text = text.replace("@GRADPROOF_OPS_TABLE@", "\n".join(
+        f"| `{o['header']}` | {o['title']} (`{o['id']}.*`) | {{doc}}`{up}derivations/{o['page']}` |" for o in ops))
+    source[0] = text
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     app.add_config_value("gradproof_results", "", "env")
     app.add_config_value("gradproof_bench", "", "env")
@@ -987,6 +1017,7 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_role("bench", bench_role)
     app.add_directive("gradproof-summary", SummaryDirective)
     app.add_node(missing_derivations)
+    app.connect("source-read", expand_ops)
     app.connect("doctree-resolved", resolve_formula_refs)
     app.connect("doctree-resolved", resolve_missing_derivations)
     app.connect("builder-inited", configure_mathjax, priority=900)  # after MyST's handler (500)

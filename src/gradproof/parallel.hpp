@@ -155,16 +155,4 @@ void chunks_in_order(Index chunks, Index work, const Body& body) {
   });
 }
 
-/// The number of threads parallel_for() and parallel_ranges() would use for `n` iterations
-/// touching `work` elements.
-inline int threads_for(Index n, Index work) noexcept {
-#if defined(_OPENMP)
-  if (n > 1 && work >= kMinParallelWork && !omp_in_parallel()) return omp_get_max_threads();
-#else
-  (void)n;
-  (void)work;
-#endif
-  return 1;
-}
-
 }  // namespace gradproof::parallel

@@ -97,8 +97,6 @@ class Tensor {
   const Shape& shape() const noexcept { return shape_; }
   /// Number of axes.
   Index rank() const noexcept { return static_cast<Index>(shape_.size()); }
-  /// Extent of one axis (bounds-checked).
-  Index dim(Index axis) const { return shape_.at(static_cast<std::size_t>(axis)); }
   /// Number of elements, the product of the extents.
   Index size() const noexcept { return static_cast<Index>(data_.size()); }
   /// True when some extent is 0.

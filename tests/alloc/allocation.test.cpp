@@ -3,6 +3,7 @@
 // allocation on any thread. The counter sees every allocation of the process (see
 // support/alloc_counter.cpp), so this binary holds only these tests.
 #define BOOST_TEST_MODULE gradproof allocation
+#include "gradproof/catalog/catalog.hpp"
 #include "gradproof/ops/batchnorm.hpp"
 #include "gradproof/ops/groupnorm.hpp"
 #include "gradproof/ops/instancenorm.hpp"
@@ -189,6 +190,16 @@ BOOST_AUTO_TEST_CASE(a_corrupt_cache_is_refused_before_anything_is_allocated) {
   core.param_shape = {kHuge};
   BOOST_TEST(bytes_of_failing_call([&] { norm::backward<float>(x, x, nullptr, core); }) < kSmall);
   BOOST_TEST(bytes_of_failing_call([&] { norm::backward_staged<float>(x, x, nullptr, core); }) < kSmall);
+}
+
+// Every `*_into` call that an op declared through the harness names (catalog IntoCase).
+BOOST_AUTO_TEST_CASE(declared_into_calls_allocate_nothing) {
+  const auto& cases = gradproof::catalog::registry().into_cases;
+  BOOST_TEST_REQUIRE(!cases.empty());
+  for (const auto& c : cases) {
+    const auto call = c.into.make();
+    BOOST_TEST(allocations_of_second_call(call) == 0, c.op << ": " << c.into.name);
+  }
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -1,15 +1,36 @@
 #include "gradproof/catalog/catalog.hpp"
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace gradproof::catalog {
 
+// The registrars of the list of ops (a new op's needs no other declaration).
+#define GRADPROOF_OP(id, registrar, page, header, title) void registrar(Registry&);
+#include "gradproof/catalog/ops.def"
+#undef GRADPROOF_OP
+
+const std::vector<OpEntry>& ops() {
+  static const std::vector<OpEntry> all = {
+#define GRADPROOF_OP(id, registrar, page, header, title) {#id, page, header, title},
+#include "gradproof/catalog/ops.def"
+#undef GRADPROOF_OP
+  };
+  return all;
+}
+
 const Registry& registry() {
   static const Registry r = [] {
     Registry built;
-    register_batchnorm(built);
-    register_normalization(built);
-    register_rmsnorm(built);
+    std::vector<void (*)(Registry&)> done;  // a registrar that adds several ops runs once
+    const auto run = [&](void (*registrar)(Registry&)) {
+      if (std::find(done.begin(), done.end(), registrar) != done.end()) return;
+      done.push_back(registrar);
+      registrar(built);
+    };
+#define GRADPROOF_OP(id, registrar, page, header, title) run(&registrar);
+#include "gradproof/catalog/ops.def"
+#undef GRADPROOF_OP
     return built;
   }();
   return r;

@@ -8,6 +8,7 @@
 
 #include "gradproof/check/results.hpp"
 #include "gradproof/check/step_sweep.hpp"
+#include "gradproof/harness/op.hpp"
 
 #include <functional>
 #include <string>
@@ -34,6 +35,10 @@ struct Ablation {
   std::string op;                                         ///< op family
   std::function<std::vector<check::AblationRow>()> run;  ///< runs every drop/flip
   std::string summary;                                    ///< what the table shows, in a few lines
+  /// For a table made by the harness: its terms and those derived to be zero. The test runner
+  /// then makes its test (`<op>/negative_controls/table_is_as_derived`); the older tables have
+  /// hand-written tests.
+  std::vector<std::string> terms{}, zero_terms{};
 };
 
 /// The error-against-step measurement of one op: one representative gradient entry, float64.
@@ -42,12 +47,37 @@ struct Sweep {
   std::function<check::StepSweep()> run;      ///< runs the sweep
 };
 
+/// A refused input of one op (made into a test by the test runner).
+struct BadInputCase {
+  std::string op;
+  harness::BadInput bad;
+};
+
+/// A `*_into` call of one op that must allocate nothing (made into a test of the allocation binary).
+struct IntoCase {
+  std::string op;
+  harness::IntoCase into;
+};
+
+/// One op family as the list of ops (`catalog/ops.def`) names it.
+struct OpEntry {
+  std::string id;      ///< formula-id prefix and top-level test suite, e.g. `rms`
+  std::string page;    ///< its derivation page, `derivations/<page>.md`
+  std::string header;  ///< its public header
+  std::string title;   ///< e.g. "RMS normalization"
+};
+
+/// The list of ops, in the order of `catalog/ops.def`.
+const std::vector<OpEntry>& ops();
+
 /// Everything one op family contributes to the catalog.
 struct Registry {
   std::vector<Formula> formulas;
   std::vector<Check> checks;
   std::vector<Ablation> ablations;
   std::vector<Sweep> sweeps;
+  std::vector<BadInputCase> bad_inputs;
+  std::vector<IntoCase> into_cases;
 };
 
 /// The whole catalog (built once, on first use).

@@ -4,6 +4,7 @@
 // the members with a mean.
 #include "gradproof/catalog/catalog.hpp"
 #include "gradproof/catalog/support.hpp"
+#include "gradproof/harness/checks.hpp"
 #include "gradproof/ops/rmsnorm.hpp"
 
 #include <cmath>
@@ -84,7 +85,6 @@ Problem make_problem(const Case& c, std::uint64_t seed) {
   return p;
 }
 
-Problem make_problem(const Case& c) { return make_problem(c, seed_of(c)); }
 
 Index row_of(const Problem& p, Index i) { return i / p.sets.M; }
 Index col_of(const Problem& p, Index i) { return i % p.sets.M; }
@@ -121,42 +121,6 @@ ops::RMSNormGrads<T> run_backward(const Prepared<T>& pr, const Tensor<T>& dy, Ba
                                : ops::rmsnorm_backward(dy, pr.x, &pr.gamma, pr.fwd.cache);
 }
 
-auto y_of_x(const Problem& p) {
-  return [&p](const auto& xv) {
-    using S = typename std::decay_t<decltype(xv)>::Scalar;
-    const Tensor<S> g = cast_to<S>(p.gamma);
-    return to_vec(ops::rmsnorm_forward<S>(from_vec(p.shape, xv), &g, p.cfg()).y);
-  };
-}
-
-auto loss_of_gamma(const Problem& p) {
-  return [&p](const auto& gv) {
-    using S = typename std::decay_t<decltype(gv)>::Scalar;
-    const Tensor<S> g = from_vec(p.normalized, gv), x = cast_to<S>(p.x);
-    const Tensor<S> y = ops::rmsnorm_forward<S>(x, &g, p.cfg()).y;
-    Vec<S> out(1);
-    out[0] = (to_vec(y).array() * to_vec(cast_to<S>(p.w)).array()).sum();
-    return out;
-  };
-}
-
-auto loss_of_x(const Problem& p) {
-  return [&p](const auto& xv) {
-    using S = typename std::decay_t<decltype(xv)>::Scalar;
-    const Vec<S> y = y_of_x(p)(xv);
-    Vec<S> out(1);
-    out[0] = (y.array() * to_vec(cast_to<S>(p.w)).array()).sum();
-    return out;
-  };
-}
-
-template <class T>
-Vjp dx_vjp(std::shared_ptr<const Prepared<T>> pr, const Problem& p, Backward b) {
-  return [pr, &p, b](const Eigen::VectorXd& dy) {
-    return as_f64(run_backward(*pr, from_vec(p.shape, Eigen::VectorXd(dy)).template cast<T>(), b).dx);
-  };
-}
-
 // ----------------------------------------------------------------------------------------------
 // Tolerance scales: the magnitudes of the terms that cancel.
 
@@ -173,22 +137,21 @@ double dx_entry_scale(const Problem& p, const ops::RMSNormCache<double>& c) {
 }
 
 // vᵀJu = Σ_r r (Σ γᵢvᵢuᵢ − (Σ γᵢvᵢx̂ᵢ)(Σ x̂ᵢuᵢ)/M): the sum of the magnitudes of the two terms.
-ProjectionScale dx_projection_scale(std::shared_ptr<const Prepared<double>> pd, const Problem& p) {
-  return [pd, &p](const Eigen::VectorXd& v, const Eigen::VectorXd& u) {
-    const auto& c = pd->fwd.cache;
-    double total = 0;
-    for (Index r = 0; r < p.sets.R; ++r) {
-      double vu = 0, xv = 0, xu = 0;
-      for (Index i = p.sets.offset(r), e = i + p.sets.M; i < e; ++i) {
-        const double g = p.gamma[col_of(p, i)], xh = xhat_at(p, c, i);
-        vu += std::abs(g * v[i] * u[i]);
-        xv += g * xh * v[i];
-        xu += xh * u[i];
-      }
-      total += c.invrms[r] * (vu + std::abs(xv * xu) / static_cast<double>(p.sets.M));
+double dx_projection_scale(const Prepared<double>& pd, const Problem& p, const Eigen::VectorXd& v,
+                           const Eigen::VectorXd& u) {
+  const auto& c = pd.fwd.cache;
+  double total = 0;
+  for (Index r = 0; r < p.sets.R; ++r) {
+    double vu = 0, xv = 0, xu = 0;
+    for (Index i = p.sets.offset(r), e = i + p.sets.M; i < e; ++i) {
+      const double g = p.gamma[col_of(p, i)], xh = xhat_at(p, c, i);
+      vu += std::abs(g * v[i] * u[i]);
+      xv += g * xh * v[i];
+      xu += xh * u[i];
     }
-    return total;
-  };
+    total += c.invrms[r] * (vu + std::abs(xv * xu) / static_cast<double>(p.sets.M));
+  }
+  return total;
 }
 
 // r (|gᵢ| + |x̂ᵢ|·|mean g x̂|) with g = γ dy: the size of dxᵢ before cancellation.
@@ -205,62 +168,112 @@ Eigen::VectorXd dx_term_magnitudes(const Problem& p, const ops::RMSNormCache<dou
   return t;
 }
 
-// ----------------------------------------------------------------------------------------------
-// Whole-op checks.
-
-std::vector<ResultRow> dx_against_oracles(const std::string& formula, const std::string& test, Backward b,
-                                          std::optional<double> eps = 1e-5) {
-  std::vector<ResultRow> rows;
-  const bool default_eps = !eps;
-  for (const Case& c : jacobian_cases()) {
-    Problem p = make_problem(c);
-    p.eps = eps;
-    const auto pd = std::make_shared<const Prepared<double>>(p);
-    const auto pf = std::make_shared<const Prepared<float>>(p);
-    std::vector<Analytic> analytic = {{"float64", flat_rowmajor(jacobian_from_vjp(p.x.size(), dx_vjp(pd, p, b)))}};
-    // With eps = None the float32 pass uses float32's epsilon, a different function from the
-    // float64 oracles' (which use float64's): only the float64 pass is compared then.
-    if (!default_eps)
-      analytic.push_back({"float32", flat_rowmajor(jacobian_from_vjp(p.x.size(), dx_vjp(pf, p, b)))});
-    RowMeta meta{formula, test, "", "", "oracle", p.shape,
-                 std::string("full Jacobian dy/dx (") + name(b) + " backward, " + describe(p) + ")"};
-    jacobian_rows(rows, meta, y_of_x(p), as_f64(p.x), analytic, dx_entry_scale(p, pd->fwd.cache));
-  }
-  for (const Case& c : projection_cases()) {
-    Problem p = make_problem(c);
-    p.eps = eps;
-    const auto pd = std::make_shared<const Prepared<double>>(p);
-    const auto pf = std::make_shared<const Prepared<float>>(p);
-    std::vector<std::pair<std::string, Vjp>> vjps = {{"float64", dx_vjp(pd, p, b)}};
-    if (!default_eps) vjps.push_back({"float32", dx_vjp(pf, p, b)});
-    RowMeta meta{formula, test, "", "", "oracle", p.shape,
-                 std::string("4 random projections v^T J u (") + name(b) + " backward, " + describe(p) + ")"};
-    projection_rows(rows, meta, y_of_x(p), as_f64(p.x), p.x.size(), vjps, 4, seed_of(c) + 7,
-                    dx_projection_scale(pd, p));
-  }
-  return rows;
+std::vector<long double> ref_ms(const Problem& p) {
+  std::vector<long double> ms(static_cast<std::size_t>(p.sets.R), 0);
+  for (Index i = 0; i < p.x.size(); ++i)
+    ms[static_cast<std::size_t>(row_of(p, i))] += static_cast<long double>(p.x[i]) * p.x[i] / p.sets.M;
+  return ms;
 }
 
-std::vector<ResultRow> dgamma_against_oracles(const std::string& test) {
-  std::vector<ResultRow> rows;
-  for (const Case& c : jacobian_cases()) {
-    const Problem p = make_problem(c);
-    const Prepared<double> pd(p);
-    const Prepared<float> pf(p);
-    // dγⱼ = Σ_r dy x̂: its terms are |dy x̂|.
+// ----------------------------------------------------------------------------------------------
+// The declaration: what the harness needs to make the whole-op checks (forward, oracles, staged =
+// fused, the negative controls) with the ids, names, seeds and tolerance scales of before.
+
+struct RMSNorm {
+  static constexpr const char* op = "rms";
+  static const harness::Formulas& formulas() {
+    static const harness::Formulas f = {
+        {"rms.forward", "RMS norm forward: ms = mean(x²) over normalized_shape, y = γ ⊙ x/√(ms + ε)"},
+        {"rms.dl_dxhat", "∂L/∂x̂_{r,j} = γⱼ ∂L/∂y_{r,j}"},
+        {"rms.dl_dms", "∂L/∂ms_r = −½ (ms_r+ε)^(−3/2) Σⱼ ∂L/∂x̂_{r,j} x_{r,j}"},
+        {"rms.dms_dx", "∂ms_r/∂x_{r,j} = 2x_{r,j}/M"},
+        {"rms.dx", "RMS norm ∂L/∂x: assembly of the two paths x → x̂, x → ms (staged)"},
+        {"rms.dgamma", "∂L/∂γⱼ = Σ_r dy_{r,j} x̂_{r,j}"},
+        {"rms.dx_fused", "RMS norm dx = (ms+ε)^(−1/2) · (g − x̂ Σ g x̂ / M), g = γ ⊙ dy: one projection"}};
+    return f;
+  }
+  using Case = catalog::Case;
+  using Problem = catalog::Problem;
+  static const harness::Cases<Case>& cases() {
+    static const harness::Cases<Case> c = {jacobian_cases(), projection_cases(), term_cases(), {{{4096, 1024}, 1}}};
+    return c;
+  }
+  static std::uint64_t seed(const Case& c) { return seed_of(c); }
+  static constexpr std::uint64_t benchmark_seed = 1024;
+  static Problem problem(const Case& c, std::uint64_t seed) { return make_problem(c, seed); }
+  static std::string describe(const Problem& p) { return catalog::describe(p); }
+  static const harness::Inputs& inputs() {
+    static const harness::Inputs in = {{"x"}, {"gamma"}};
+    return in;
+  }
+  static const TensorD& input(const Problem& p, std::size_t k) { return k == 0 ? p.x : p.gamma; }
+  template <class S>
+  static Tensor<S> forward(const Problem& p, const std::vector<Tensor<S>>& in) {
+    return ops::rmsnorm_forward<S>(in[0], &in[1], p.cfg()).y;
+  }
+  template <class T>
+  using Prepared = catalog::Prepared<T>;
+  template <class T>
+  static std::shared_ptr<const Prepared<T>> prepare(const Problem& p) {
+    return std::make_shared<const Prepared<T>>(p);
+  }
+  template <class T>
+  static const Tensor<T>& output(const Prepared<T>& pr) {
+    return pr.fwd.y;
+  }
+  using Terms = ops::RMSNormTermScales;
+  template <class T>
+  static std::vector<Tensor<T>> backward(const Prepared<T>& pr, const Tensor<T>& dy, harness::Pass pass,
+                                         const Terms& t = {}) {
+    auto g = run_backward(pr, dy, pass == harness::Pass::staged ? Backward::staged : Backward::fused, t);
+    return {std::move(g.dx), std::move(g.dgamma)};
+  }
+  static const harness::Ablation<Terms>& ablation() {
+    static const harness::Ablation<Terms> a = {{"rms.dl_dxhat", &Terms::dl_dxhat},
+                                               {"rms.dl_dms", &Terms::dl_dms},
+                                               {"rms.dms_dx", &Terms::dms_dx}};
+    return a;
+  }
+  static std::string ablation_summary() {
+    return "Every term is caught: without a mean there is no term that vanishes (nothing like\n"
+           "∂σ²/∂μ), and each of the two paths x → x̂ and x → ms carries part of the gradient.";
+  }
+  // y = γ x / √(ms + ε) in long double: a product, no cancellation, so its scale is max |y|.
+  static Eigen::VectorXd reference(const Problem& p, double& scale) {
+    const auto ms = ref_ms(p);
+    Eigen::VectorXd ref(p.x.size());
+    scale = 0;
+    for (Index i = 0; i < p.x.size(); ++i) {
+      const long double y =
+          p.gamma[col_of(p, i)] * p.x[i] / std::sqrt(ms[static_cast<std::size_t>(row_of(p, i))] + p.eps_value());
+      ref[i] = static_cast<double>(y);
+      scale = std::max(scale, static_cast<double>(std::abs(y)));
+    }
+    return ref;
+  }
+  static double jacobian_scale(const Prepared<double>& pd, const Problem& p) { return dx_entry_scale(p, pd.fwd.cache); }
+  static double projection_scale(const Prepared<double>& pd, const Problem& p, const Eigen::VectorXd& v,
+                                 const Eigen::VectorXd& u) {
+    return dx_projection_scale(pd, p, v, u);
+  }
+  static double dx_scale(const Prepared<double>& pd, const Problem& p, const TensorD& dy) {
+    return dx_term_magnitudes(p, pd.fwd.cache, dy).maxCoeff();
+  }
+  // dγⱼ = Σ_r dy x̂: its terms are |dy x̂|.
+  static double param_scale(const Prepared<double>& pd, const Problem& p, std::size_t) {
     Eigen::VectorXd acc = Eigen::VectorXd::Zero(p.gamma.size());
     for (Index i = 0; i < p.x.size(); ++i) acc[col_of(p, i)] += std::abs(p.w[i] * xhat_at(p, pd.fwd.cache, i));
-    for (Backward b : {Backward::staged, Backward::fused}) {
-      std::vector<Analytic> analytic = {{"float64", as_f64(run_backward(pd, p.w, b).dgamma)},
-                                        {"float32", as_f64(run_backward(pf, p.w.cast<float>(), b).dgamma)}};
-      jacobian_rows(rows,
-                    {"rms.dgamma", test, "", "", "oracle", p.shape,
-                     std::string("gradient of L = <w, y> in gamma (") + name(b) + " backward, " + describe(p) + ")"},
-                    loss_of_gamma(p), as_f64(p.gamma), analytic, acc.maxCoeff());
-    }
+    return acc.maxCoeff();
   }
-  return rows;
-}
+  // With eps = None the float32 pass uses float32's epsilon, a different function from the
+  // float64 oracles' (which use float64's): only the float64 pass is compared then.
+  static bool float32_comparable(const Problem& p) { return p.eps.has_value(); }
+  // The refused inputs of RMS norm are tested in tests/ops/normalization.test.cpp, its `*_into`
+  // calls in tests/alloc/allocation.test.cpp (written before the harness; not repeated here).
+  static std::vector<harness::BadInput> bad_inputs() { return {}; }
+  static std::vector<harness::IntoCase> into_cases() { return {}; }
+  static void extra(harness::Checks<RMSNorm>& c);
+};
 
 // ----------------------------------------------------------------------------------------------
 // Term checks, with the other nodes of the graph held fixed.
@@ -362,53 +375,6 @@ std::vector<ResultRow> check_dms_dx(const std::string& test) {
 
 // ----------------------------------------------------------------------------------------------
 // References, staged = fused and the properties.
-
-std::vector<long double> ref_ms(const Problem& p) {
-  std::vector<long double> ms(static_cast<std::size_t>(p.sets.R), 0);
-  for (Index i = 0; i < p.x.size(); ++i)
-    ms[static_cast<std::size_t>(row_of(p, i))] += static_cast<long double>(p.x[i]) * p.x[i] / p.sets.M;
-  return ms;
-}
-
-std::vector<ResultRow> forward_rows(const std::string& test, const Problem& p) {
-  std::vector<ResultRow> rows;
-  const auto ms = ref_ms(p);
-  Eigen::VectorXd ref(p.x.size());
-  double scale = 0;
-  for (Index i = 0; i < p.x.size(); ++i) {
-    const long double y =
-        p.gamma[col_of(p, i)] * p.x[i] / std::sqrt(ms[static_cast<std::size_t>(row_of(p, i))] + p.eps_value());
-    ref[i] = static_cast<double>(y);
-    scale = std::max(scale, static_cast<double>(std::abs(y)));  // a product: no cancellation
-  }
-  const auto one = [&](auto tag) {
-    using T = decltype(tag);
-    const Prepared<T> pr(p);
-    rows.push_back(oracle_row({"rms.forward", test, "reference", dtype_name<T>(), "reference", p.shape,
-                               "forward y against a long-double recomputation (" + describe(p) + ")"},
-                              Oracle::complex_step, as_f64(pr.fwd.y), ref, {p.x.size()}, scale));
-  };
-  one(double{});
-  one(float{});
-  return rows;
-}
-
-std::vector<ResultRow> staged_equals_fused_rows(const std::string& test, const Problem& p, const std::string& what) {
-  std::vector<ResultRow> rows;
-  const Prepared<double> pd(p);
-  const Prepared<float> pf(p);
-  const auto ref = run_backward(pd, p.w, Backward::staged);
-  const auto fd = run_backward(pd, p.w, Backward::fused);
-  const auto ff = run_backward(pf, p.w.cast<float>(), Backward::fused);
-  const double scale = dx_term_magnitudes(p, pd.fwd.cache, p.w).maxCoeff();
-  rows.push_back(oracle_row({"rms.dx_fused", test, "staged_f64", "float64", "agreement", p.shape,
-                             "fused dx against staged dx, both float64 (" + describe(p) + ")" + what},
-                            Oracle::complex_step, as_f64(fd.dx), as_f64(ref.dx), {p.x.size()}, scale));
-  rows.push_back(oracle_row({"rms.dx_fused", test, "staged_f64", "float32", "agreement", p.shape,
-                             "fused dx in float32 against staged dx in float64 (" + describe(p) + ")" + what},
-                            Oracle::complex_step, as_f64(ff.dx), as_f64(ref.dx), {p.x.size()}, scale));
-  return rows;
-}
 
 // Per row: the one projection identity Σᵢ dxᵢ x̂ᵢ = ε (ms+ε)^(−3/2) Σᵢ gᵢ x̂ᵢ, g = γ dy (the same
 // form as the members with a mean), and Σᵢ dxᵢ = r (Σ g − Σx̂ · Σ g x̂ / M), which is not zero:
@@ -533,162 +499,46 @@ std::vector<ResultRow> check_sum_of_y(const std::string& test) {
   return rows;
 }
 
-// ----------------------------------------------------------------------------------------------
-// Negative controls.
 
-struct Term {
-  const char* id;
-  double ops::RMSNormTermScales::*scale;
-};
-const Term kTerms[] = {{"rms.dl_dxhat", &ops::RMSNormTermScales::dl_dxhat},
-                       {"rms.dl_dms", &ops::RMSNormTermScales::dl_dms},
-                       {"rms.dms_dx", &ops::RMSNormTermScales::dms_dx}};
-
-std::vector<check::AblationRow> rms_ablation() {
-  std::vector<check::AblationRow> out;
-  for (const Term& t : kTerms) {
-    for (const char* change : {"drop", "flip"}) {
-      check::AblationRow row{"rms", t.id, change};
-      row.expected_caught = true;
-      double max_change = 0, ref_scale = 0;
-      for (const Case& c : term_cases()) {
-        const Problem p = make_problem(c);
-        const Prepared<double> pd(p);
-        ops::RMSNormTermScales scales;
-        scales.*(t.scale) = std::string(change) == "drop" ? 0.0 : -1.0;
-        const Eigen::VectorXd dx = as_f64(run_backward(pd, p.w, Backward::staged, scales).dx);
-        const Eigen::VectorXd ref = as_f64(run_backward(pd, p.w, Backward::staged).dx);
-        const Eigen::VectorXd numeric = check::jacobian(Oracle::complex_step, loss_of_x(p), as_f64(p.x)).row(0).transpose();
-        const auto cmp = check::compare(
-            dx, numeric, check::tolerance_policy("float64", Oracle::complex_step, numeric.cwiseAbs().maxCoeff()));
-        row.caught = row.caught || !cmp.passed;
-        row.max_abs_err = std::max(row.max_abs_err, cmp.max_abs_err);
-        max_change = std::max(max_change, (dx - ref).cwiseAbs().maxCoeff());
-        ref_scale = std::max(ref_scale, ref.cwiseAbs().maxCoeff());
-      }
-      row.max_rel_err = row.max_abs_err / ref_scale;
-      std::ostringstream note;
-      note << "staged dx with the term " << (std::string(change) == "drop" ? "set to 0" : "sign-flipped")
-           << ", against the complex-step gradient of L = <w, y> on shapes (4, 6), (3, 2, 5), (2, 3, 2, 2); "
-           << "largest change of dx from the correct staged dx: " << max_change;
-      row.note = note.str();
-      row.passed = row.caught == row.expected_caught;
-      out.push_back(row);
+void RMSNorm::extra(harness::Checks<RMSNorm>& c) {
+  const auto default_eps = [](Problem& p) { p.eps = std::nullopt; };
+  c.add("rms.forward", "rms/forward/matches_a_long_double_reference_with_the_default_eps", [](const std::string& t) {
+    std::vector<ResultRow> rows;
+    for (const Case& cs : jacobian_cases()) {
+      Problem p = make_problem(cs, seed_of(cs) + 5);
+      p.eps = std::nullopt;
+      // The float64 pass against a reference with float64's epsilon (the float32 pass would use float32's).
+      rows.push_back(harness::forward_rows<RMSNorm>(t, p).front());
     }
-  }
-  return out;
-}
-
-std::vector<ResultRow> check_negative_controls(const std::string& formula, const std::string& test) {
-  std::vector<ResultRow> rows;
-  for (const auto& a : rms_ablation()) {
-    if (a.term != formula) continue;
-    ResultRow r{formula, test, "complex_step", "float64", "negative_control", {}};
-    r.max_abs_err = a.max_abs_err;
-    r.max_rel_err = a.max_rel_err;
-    r.passed = a.passed;
-    r.note = a.change + ": " + (a.caught ? "caught by the oracle check" : "not caught") + "; must be caught. " + a.note;
-    rows.push_back(r);
-  }
-  return rows;
-}
-
-// The benchmark shape (4096, 1024), normalized over the last axis.
-const Problem& benchmark_problem() {
-  static const Problem p = make_problem({{4096, 1024}, 1}, 1024);
-  return p;
+    return rows;
+  });
+  c.add("rms.dl_dxhat", "rms/terms/dl_dxhat_matches_oracles", check_dl_dxhat);
+  c.add("rms.dl_dms", "rms/terms/dl_dms_matches_oracles", check_dl_dms);
+  c.add("rms.dms_dx", "rms/terms/dms_dx_matches_oracles", check_dms_dx);
+  c.add("rms.dx", "rms/dx/staged_dx_obeys_the_one_projection_identity",
+        [](const std::string& t) { return check_dx_properties("rms.dx", t, Backward::staged); });
+  c.add("rms.dx", "rms/pitfalls/sum_of_y_gradient_does_not_vanish_without_a_mean", check_sum_of_y);
+  c.add("rms.dgamma", "rms/params/dgamma_equals_sum_dy_xhat", [](const std::string& t) {
+    std::vector<ResultRow> rows;
+    for (const Case& cs : identity_cases()) {
+      const auto rr = dgamma_identity_rows(t, make_problem(cs, seed_of(cs) + 4), {Backward::staged, Backward::fused});
+      rows.insert(rows.end(), rr.begin(), rr.end());
+    }
+    return rows;
+  });
+  c.add("rms.dgamma", "rms/params/dgamma_equals_sum_dy_xhat_at_the_benchmark_shape", [](const std::string& t) {
+    return dgamma_identity_rows(t, harness::benchmark_problem<RMSNorm>(RMSNorm::cases().benchmark.front()),
+                                {Backward::fused});
+  });
+  c.add("rms.dx_fused", "rms/dx_fused/fused_dx_matches_oracles_with_the_default_eps", [default_eps](const std::string& t) {
+    return harness::dx_against_oracles<RMSNorm>("rms.dx_fused", t, harness::Pass::fused, default_eps);
+  });
+  c.add("rms.dx_fused", "rms/dx_fused/fused_dx_obeys_the_one_projection_identity",
+        [](const std::string& t) { return check_dx_properties("rms.dx_fused", t, Backward::fused); });
 }
 
 }  // namespace
 
-void register_rmsnorm(Registry& r) {
-  r.formulas.insert(r.formulas.end(),
-                    {{"rms.forward", "rms", "RMS norm forward: ms = mean(x²) over normalized_shape, y = γ ⊙ x/√(ms + ε)"},
-                     {"rms.dl_dxhat", "rms", "∂L/∂x̂_{r,j} = γⱼ ∂L/∂y_{r,j}"},
-                     {"rms.dl_dms", "rms", "∂L/∂ms_r = −½ (ms_r+ε)^(−3/2) Σⱼ ∂L/∂x̂_{r,j} x_{r,j}"},
-                     {"rms.dms_dx", "rms", "∂ms_r/∂x_{r,j} = 2x_{r,j}/M"},
-                     {"rms.dx", "rms", "RMS norm ∂L/∂x: assembly of the two paths x → x̂, x → ms (staged)"},
-                     {"rms.dgamma", "rms", "∂L/∂γⱼ = Σ_r dy_{r,j} x̂_{r,j}"},
-                     {"rms.dx_fused", "rms", "RMS norm dx = (ms+ε)^(−1/2) · (g − x̂ Σ g x̂ / M), g = γ ⊙ dy: one projection"}});
-
-  const auto add = [&r](const std::string& formula, const std::string& name,
-                        std::function<std::vector<ResultRow>(const std::string&)> fn) {
-    r.checks.push_back({formula, name, [fn, name] { return fn(name); }});
-  };
-  add("rms.forward", "rms/forward/matches_a_long_double_reference", [](const std::string& t) {
-    std::vector<ResultRow> rows;
-    std::vector<Case> cases = jacobian_cases();
-    cases.insert(cases.end(), projection_cases().begin(), projection_cases().end());
-    for (const Case& c : cases) {
-      const auto rr = forward_rows(t, make_problem(c, seed_of(c) + 5));
-      rows.insert(rows.end(), rr.begin(), rr.end());
-    }
-    return rows;
-  });
-  add("rms.forward", "rms/forward/matches_a_long_double_reference_with_the_default_eps", [](const std::string& t) {
-    std::vector<ResultRow> rows;
-    for (const Case& c : jacobian_cases()) {
-      Problem p = make_problem(c, seed_of(c) + 5);
-      p.eps = std::nullopt;
-      // The float64 pass against a reference with float64's epsilon (the float32 pass would use float32's).
-      auto rr = forward_rows(t, p);
-      rows.push_back(rr.front());
-    }
-    return rows;
-  });
-  add("rms.forward", "rms/forward/matches_a_long_double_reference_at_the_benchmark_shape",
-      [](const std::string& t) { return forward_rows(t, benchmark_problem()); });
-  add("rms.dl_dxhat", "rms/terms/dl_dxhat_matches_oracles", check_dl_dxhat);
-  add("rms.dl_dms", "rms/terms/dl_dms_matches_oracles", check_dl_dms);
-  add("rms.dms_dx", "rms/terms/dms_dx_matches_oracles", check_dms_dx);
-  add("rms.dx", "rms/dx/staged_dx_matches_oracles",
-      [](const std::string& t) { return dx_against_oracles("rms.dx", t, Backward::staged); });
-  add("rms.dx", "rms/dx/staged_dx_obeys_the_one_projection_identity",
-      [](const std::string& t) { return check_dx_properties("rms.dx", t, Backward::staged); });
-  add("rms.dx", "rms/pitfalls/sum_of_y_gradient_does_not_vanish_without_a_mean", check_sum_of_y);
-  add("rms.dgamma", "rms/params/dgamma_matches_oracles", dgamma_against_oracles);
-  add("rms.dgamma", "rms/params/dgamma_equals_sum_dy_xhat", [](const std::string& t) {
-    std::vector<ResultRow> rows;
-    for (const Case& c : identity_cases()) {
-      const auto rr = dgamma_identity_rows(t, make_problem(c, seed_of(c) + 4), {Backward::staged, Backward::fused});
-      rows.insert(rows.end(), rr.begin(), rr.end());
-    }
-    return rows;
-  });
-  add("rms.dgamma", "rms/params/dgamma_equals_sum_dy_xhat_at_the_benchmark_shape",
-      [](const std::string& t) { return dgamma_identity_rows(t, benchmark_problem(), {Backward::fused}); });
-  add("rms.dx_fused", "rms/dx_fused/fused_dx_matches_oracles",
-      [](const std::string& t) { return dx_against_oracles("rms.dx_fused", t, Backward::fused); });
-  add("rms.dx_fused", "rms/dx_fused/fused_dx_matches_oracles_with_the_default_eps", [](const std::string& t) {
-    return dx_against_oracles("rms.dx_fused", t, Backward::fused, std::nullopt);
-  });
-  add("rms.dx_fused", "rms/dx_fused/fused_agrees_with_staged", [](const std::string& t) {
-    std::vector<ResultRow> rows;
-    std::vector<Case> cases = jacobian_cases();
-    cases.insert(cases.end(), projection_cases().begin(), projection_cases().end());
-    for (const Case& c : cases) {
-      const auto rr = staged_equals_fused_rows(t, make_problem(c, seed_of(c) + 2), "");
-      rows.insert(rows.end(), rr.begin(), rr.end());
-    }
-    return rows;
-  });
-  add("rms.dx_fused", "rms/dx_fused/fused_dx_obeys_the_one_projection_identity",
-      [](const std::string& t) { return check_dx_properties("rms.dx_fused", t, Backward::fused); });
-  add("rms.dx_fused", "rms/dx_fused/fused_float32_matches_staged_float64_at_the_benchmark_shape",
-      [](const std::string& t) { return staged_equals_fused_rows(t, benchmark_problem(), " (benchmark shape)"); });
-  for (const Term& term : kTerms) {
-    const std::string id = term.id;
-    add(id, "rms/negative_controls/" + id.substr(4) + "_drop_and_flip",
-        [id](const std::string& t) { return check_negative_controls(id, t); });
-  }
-  r.sweeps.push_back({"rms", [] {
-    const Problem p = make_problem(jacobian_cases().front());
-    const Prepared<double> pd(p);
-    return sweep_of(y_of_x(p), p.x, p.w, as_f64(run_backward(pd, p.w, Backward::staged).dx));
-  }});
-  r.ablations.push_back({"rms", rms_ablation,
-                         "Every term is caught: without a mean there is no term that vanishes (nothing like\n"
-                         "∂σ²/∂μ), and each of the two paths x → x̂ and x → ms carries part of the gradient."});
-}
+void register_rmsnorm(Registry& r) { harness::register_op<RMSNorm>(r); }
 
 }  // namespace gradproof::catalog

@@ -124,15 +124,4 @@ inline void write_json(std::ostream& out, const AblationRow& r) {
   out << '}';
 }
 
-/// Writes a JSON array of rows, one per line.
-template <class Row>
-void write_json_array(std::ostream& out, const std::vector<Row>& rows) {
-  out << "[";
-  for (std::size_t i = 0; i < rows.size(); ++i) {
-    out << (i ? ",\n  " : "\n  ");
-    write_json(out, rows[i]);
-  }
-  out << (rows.empty() ? "]" : "\n]");
-}
-
 }  // namespace gradproof::check

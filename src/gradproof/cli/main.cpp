@@ -34,7 +34,7 @@ constexpr const char* kUsage =
     "                               --op may be repeated (the checks of every op given, each\n"
     "                               once); without it, every op. FILE is opened before any\n"
     "                               check runs\n"
-    "  ablate OP                    the negative-control table of an op (bn, norm, ln, gn, in, rms)\n"
+    "  ablate OP                    the negative-control table of an op\n"
     "  collect PARTS_DIR OUT.json   merge a test run's result parts into results.json\n"
     "  sweep OUT.json               error against step size of every op's oracles (float64)\n"
     "\n"
@@ -47,6 +47,14 @@ constexpr const char* kUsage =
     "  2  usage or I/O error: unknown command or option, missing or repeated option value,\n"
     "     unknown op, no result parts, an output that cannot be written (nothing is reported\n"
     "     as written unless every byte was)\n";
+
+// The usage, then the ops of the list of ops (catalog/ops.def) that OP may name.
+std::string usage() {
+  std::ostringstream out;
+  out << kUsage << "\nops (OP):\n";
+  for (const auto& op : catalog::ops()) out << "  " << std::left << std::setw(29) << op.id << op.title << '\n';
+  return out.str();
+}
 
 std::string utc_now() {
   const std::time_t t = std::time(nullptr);
@@ -290,7 +298,7 @@ int cmd_collect(const fs::path& parts, const fs::path& out_path) {
 }
 
 int usage_error(const std::string& message) {
-  std::cerr << "gradproof " << message << "\n\n" << kUsage;
+  std::cerr << "gradproof " << message << "\n\n" << usage();
   return 2;
 }
 
@@ -321,7 +329,7 @@ int run(const std::vector<std::string>& args) {
   if (args.empty()) return usage_error("needs a command");
   const std::string& command = args[0];
   if (command == "-h" || command == "--help") {
-    std::cout << kUsage;
+    std::cout << usage();
     return 0;
   }
   if (command == "list") return args.size() == 1 ? cmd_list() : usage_error("list: takes no arguments");
