@@ -455,6 +455,18 @@ class BenchDirective(SphinxDirective):
                                         "Run ./build.sh bench, then rebuild the site.")
             return [box]
         out: list[nodes.Node] = []
+        profile = bench.extra.get("profile")
+        if isinstance(profile, dict) and profile.get("name"):
+            # Which profile measured this page, on which machine, and how to get the other one.
+            cpu = bench.machine.get("cpu", "this machine")
+            para = nodes.paragraph(classes=["gradproof-bench-profile"])
+            para += nodes.strong(text=f"Profile: {profile['name']}. ")
+            para += nodes.Text(f"{profile.get('what', '')}; measured on {cpu}"
+                               f"{', ' + bench.machine['logical cpus'] + ' logical CPUs' if bench.machine.get('logical cpus') else ''}"
+                               f", load average at start {bench.machine.get('load average at start', 'not recorded')}. ")
+            if profile.get("other"):
+                para += nodes.Text(f"For the other profile: {profile['other']}.")
+            out.append(para)
         try:
             targets = gr.bench_targets(bench)
         except gr.DataError as e:
@@ -532,6 +544,9 @@ MATHJAX_CONFIG = {
     "messageStyle": "none",
     "showMathMenu": False,
     "menuSettings": {"zoom": "None"},
+    # No quick preview typeset first and replaced after: each formula is typeset once (faster for
+    # a reader, and for the browser test, which typesets every page twice).
+    "fast-preview": {"disabled": True},
 }
 
 
@@ -706,9 +721,10 @@ def copy_code_font(app: Sphinx, exc: Exception | None) -> None:
             shutil.copy2(src / f, dst / f)
 
 
-class UniqueMathIds(SphinxPostTransform):
-    """Furo wraps each display equation in a container and copies the equation's ids onto it, so
-    that every equation id appears twice on a page. Keep them on the equation only."""
+class UniqueIds(SphinxPostTransform):
+    """Every id once per page. Furo wraps each display equation in a container and copies the
+    equation's ids onto it: keep them on the equation only. Breathe gives every "Functions" or
+    "Public Members" heading of a page the same id: number the repeats (nothing links to them)."""
     default_priority = 600  # after Furo's wrapping transform (500)
     formats = ("html",)
 
@@ -717,6 +733,16 @@ class UniqueMathIds(SphinxPostTransform):
             if "math-wrapper" in node.get("classes", []) and node.children \
                     and isinstance(node.children[0], nodes.math_block):
                 node["ids"] = [i for i in node["ids"] if i not in node.children[0]["ids"]]
+        seen: dict[str, int] = {}
+        for node in self.document.findall(nodes.Element):
+            ids = node.get("ids")
+            if not ids:
+                continue
+            for k, i in enumerate(ids):
+                if i.startswith("breathe-section-title-"):
+                    seen[i] = seen.get(i, 0) + 1
+                    if seen[i] > 1:
+                        ids[k] = f"{i}-{seen[i]}"
 
 
 def setup(app: Sphinx) -> dict[str, Any]:
@@ -740,7 +766,7 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.setup_extension("sphinx.ext.graphviz")
     from sphinx.ext.graphviz import graphviz as graphviz_node
     app.add_node(graphviz_node, override=True, html=(html_visit_graphviz, None))
-    app.add_post_transform(UniqueMathIds)
+    app.add_post_transform(UniqueIds)
     app.connect("build-finished", copy_code_font)
     app.add_css_file("gradproof.css")
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -276,7 +276,7 @@ class Browser:
             probe = self.driver.execute_async_script(PAGE_PROBE)
         except TimeoutException:
             probe = {"mathjax": "timed out waiting for MathJax", "errors": [], "raw": [], "links": [], "ids": []}
-        time.sleep(0.2)  # late requests (fonts) show up in the log after typesetting
+        time.sleep(0.05)  # late requests (fonts) show up in the log after typesetting
         for entry in self.driver.get_log("browser"):
             if entry.get("level") == "SEVERE":
                 problems.append(("console", entry.get("message", "")[:300]))
@@ -517,9 +517,11 @@ def check_site(browser: Browser, root: Path, pages: list[str], modes=("http", "f
     with Server(root) as server:
         for mode in modes:
             for i, page in enumerate(pages):
-                print(f"browser test: {mode} {i + 1}/{len(pages)} {page}", file=sys.stderr, flush=True)
+                t = time.monotonic()
                 results.append(check_page(browser, server.base, page, mode, root,
                                           shots if mode == "http" and page == screenshot_page else None))
+                print(f"browser test: {mode} {i + 1}/{len(pages)} ({len(pages) - i - 1} left) {page}: "
+                      f"{time.monotonic() - t:.1f} s", file=sys.stderr, flush=True)
         check_links(results, server.base, root)
     return results
 
