@@ -121,10 +121,40 @@ site_bench() {
   export GRADPROOF_BENCH="$out"
 }
 
+# Doxygen's XML and the unit tests of the Sphinx extension: independent of the C++ build, so
+# cmd_site runs them in the background while it compiles. Each is skipped when its inputs did not
+# change. Messages go to $SITE_DIR/prep.log, shown when cmd_site waits for them.
+site_prep() {
+  local key
+  key=$(key_of src docs/Doxyfile)
+  if [ -d "$SITE_DIR/doxygen/xml" ] && unchanged doxygen "$key"; then
+    log "doxygen not rerun: the headers are unchanged"
+  else
+    log "doxygen (XML for the API reference)"
+    rm -rf "$SITE_DIR/doxygen-new" && mkdir -p "$SITE_DIR/doxygen-new"
+    GRADPROOF_DOXYGEN_OUT="$SITE_DIR/doxygen-new" doxygen docs/Doxyfile
+    sync_tree "$SITE_DIR/doxygen-new" "$SITE_DIR/doxygen"  # unchanged XML: API pages not re-read
+    stamp doxygen "$key" 0
+  fi
+
+  key=$(key_of docs/_ext tests/site/sphinx_ext_test.py)
+  if unchanged sphinx-ext-test "$key"; then
+    log "the Sphinx extension's unit tests not rerun (extension unchanged)"
+  else
+    log "the Sphinx extension's unit tests"
+    "$PY" tests/site/sphinx_ext_test.py >"$SITE_DIR/sphinx_ext_test.log" 2>&1 \
+      || { cat "$SITE_DIR/sphinx_ext_test.log"; return 1; }
+    stamp sphinx-ext-test "$key" 0
+  fi
+}
+
 cmd_site() {
   deps build site
   local status=0 build="$here/build/$SITE_PRESET"
   local results="$build/verification/results.json" tests="$build/tests/gradproof_tests"
+  mkdir -p "$SITE_DIR"
+  site_prep >"$SITE_DIR/prep.log" 2>&1 &
+  local prep_pid=$!
 
   build_preset "$SITE_PRESET"
   # The site shows this run's results, failures included; a failure makes the command fail at
@@ -148,26 +178,10 @@ cmd_site() {
 
   site_bench
 
-  key=$(key_of src docs/Doxyfile)
-  if [ -d "$SITE_DIR/doxygen/xml" ] && unchanged doxygen "$key"; then
-    log "doxygen not rerun: the headers are unchanged"
-  else
-    log "doxygen (XML for the API reference)"
-    rm -rf "$SITE_DIR/doxygen-new" && mkdir -p "$SITE_DIR/doxygen-new"
-    GRADPROOF_DOXYGEN_OUT="$SITE_DIR/doxygen-new" doxygen docs/Doxyfile
-    sync_tree "$SITE_DIR/doxygen-new" "$SITE_DIR/doxygen"  # unchanged XML: API pages not re-read
-    stamp doxygen "$key" 0
-  fi
-
-  key=$(key_of docs/_ext tests/site/sphinx_ext_test.py)
-  if unchanged sphinx-ext-test "$key"; then
-    log "sphinx: the extension's unit tests not rerun (extension unchanged); the site"
-  else
-    log "sphinx: unit tests of the extension, then the site"
-    "$PY" tests/site/sphinx_ext_test.py >"$SITE_DIR/sphinx_ext_test.log" 2>&1 \
-      || { cat "$SITE_DIR/sphinx_ext_test.log"; die "site: the extension's unit tests failed"; }
-    stamp sphinx-ext-test "$key" 0
-  fi
+  # Doxygen and the extension's unit tests need no build: they ran in the background meanwhile.
+  wait "$prep_pid" || { cat "$SITE_DIR/prep.log"; die "site: doxygen or the extension's unit tests failed"; }
+  cat "$SITE_DIR/prep.log"
+  log "sphinx (only the pages whose sources or data changed)"
   # Sphinx rebuilds only the pages whose sources or data changed; its progress lines (reading,
   # writing: which page, how far) are shown, the rest of its chatter is not.
   GRADPROOF_RESULTS="$results" GRADPROOF_DOXYGEN_XML="$SITE_DIR/doxygen/xml" \
