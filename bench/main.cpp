@@ -25,10 +25,10 @@ using namespace gradproof::bench;
 namespace {
 
 // Two profiles. full (./build.sh bench): every shape, every implementation, 1 and 2 threads,
-// 25 repetitions. quick (the site build, about a minute): the fused kernels and their peers
-// (libtorch, oneDNN) on the shapes the targets use, 10 repetitions, and the staged rows with the
+// 25 repetitions. quick (the site build, under a minute): the fused kernels and their peers
+// (libtorch, oneDNN) on the shapes the targets use at 2 threads, and the staged rows with the
 // fused ones at one small shape on one thread (the staged code is single-threaded and 10-30x
-// slower: at the large shapes it dominated the run); smaller, shorter start/end probes.
+// slower: at the large shapes it dominated the run); 10 repetitions; smaller, shorter probes.
 struct Options {
   std::string out = "bench/results.json";
   std::string profile = "full";
@@ -192,8 +192,8 @@ void write_json(const std::string& path, const Options& o, const std::vector<std
       << quoted(o.profile) << ", \"what\": "
       << quoted(o.profile == "quick"
                     ? "the site build's quick profile: the fused kernels and their peers (libtorch, oneDNN) on the "
-                      "shapes of the targets, the staged rows with the fused ones at one small shape on one thread, "
-                      "fewer repetitions"
+                      "shapes of the targets at the largest thread count, the staged rows with the fused ones at one "
+                      "small shape on one thread, 10 repetitions"
                     : "the full profile: every shape and every implementation at every thread count")
       << ", \"other\": "
       << quoted(o.profile == "quick"
@@ -342,13 +342,14 @@ int main(int argc, char** argv) {
       bn.push_back({make_bn_problem(s), false});
     for (const char* op : {"layernorm", "rmsnorm"}) rows_norm.push_back({make_rownorm_problem(op, {4096, 1024}), false});
   }
-  // quick: the staged rows only at the small shape and on one thread, where the fused rows join
-  // them; the peers (libtorch, oneDNN) only at the large shapes.
+  // quick: the staged rows only at the small shape and on the first thread count (1), where the
+  // fused rows join them; the fused rows and their peers (libtorch, oneDNN) at the large shapes on
+  // the last thread count (2, that of the targets).
   const auto keep = [&](const Case& c, bool small, int threads) {
     if (!o.only.empty() && (c.op + " " + c.pass + " " + c.impl).find(o.only) == std::string::npos) return false;
     if (!quick) return true;
     if (small) return threads == o.threads.front() && (c.impl == "staged" || c.impl == "fused");
-    return c.impl != "staged";
+    return c.impl != "staged" && threads == o.threads.back();
   };
 
   // The groups of implementations of one case (one shape, one pass) at thread count t. They own

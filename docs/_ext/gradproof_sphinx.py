@@ -461,7 +461,8 @@ class BenchDirective(SphinxDirective):
             cpu = bench.machine.get("cpu", "this machine")
             para = nodes.paragraph(classes=["gradproof-bench-profile"])
             para += nodes.strong(text=f"Profile: {profile['name']}. ")
-            para += nodes.Text(f"{profile.get('what', '')}; measured on {cpu}"
+            what = str(profile.get("what", ""))
+            para += nodes.Text(f"{what[:1].upper() + what[1:]}; measured on {cpu}"
                                f"{', ' + bench.machine['logical cpus'] + ' logical CPUs' if bench.machine.get('logical cpus') else ''}"
                                f", load average at start {bench.machine.get('load average at start', 'not recorded')}. ")
             if profile.get("other"):
