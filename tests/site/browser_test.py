@@ -13,6 +13,7 @@ and, on the served pages (the layout is the same from file://), at 1280 px and a
 
   eq-overlap   an equation number that overlaps its formula, or comes closer than MIN_GAP px
                (bounding boxes of the number's text and of the typeset formula, as clipped)
+  math-scroll  a numbered formula wider than its column at 1280 px (cut off, to be scrolled)
   code-scroll  a code block that scrolls sideways at 1280 px (scrollWidth > clientWidth)
   code-font    code whose combining mark (the hat of x̂) is drawn by another font than its base
                letter, or by a font that is not one of the site's web fonts, or takes its own
@@ -70,7 +71,7 @@ LABEL_PX = 11.0    # smallest graph label, as rendered (CSS px)
 SUP_PX = 8.0       # smallest super- or subscript in a graph label
 MIN_CONTRAST = 4.5  # WCAG AA for text: a graph's ink against its background, in either theme
 FAKE_SUPERSCRIPT = re.compile("[\\^\u00b2\u00b3\u00b9\u2070-\u207f]")
-LAYOUT = {"eq-overlap", "code-scroll", "code-font", "dup-id", "graph-alt", "graph-label", "graph-theme"}
+LAYOUT = {"eq-overlap", "math-scroll", "code-scroll", "code-font", "dup-id", "graph-alt", "graph-label", "graph-theme"}
 
 # Runs in the page once it has loaded: waits for MathJax to finish typesetting (if the page has
 # math) and reports what the reader would see.
@@ -122,7 +123,7 @@ let tries = 0;
 LAYOUT_PROBE = r"""
 // LAYOUT_PROBE: runs after PAGE_PROBE on a served page; measures what a reader sees.
 const MIN_GAP = arguments[0];
-const out = {eqs: [], code: [], graphs: [], comb: 0, dupIds: [], width: window.innerWidth};
+const out = {eqs: [], clipped: [], code: [], graphs: [], comb: 0, dupIds: [], width: window.innerWidth};
 function visible(r, el) {  // r clipped by every scrolling/clipping ancestor of el
   let x0 = r.left, x1 = r.right, y0 = r.top, y1 = r.bottom;
   for (let a = el.parentElement; a; a = a.parentElement) {
@@ -133,6 +134,16 @@ function visible(r, el) {  // r clipped by every scrolling/clipping ancestor of 
     }
   }
   return {left: x0, right: x1, top: y0, bottom: y1};
+}
+// A numbered formula cut off by its wrapper: the room kept for its number must not cost the
+// formula its fit at 1280 px.
+for (const block of Array.from(document.querySelectorAll('div.math')).filter(b => b.querySelector('.eqno'))) {
+  for (const m of block.querySelectorAll('.mjx-math')) {
+    const r = m.getBoundingClientRect(), v = visible(r, m);
+    if (v.right < r.right - 1 || v.left > r.left + 1)
+      out.clipped.push({id: block.id || (block.parentElement && block.parentElement.id) || '?',
+                        hidden: Math.round(r.width - (v.right - v.left))});
+  }
 }
 for (const num of document.querySelectorAll('.math .eqno, .math-wrapper .eqno')) {
   const block = num.closest('.math');
@@ -402,6 +413,9 @@ def layout_problems(browser: "Browser", root: Path, page_url: str, shots: dict |
         if e["overlaps"]:
             problems.append(("eq-overlap", f"{WIDE} px: equation {e['number']} ({e['id']}) is {e['gap']} px from "
                                            f"its formula (at least {MIN_GAP})"))
+    for c in wide["clipped"]:
+        problems.append(("math-scroll", f"{WIDE} px: numbered formula {c['id']} does not fit its column: "
+                                        f"{c['hidden']} px of it are scrolled out of view"))
     for c in wide["code"]:
         problems.append(("code-scroll", f"{WIDE} px: a code block scrolls sideways by {c['over']} px; its longest "
                                         f"line has {c['columns']} columns: {c['line']!r}"))
@@ -550,6 +564,7 @@ EXPECTED = {
     # x̂ᵢ in code, a graph as the extension writes it. The others break one thing each.
     "site_ok.html": set(),
     "eq_overlap.html": {"eq-overlap"},
+    "math_scroll.html": {"math-scroll"},
     "code_scroll.html": {"code-scroll"},
     "code_font.html": {"code-font"},
     "dup_id.html": {"dup-id"},
