@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import base64
 import functools
+import hashlib
 import io
 import http.server
 import json
@@ -526,18 +527,73 @@ def check_links(results: list[PageResult], base: str, root: Path) -> None:
 
 
 def check_site(browser: Browser, root: Path, pages: list[str], modes=("http", "file"),
-               shots: dict | None = None, screenshot_page: str | None = None) -> list[PageResult]:
+               shots: dict | None = None, screenshot_page: str | None = None,
+               cache: "Cache | None" = None) -> list[PageResult]:
     results = []
     with Server(root) as server:
         for mode in modes:
             for i, page in enumerate(pages):
                 t = time.monotonic()
-                results.append(check_page(browser, server.base, page, mode, root,
-                                          shots if mode == "http" and page == screenshot_page else None))
+                res = cache.get(page, mode, server.base) if cache else None
+                if res is None:
+                    res = check_page(browser, server.base, page, mode, root,
+                                     shots if mode == "http" and page == screenshot_page else None)
+                    if cache:
+                        cache.put(res, server.base)
+                results.append(res)
                 print(f"browser test: {mode} {i + 1}/{len(pages)} ({len(pages) - i - 1} left) {page}: "
-                      f"{time.monotonic() - t:.1f} s", file=sys.stderr, flush=True)
-        check_links(results, server.base, root)
+                      f"{'unchanged since a clean check' if getattr(res, 'cached', False) else f'{time.monotonic() - t:.1f} s'}",
+                      file=sys.stderr, flush=True)
+        check_links(results, server.base, root)  # always over every page, cached or not
     return results
+
+
+class Cache:
+    """Results of pages that passed, keyed by a hash of the page, of everything it can load
+    (_static, _images) and of this checker with its fixtures: a page whose bytes and surroundings
+    did not change is not visited again (a rebuilt site rewrites only the pages that changed).
+    Pages with problems are always checked again. The links are checked over all pages each run."""
+
+    def __init__(self, path: Path, site: Path):
+        self.path, self.site = path, site
+        h = hashlib.sha1()
+        for f in sorted([Path(__file__).resolve()] + list((HERE / "fixtures").glob("*"))
+                        + [p for d in ("_static", "_images") for p in (site / d).rglob("*") if p.is_file()]):
+            h.update(str(f).encode() + b"\0" + f.read_bytes())
+        self.common = h.hexdigest()
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = {}
+        self.data = data if data.get("common") == self.common else {"common": self.common, "pages": {}}
+        self.data.setdefault("pages", {})
+
+    def key(self, page: str) -> str:
+        return hashlib.sha1((self.site / page).read_bytes()).hexdigest()
+
+    # The server's port changes from run to run: links are kept relative to it.
+    def get(self, page: str, mode: str, base: str) -> PageResult | None:
+        e = self.data["pages"].get(f"{mode}:{page}")
+        if not e or e["key"] != self.key(page):
+            return None
+        links = [base + link[len("{base}"):] if link.startswith("{base}") else link for link in e["links"]]
+        res = PageResult(page, mode, [], links, set(e["ids"]))
+        res.cached = True
+        return res
+
+    def put(self, res: PageResult, base: str) -> None:
+        if not res.problems:
+            links = ["{base}" + link[len(base):] if link.startswith(base) else link for link in res.links]
+            self.data["pages"][f"{res.mode}:{res.page}"] = {"key": self.key(res.page), "links": links,
+                                                             "ids": sorted(res.ids)}
+
+    def self_test_passed(self) -> bool:
+        return self.data.get("self_test") == "passed"
+
+    def save(self, self_test_ok: bool) -> None:
+        self.data["self_test"] = "passed" if self_test_ok else "failed"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.data), encoding="utf-8")
 
 
 def site_pages(root: Path) -> list[str]:
@@ -605,6 +661,7 @@ def main(argv=None) -> int:
     ap.add_argument("--artifacts", type=Path, required=True, help="where to save screenshots")
     ap.add_argument("--screenshot", default="derivations/batchnorm.html")
     ap.add_argument("--self-test-only", action="store_true", help="only the fixture pages (to work on the checks)")
+    ap.add_argument("--no-cache", action="store_true", help="check every page, even those unchanged since a clean check")
     args = ap.parse_args(argv)
     site = args.site.resolve()
     pages = site_pages(site)
@@ -618,17 +675,25 @@ def main(argv=None) -> int:
         print(f"browser test: cannot start Chromium: {e.msg}", file=sys.stderr)
         return 1
     try:
-        wrong = self_test(browser, site)
-        for w in wrong:
-            print(f"NEGATIVE CONTROL FAILED: {w}", file=sys.stderr)
-        broken = sum(1 for expected in EXPECTED.values() if expected)
-        print(f"browser test: negative controls: {broken} broken fixture pages caught as expected, "
-              f"{len(EXPECTED) - broken} clean pages passed" if not wrong
-              else "browser test: the checker missed or invented problems")
+        cache = None if args.no_cache or args.self_test_only else Cache(args.artifacts / "browser-cache.json", site)
+        if cache and cache.self_test_passed():
+            wrong = []
+            print("browser test: negative controls not rerun: the checker and its fixtures are unchanged "
+                  "since they passed", file=sys.stderr)
+        else:
+            wrong = self_test(browser, site)
+            for w in wrong:
+                print(f"NEGATIVE CONTROL FAILED: {w}", file=sys.stderr)
+            broken = sum(1 for expected in EXPECTED.values() if expected)
+            print(f"browser test: negative controls: {broken} broken fixture pages caught as expected, "
+                  f"{len(EXPECTED) - broken} clean pages passed" if not wrong
+                  else "browser test: the checker missed or invented problems")
         if args.self_test_only:
             return 1 if wrong else 0
         shots: dict[str, str] = {}  # the screenshot page, served, full height, in each theme
-        results = check_site(browser, site, pages, shots=shots, screenshot_page=args.screenshot)
+        results = check_site(browser, site, pages, shots=shots, screenshot_page=args.screenshot, cache=cache)
+        if cache:
+            cache.save(not wrong)
         args.artifacts.mkdir(parents=True, exist_ok=True)
         saved = []
         for scheme, data in shots.items():
