@@ -159,7 +159,12 @@ for (const num of document.querySelectorAll('.math .eqno, .math-wrapper .eqno'))
     f = f ? {left: Math.min(f.left, r.left), right: Math.max(f.right, r.right), top: Math.min(f.top, r.top),
              bottom: Math.max(f.bottom, r.bottom)} : r;
   }
-  if (!f || n.width === 0) continue;  // not typeset, or the number is scrolled out of view
+  if (!f || n.width === 0) continue;  // not typeset
+  const nv = visible(n, num);
+  if (nv.right < n.right - 1 || nv.left > n.left + 1) {  // the number cut off by a scrolling wrapper
+    out.eqs.push({id: block.id || '?', number: text.textContent.trim(), gap: 0, overlaps: true, cut: true});
+    continue;
+  }
   const vertical = Math.min(n.bottom, f.bottom) - Math.max(n.top, f.top);
   const gap = Math.max(n.left - f.right, f.left - n.right);
   out.eqs.push({id: block.id || (block.parentElement && block.parentElement.id) || '?',
@@ -412,7 +417,9 @@ def layout_problems(browser: "Browser", root: Path, page_url: str, shots: dict |
     wide = d.execute_script(LAYOUT_PROBE, MIN_GAP)
     for e in wide["eqs"]:
         if e["overlaps"]:
-            problems.append(("eq-overlap", f"{WIDE} px: equation {e['number']} ({e['id']}) is {e['gap']} px from "
+            problems.append(("eq-overlap", f"{WIDE} px: equation number {e['number']} ({e['id']}) is cut off by "
+                                           "its wrapper" if e.get("cut") else
+                                           f"{WIDE} px: equation {e['number']} ({e['id']}) is {e['gap']} px from "
                                            f"its formula (at least {MIN_GAP})"))
     for c in wide["clipped"]:
         problems.append(("math-scroll", f"{WIDE} px: numbered formula {c['id']} does not fit its column: "
