@@ -2,11 +2,14 @@
 # gradproof's driver: installs the Debian packages a task needs, then runs the CMake presets.
 #
 #   ./build.sh test     build and run every test (presets dev and asan) and the install test
-#   ./build.sh site     build, test, benchmark and render the site; prints the path of index.html
-#                       (non-zero exit if any check failed; the site still shows the failure)
+#   ./build.sh site     build, test, benchmark (quick profile) and render the site; prints the path
+#                       of index.html (non-zero exit if any check failed; the site still shows it).
+#                       Stages whose inputs did not change since their last run are not rerun
+#                       (their last results and status are reused); GRADPROOF_RERUN=1 reruns all.
 #   ./build.sh serve    serve the built site on http://127.0.0.1:8000/ (PORT=... to change)
-#   ./build.sh bench [ARGS]   run the benchmarks (preset bench), write build/bench/bench/results.json
-#                       (ARGS go to gradproof_bench, e.g. --threads 2 --reps 40; see --help)
+#   ./build.sh bench [ARGS]   run the benchmarks, full profile (preset bench), write
+#                       build/bench/bench/results.json (ARGS go to gradproof_bench, e.g.
+#                       --profile quick, --threads 2 --reps 40; see --help)
 #   ./build.sh deps GROUP...   install the packages of groups in packages.txt (build, site, bench)
 set -euo pipefail
 
@@ -38,10 +41,14 @@ deps() {  # install what is missing of the given groups; does nothing when all a
 }
 
 # ---- CMake presets -----------------------------------------------------------------------------
-build_preset() {  # configure and build one preset
-  local preset=$1
+build_preset() {  # configure (when not yet, or the presets changed) and build one preset
+  local preset=$1 dir="$here/build/$1"
   log "configure + build ($preset)"
-  cmake --preset "$preset" >/dev/null
+  # Once configured, ninja reruns CMake itself when a CMakeLists.txt changes; the presets it does
+  # not watch.
+  if [ ! -f "$dir/build.ninja" ] || [ "$here/CMakePresets.json" -nt "$dir/CMakeCache.txt" ]; then
+    cmake --preset "$preset" >/dev/null
+  fi
   cmake --build --preset "$preset"
 }
 
@@ -65,6 +72,22 @@ SITE_PRESET=release            # the build whose test results the site shows
 SITE_DIR="$here/build/site"    # doxygen/, doctrees/, html/, generated/, artifacts/
 PY=/usr/bin/python3            # Debian's: Sphinx, MyST, Breathe, matplotlib, Selenium
 
+# ---- Stages that are not rerun when their inputs did not change -----------------------------------
+# A stage's key is a hash of the contents of the files it depends on; its stamp keeps the key and
+# the exit status of its last run, so that a failure stays a failure until the inputs change.
+STAMPS="$SITE_DIR/stamps"
+key_of() {  # key_of PATH...: hash of the contents of every file under the paths (and the paths' names)
+  # The browser test and its fixtures are no input of the tests, the benchmarks or Doxygen.
+  (cd "$here" && find "$@" -type f ! -name '*.pyc' ! -path 'tests/site/fixtures/*' \
+     ! -path tests/site/browser_test.py -print0 2>/dev/null | sort -z | xargs -0 sha1sum | sha1sum | cut -d' ' -f1)
+}
+unchanged() {  # unchanged NAME KEY: true when stage NAME last ran with KEY; sets $last_status
+  local f="$STAMPS/$1"
+  [ "${GRADPROOF_RERUN:-0}" != 1 ] && [ -f "$f" ] && [ "$(cut -d' ' -f1 "$f")" = "$2" ] || return 1
+  last_status=$(cut -d' ' -f2 "$f")
+}
+stamp() { mkdir -p "$STAMPS"; echo "$2 $3" >"$STAMPS/$1"; }  # stamp NAME KEY STATUS
+
 sync_tree() {  # sync_tree SRC DST: copy changed files only, so unchanged ones keep their mtime
   local src=$1 dst=$2 f
   mkdir -p "$dst"
@@ -79,47 +102,103 @@ sync_tree() {  # sync_tree SRC DST: copy changed files only, so unchanged ones k
 # The benchmarks for the Performance page (GRADPROOF_SKIP_BENCH=1 skips them: the page then shows
 # the results file of an earlier run, or says that there is none). Exports GRADPROOF_BENCH, the
 # results file that docs/conf.py hands to the {gradproof-bench} directive.
+# The site runs the quick profile; its results are kept apart from those of ./build.sh bench (the
+# full profile), and when the benchmarked code did not change since the last quick run, that run's
+# results are shown again.
+SITE_BENCH_PROFILE=quick
 site_bench() {
+  local out="$here/build/bench/bench/results-$SITE_BENCH_PROFILE.json"
+  local key
+  key=$(key_of src bench cmake CMakeLists.txt CMakePresets.json)-$SITE_BENCH_PROFILE
   if [ "${GRADPROOF_SKIP_BENCH:-0}" = 1 ]; then
-    log "benchmarks skipped (GRADPROOF_SKIP_BENCH=1)"
+    out="$here/build/bench/bench/results.json"
+    log "benchmarks skipped (GRADPROOF_SKIP_BENCH=1): the page shows ${out#$here/} if there is one"
+  elif [ -f "$out" ] && unchanged bench "$key"; then
+    log "benchmarks not rerun: the benchmarked code is unchanged since ${out#$here/} was written"
   else
-    cmd_bench
+    cmd_bench --profile "$SITE_BENCH_PROFILE" --out "$out"
+    stamp bench "$key" 0
   fi
-  export GRADPROOF_BENCH="$here/build/bench/bench/results.json"
+  export GRADPROOF_BENCH="$out"
+}
+
+# Doxygen's XML and the unit tests of the Sphinx extension: independent of the C++ build, so
+# cmd_site runs them in the background while it compiles. Each is skipped when its inputs did not
+# change. Messages go to $SITE_DIR/prep.log, shown when cmd_site waits for them.
+site_prep() {
+  local key
+  key=$(key_of src docs/Doxyfile)
+  if [ -d "$SITE_DIR/doxygen/xml" ] && unchanged doxygen "$key"; then
+    log "doxygen not rerun: the headers are unchanged"
+  else
+    log "doxygen (XML for the API reference)"
+    rm -rf "$SITE_DIR/doxygen-new" && mkdir -p "$SITE_DIR/doxygen-new"
+    GRADPROOF_DOXYGEN_OUT="$SITE_DIR/doxygen-new" doxygen docs/Doxyfile
+    sync_tree "$SITE_DIR/doxygen-new" "$SITE_DIR/doxygen"  # unchanged XML: API pages not re-read
+    stamp doxygen "$key" 0
+  fi
+
+  key=$(key_of docs/_ext tests/site/sphinx_ext_test.py)
+  if unchanged sphinx-ext-test "$key"; then
+    log "the Sphinx extension's unit tests not rerun (extension unchanged)"
+  else
+    log "the Sphinx extension's unit tests"
+    "$PY" tests/site/sphinx_ext_test.py >"$SITE_DIR/sphinx_ext_test.log" 2>&1 \
+      || { cat "$SITE_DIR/sphinx_ext_test.log"; return 1; }
+    stamp sphinx-ext-test "$key" 0
+  fi
 }
 
 cmd_site() {
   deps build site
   local status=0 build="$here/build/$SITE_PRESET"
   local results="$build/verification/results.json" tests="$build/tests/gradproof_tests"
+  mkdir -p "$SITE_DIR"
+  site_prep >"$SITE_DIR/prep.log" 2>&1 &
+  local prep_pid=$!
 
   build_preset "$SITE_PRESET"
   # The site shows this run's results, failures included; a failure makes the command fail at
-  # the end, after the site that shows it has been built.
-  log "ctest ($SITE_PRESET): the test run the site reports"
-  ctest --preset "$SITE_PRESET" || status=1
-  [ -f "$results" ] || die "site: the test run wrote no $results"
+  # the end, after the site that shows it has been built. The tests are a function of the code
+  # and the tests (and the site's Python that trace.check and site.model run): unchanged, the
+  # last run's results and status stand. (The derivations are checked again by the traceability
+  # stage below.)
+  local key
+  key=$(key_of src tests cmake docs/_ext CMakeLists.txt CMakePresets.json)-$SITE_PRESET
+  if [ -f "$results" ] && unchanged ctest "$key"; then
+    log "ctest ($SITE_PRESET) not rerun: code and tests unchanged since its last run (status $last_status)"
+    [ "$last_status" = 0 ] || status=1
+  else
+    log "ctest ($SITE_PRESET): the test run the site reports"
+    local ctest_status=0
+    ctest --preset "$SITE_PRESET" || ctest_status=1
+    [ -f "$results" ] || die "site: the test run wrote no $results"
+    stamp ctest "$key" "$ctest_status"
+    [ "$ctest_status" = 0 ] || status=1
+  fi
 
   site_bench
 
-  log "doxygen (XML for the API reference)"
-  rm -rf "$SITE_DIR/doxygen-new" && mkdir -p "$SITE_DIR/doxygen-new"
-  GRADPROOF_DOXYGEN_OUT="$SITE_DIR/doxygen-new" doxygen docs/Doxyfile
-  sync_tree "$SITE_DIR/doxygen-new" "$SITE_DIR/doxygen"  # unchanged XML: API pages not re-read
-
-  log "sphinx: unit tests of the extension, then the site"
-  "$PY" tests/site/sphinx_ext_test.py >"$SITE_DIR/sphinx_ext_test.log" 2>&1 \
-    || { cat "$SITE_DIR/sphinx_ext_test.log"; die "site: the extension's unit tests failed"; }
+  # Doxygen and the extension's unit tests need no build: they ran in the background meanwhile.
+  wait "$prep_pid" || { cat "$SITE_DIR/prep.log"; die "site: doxygen or the extension's unit tests failed"; }
+  cat "$SITE_DIR/prep.log"
+  log "sphinx (only the pages whose sources or data changed)"
+  # Sphinx rebuilds only the pages whose sources or data changed; its progress lines (reading,
+  # writing: which page, how far) are shown, the rest of its chatter is not.
   GRADPROOF_RESULTS="$results" GRADPROOF_DOXYGEN_XML="$SITE_DIR/doxygen/xml" \
     GRADPROOF_SITE_DIR="$SITE_DIR" GRADPROOF_GENERATED="$SITE_DIR/generated" \
-    /usr/bin/sphinx-build -W --keep-going -q -b html -d "$SITE_DIR/doctrees" docs "$SITE_DIR/html" \
+    /usr/bin/sphinx-build -W --keep-going -b html -d "$SITE_DIR/doctrees" docs "$SITE_DIR/html" \
+    | { grep --line-buffered -E '^(reading sources|writing output)\.\.\. \[|^updating environment' || true; } \
     || die "site: sphinx-build reported warnings or errors"
 
   log "traceability (derivations, code markers, test labels, result rows)"
   "$PY" docs/_ext/traceability.py --results "$results" --test-binary "$tests" || status=1
 
   log "browser test (headless Chromium, every page, served and from file://)"
-  "$PY" tests/site/browser_test.py "$SITE_DIR/html" --artifacts "$SITE_DIR/artifacts" || status=1
+  # Pages unchanged since a clean check are not visited again (GRADPROOF_RERUN=1: all of them).
+  local no_cache=()
+  [ "${GRADPROOF_RERUN:-0}" = 1 ] && no_cache=(--no-cache)
+  "$PY" tests/site/browser_test.py "$SITE_DIR/html" --artifacts "$SITE_DIR/artifacts" "${no_cache[@]}" || status=1
 
   [ "$status" -eq 0 ] || log "the site is built, and shows what failed; see the messages above"
   echo "$SITE_DIR/html/index.html"
@@ -136,7 +215,9 @@ cmd_serve() {
 cmd_bench() {  # the comparisons need libtorch and oneDNN: the bench group of packages.txt
   deps build bench
   build_preset bench
-  log "benchmarks (load average $(cut -d' ' -f1-3 /proc/loadavg); other work on the machine skews them)"
+  local profile=full a
+  for a in "$@"; do [ "${prev:-}" = --profile ] && profile=$a; local prev=$a; done
+  log "benchmarks, $profile profile (load average $(cut -d' ' -f1-3 /proc/loadavg); other work on the machine skews them)"
   build/bench/bench/gradproof_bench --out "$here/build/bench/bench/results.json" "$@"
 }
 

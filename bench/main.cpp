@@ -24,39 +24,58 @@ using namespace gradproof::bench;
 
 namespace {
 
+// Two profiles. full (./build.sh bench): every shape, every implementation, 1 and 2 threads,
+// 25 repetitions. quick (the site build, under a minute): the fused kernels and their peers
+// (libtorch, oneDNN) on the shapes the targets use at 2 threads, and the staged rows with the
+// fused ones at one small shape on one thread (the staged code is single-threaded and 10-30x
+// slower: at the large shapes it dominated the run); 10 repetitions; smaller, shorter probes.
 struct Options {
   std::string out = "bench/results.json";
+  std::string profile = "full";
   std::vector<int> threads{1, 2};
   int repetitions = 25;
   int warmup = 3;
   std::string only;  // run the cases whose "op pass impl" contains this
   bool flush = true;
   Index probe_mib = 256;
+  int probe_reps = 20;
 };
+
+constexpr int kMinRepetitions = 10;
 
 [[noreturn]] void usage(int code) {
   std::fprintf(code ? stderr : stdout,
-               "usage: gradproof_bench [--out FILE] [--threads 1,2] [--reps N] [--warmup N] [--only TEXT]\n"
-               "                       [--warm] [--probe-mib N]\n"
+               "usage: gradproof_bench [--profile full|quick] [--out FILE] [--threads 1,2] [--reps N] [--warmup N]\n"
+               "                       [--only TEXT] [--warm] [--probe-mib N]\n"
+               "  --profile P    full (default: every shape and implementation, 25 repetitions) or quick\n"
+               "                 (the site build's: fused kernels and their peers on the target shapes,\n"
+               "                 staged rows at one small shape on one thread, 10 repetitions)\n"
                "  --out FILE     where to write the JSON results (default bench/results.json)\n"
                "  --threads L    comma-separated thread counts (default 1,2)\n"
-               "  --reps N       timed repetitions per case, at least 20 (default 25)\n"
-               "  --warmup N     untimed calls first (default 3)\n"
+               "  --reps N       timed repetitions per case, at least 10 (default 25; quick 10)\n"
+               "  --warmup N     untimed calls first (default 3; quick 2)\n"
                "  --only TEXT    only the cases whose \"op pass impl\" contains TEXT\n"
                "  --warm         do not evict the caches before each repetition\n"
-               "  --probe-mib N  size of each array of the bandwidth probe (default 256)\n");
+               "  --probe-mib N  size of each array of the start/end bandwidth probe (default 256; quick 64)\n");
   std::exit(code);
 }
 
 Options parse(int argc, char** argv) {
   Options o;
+  for (int i = 1; i + 1 < argc; ++i)  // the profile sets defaults that the other flags override
+    if (std::string(argv[i]) == "--profile") {
+      o.profile = argv[i + 1];
+      if (o.profile == "quick") o.repetitions = 10, o.warmup = 2, o.probe_mib = 64, o.probe_reps = 5;
+      else if (o.profile != "full") usage(2);
+    }
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     const auto value = [&]() -> std::string {
       if (i + 1 >= argc) usage(2);
       return argv[++i];
     };
-    if (a == "--out") o.out = value();
+    if (a == "--profile") value();  // read above
+    else if (a == "--out") o.out = value();
     else if (a == "--threads") {
       o.threads.clear();
       std::stringstream list(value());
@@ -69,8 +88,8 @@ Options parse(int argc, char** argv) {
     else if (a == "-h" || a == "--help") usage(0);
     else usage(2);
   }
-  if (o.repetitions < 20) {
-    std::fprintf(stderr, "gradproof_bench: --reps must be at least 20 (got %d)\n", o.repetitions);
+  if (o.repetitions < kMinRepetitions) {
+    std::fprintf(stderr, "gradproof_bench: --reps must be at least %d (got %d)\n", kMinRepetitions, o.repetitions);
     std::exit(2);
   }
   return o;
@@ -169,7 +188,20 @@ void write_json(const std::string& path, const Options& o, const std::vector<std
   std::filesystem::path p(path);
   if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path());
   std::ofstream out(path);
-  out << "{\n  \"schema\": 1,\n  \"generated_utc\": " << quoted(utc_now()) << ",\n  \"machine\": {";
+  out << "{\n  \"schema\": 1,\n  \"generated_utc\": " << quoted(utc_now()) << ",\n  \"profile\": {\"name\": "
+      << quoted(o.profile) << ", \"what\": "
+      << quoted(o.profile == "quick"
+                    ? "the site build's quick profile: the fused kernels and their peers (libtorch, oneDNN) on the "
+                      "shapes of the targets at the largest thread count, the staged rows with the fused ones at one "
+                      "small shape on one thread, 10 repetitions"
+                    : "the full profile: every shape and every implementation at every thread count")
+      << ", \"other\": "
+      << quoted(o.profile == "quick"
+                    ? "./build.sh bench runs the full profile (every shape and implementation, 25 repetitions, "
+                      "several minutes); GRADPROOF_SKIP_BENCH=1 ./build.sh site then renders its results"
+                    : "./build.sh site runs the quick profile (about a minute); ./build.sh bench --profile quick "
+                      "runs it alone")
+      << "},\n  \"machine\": {";
   for (std::size_t i = 0; i < machine.size(); ++i)
     out << (i ? "," : "") << "\n    " << quoted(machine[i].first) << ": " << quoted(machine[i].second);
   out << "\n  },\n  \"bandwidth\": {";
@@ -274,7 +306,7 @@ int main(int argc, char** argv) {
   const auto probe = [&](const char* when) {
     for (int t : o.threads) {
       parallel::set_threads(t);
-      probes.push_back(probe_bandwidth(t, o.probe_mib << 20, 20));
+      probes.push_back(probe_bandwidth(t, o.probe_mib << 20, o.probe_reps));
       probes.back().when = when;
       const Bandwidth& b = probes.back();
       std::printf("bandwidth at %s, %d thread%s: triad %.1f GB/s, triad with streaming stores %.1f GB/s, read %.1f GB/s\n",
@@ -289,60 +321,115 @@ int main(int argc, char** argv) {
   };
   probe("start");
 
+  const bool quick = o.profile == "quick";
+  std::printf("profile: %s (%d repetitions, %d warm-up calls)\n", o.profile.c_str(), o.repetitions, o.warmup);
   std::printf("preparing the inputs and the float64 references...\n");
   std::fflush(stdout);
-  std::vector<BnPtr> bn;
-  for (const Shape& s : {Shape{32, 64, 56, 56}, Shape{64, 256, 14, 14}, Shape{8, 32, 128, 128}})
-    bn.push_back(make_bn_problem(s));
-  std::vector<RowNormPtr> rows_norm;
-  for (const char* op : {"layernorm", "rmsnorm"}) rows_norm.push_back(make_rownorm_problem(op, {4096, 1024}));
+  // A problem, and whether only the staged and fused rows run on it (quick: the small shape).
+  struct BnInput { BnPtr p; bool small; };
+  struct RowInput { RowNormPtr p; bool small; };
+  std::vector<BnInput> bn;
+  std::vector<RowInput> rows_norm;
+  if (quick) {
+    bn.push_back({make_bn_problem({32, 64, 56, 56}), false});
+    bn.push_back({make_bn_problem({8, 32, 28, 28}), true});
+    for (const char* op : {"layernorm", "rmsnorm"}) {
+      rows_norm.push_back({make_rownorm_problem(op, {4096, 1024}), false});
+      rows_norm.push_back({make_rownorm_problem(op, {256, 1024}), true});
+    }
+  } else {
+    for (const Shape& s : {Shape{32, 64, 56, 56}, Shape{64, 256, 14, 14}, Shape{8, 32, 128, 128}})
+      bn.push_back({make_bn_problem(s), false});
+    for (const char* op : {"layernorm", "rmsnorm"}) rows_norm.push_back({make_rownorm_problem(op, {4096, 1024}), false});
+  }
+  // quick: the staged rows only at the small shape and on the first thread count (1), where the
+  // fused rows join them; the fused rows and their peers (libtorch, oneDNN) at the large shapes on
+  // the last thread count (2, that of the targets).
+  const auto keep = [&](const Case& c, bool small, int threads) {
+    if (!o.only.empty() && (c.op + " " + c.pass + " " + c.impl).find(o.only) == std::string::npos) return false;
+    if (!quick) return true;
+    if (small) return threads == o.threads.front() && (c.impl == "staged" || c.impl == "fused");
+    return c.impl != "staged" && threads == o.threads.back();
+  };
+
+  // The groups of implementations of one case (one shape, one pass) at thread count t. They own
+  // preallocated buffers, so they are made for one thread count at a time, just before it runs.
+  struct Group { int threads; std::vector<Case> cases; };
+  const auto make_groups = [&](int t) {
+    parallel::set_threads(t);
+    libtorch_set_threads(t);  // oneDNN sizes its primitives to the threads set when they are made
+    std::vector<std::pair<std::vector<Case>, bool>> by_shape;
+    for (const BnInput& in : bn) {
+      by_shape.push_back({ours_batchnorm(in.p), in.small});
+      if (in.small && quick) continue;
+      for (auto* make : {&libtorch_batchnorm, &onednn_batchnorm})
+        for (auto& c : make(in.p)) by_shape.back().first.push_back(std::move(c));
+    }
+    for (const RowInput& in : rows_norm) {
+      by_shape.push_back({ours_rownorm(in.p), in.small});
+      if (in.small && quick) continue;
+      for (auto& c : libtorch_rownorm(in.p)) by_shape.back().first.push_back(std::move(c));
+    }
+    std::vector<Group> groups;
+    for (auto& [cases, small] : by_shape)
+      for (const std::string pass : {"forward", "backward"}) {
+        Group g{t, {}};  // in the order staged, fused, libtorch, oneDNN
+        for (Case& c : cases)
+          if (c.pass == pass && keep(c, small, t)) g.cases.push_back(std::move(c));
+        if (!g.cases.empty()) groups.push_back(std::move(g));
+      }
+    return groups;
+  };
+  // How many groups there will be, for the progress lines, from the names alone (no buffers).
+  std::size_t total = 0;
+  for (const int t : o.threads) {
+    const auto count = [&](const std::string& op, bool small, bool peers, bool bn_op) {
+      std::vector<std::string> impls{"staged", "fused"};
+      if (peers && !libtorch_version().empty()) impls.push_back("libtorch");
+      if (peers && bn_op && !onednn_version().empty()) impls.insert(impls.end(), {"onednn-nchw", "onednn-nchw16c"});
+      for (const std::string pass : {"forward", "backward"})
+        total += std::any_of(impls.begin(), impls.end(), [&](const std::string& impl) {
+          Case c;
+          c.op = op, c.pass = pass, c.impl = impl;
+          return keep(c, small, t);
+        });
+    };
+    for (const BnInput& in : bn) count("batchnorm", in.small, !(in.small && quick), true);
+    for (const RowInput& in : rows_norm) count(in.p->op, in.small, !(in.small && quick), false);
+  }
 
   std::vector<Row> rows;
   print_row_header();
+  std::size_t done = 0;
   for (const int t : o.threads) {
-    parallel::set_threads(t);
-    libtorch_set_threads(t);
-    std::vector<std::vector<Case>> groups;  // the implementations of one shape
-    for (const BnPtr& p : bn) {
-      groups.push_back(ours_batchnorm(p));
-      for (auto* make : {&libtorch_batchnorm, &onednn_batchnorm})
-        for (auto& c : make(p)) groups.back().push_back(std::move(c));
-    }
-    for (const RowNormPtr& p : rows_norm) {
-      groups.push_back(ours_rownorm(p));
-      for (auto& c : libtorch_rownorm(p)) groups.back().push_back(std::move(c));
-    }
-    for (std::vector<Case>& cases : groups) {
-      // forward cases first, then backward, each in the order staged, fused, libtorch, oneDNN
-      std::stable_partition(cases.begin(), cases.end(), [](const Case& c) { return c.pass == "forward"; });
-      std::erase_if(cases, [&](const Case& c) {
-        return !o.only.empty() && (c.op + " " + c.pass + " " + c.impl).find(o.only) == std::string::npos;
-      });
-      for (const std::string pass : {"forward", "backward"}) {
-        std::vector<Case*> group;
-        for (Case& c : cases)
-          if (c.pass == pass) group.push_back(&c);
-        if (group.empty()) continue;
-        // The implementations of one case take turns, repetition by repetition, so that they all
-        // meet the same conditions (the bandwidth of a shared machine drifts within seconds).
-        std::vector<std::function<void()>> runs;
-        for (Case* c : group) runs.push_back(c->run);
-        const std::vector<Measured> ms = time_interleaved(runs, o.warmup, o.repetitions, probe_between.get());
-        for (std::size_t k = 0; k < group.size(); ++k) {
-          Case& c = *group[k];
-          Row r;
-          r.threads = t;
-          r.t = ms[k].time;
-          r.bandwidth = ms[k].probe_gbps;
-          r.gbps = c.bytes / (r.t.median_ms * 1e6);
-          r.fraction = r.bandwidth > 0 ? r.gbps / r.bandwidth : 0;  // warm runs: set after the end probe
-          if (c.agreement) r.agreement = c.agreement();
-          if (c.extra) r.extra_ms = time_calls(c.extra, 1, o.repetitions, probe_between.get()).time.median_ms;
-          r.c = std::move(c);
-          print_row(r, r.bandwidth > 0);
-          rows.push_back(std::move(r));
-        }
+    for (Group& g : make_groups(t)) {
+      ++done;
+      std::string impls;
+      for (const Case& c : g.cases) impls += (impls.empty() ? "" : ", ") + c.impl;
+      const Case& first = g.cases.front();
+      std::fprintf(stderr, "bench: case %zu of %zu (%zu left): %s %s %s, %d thread%s: %s\n", done, total,
+                   total > done ? total - done : 0, first.op.c_str(), first.pass.c_str(), shape_text(first.shape).c_str(),
+                   g.threads, g.threads == 1 ? "" : "s", impls.c_str());
+      // The implementations of one case take turns, repetition by repetition, so that they all
+      // meet the same conditions (the bandwidth of a shared machine drifts within seconds).
+      std::vector<std::function<void()>> runs;
+      for (const Case& c : g.cases) runs.push_back(c.run);
+      const std::vector<Measured> ms = time_interleaved(runs, o.warmup, o.repetitions, probe_between.get());
+      for (std::size_t k = 0; k < g.cases.size(); ++k) {
+        Case& c = g.cases[k];
+        Row r;
+        r.threads = g.threads;
+        r.t = ms[k].time;
+        r.bandwidth = ms[k].probe_gbps;
+        r.gbps = c.bytes / (r.t.median_ms * 1e6);
+        r.fraction = r.bandwidth > 0 ? r.gbps / r.bandwidth : 0;  // warm runs: set after the end probe
+        if (c.agreement) r.agreement = c.agreement();
+        if (c.extra) r.extra_ms = time_calls(c.extra, 1, o.repetitions, probe_between.get()).time.median_ms;
+        r.c = std::move(c);
+        print_row(r, r.bandwidth > 0);
+        rows.push_back(std::move(r));
       }
+      g.cases.clear();  // frees the buffers of the case
     }
   }
   machine.emplace_back("load average at end", load_average());

@@ -30,6 +30,7 @@ from typing import Any
 from docutils import nodes
 from sphinx.application import Sphinx
 from sphinx.util import logging
+from sphinx.transforms.post_transforms import SphinxPostTransform
 from sphinx.util.docutils import SphinxDirective
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -813,6 +814,19 @@ class BenchDirective(SphinxDirective):
                                         "Run ./build.sh bench, then rebuild the site.")
             return [box]
         out: list[nodes.Node] = []
+        profile = bench.extra.get("profile")
+        if isinstance(profile, dict) and profile.get("name"):
+            # Which profile measured this page, on which machine, and how to get the other one.
+            cpu = bench.machine.get("cpu", "this machine")
+            para = nodes.paragraph(classes=["gradproof-bench-profile"])
+            para += nodes.strong(text=f"Profile: {profile['name']}. ")
+            what = str(profile.get("what", ""))
+            para += nodes.Text(f"{what[:1].upper() + what[1:]}; measured on {cpu}"
+                               f"{', ' + bench.machine['logical cpus'] + ' logical CPUs' if bench.machine.get('logical cpus') else ''}"
+                               f", load average at start {bench.machine.get('load average at start', 'not recorded')}. ")
+            if profile.get("other"):
+                para += nodes.Text(f"For the other profile: {profile['other']}.")
+            out.append(para)
         try:
             targets = gr.bench_targets(bench)
         except gr.DataError as e:
@@ -899,6 +913,9 @@ MATHJAX_CONFIG = {
     "messageStyle": "none",
     "showMathMenu": False,
     "menuSettings": {"zoom": "None"},
+    # No quick preview typeset first and replaced after: each formula is typeset once (faster for
+    # a reader, and for the browser test, which typesets every page twice).
+    "fast-preview": {"disabled": True},
 }
 
 
@@ -964,8 +981,15 @@ def repair_furo(app: Sphinx, exc: Exception | None) -> None:
     # Gumshoe is a UMD script: run as a classic script it defines window.Gumshoe.
     (static / "scripts" / "furo.js").write_text(
         f"{gumshoe}\n(function () {{\n{main.replace(imports, '')}\n}})();\n", encoding="utf-8")
-    (static / "styles" / "furo.css").write_text(css.replace(css_import, "@import url(normalize.css);"),
-                                               encoding="utf-8")
+    # Its furo.css also lacks the rule that makes the default ("auto") theme follow the system's
+    # dark theme: only the data-theme="dark" that the toggle sets is there, so that a reader with
+    # a dark system saw a light page with dark code blocks. Add it, with the same colours.
+    css = css.replace(css_import, "@import url(normalize.css);")
+    dark = re.search(r'body\[data-theme="dark"\] \{([^}]*)\}', css)
+    if "prefers-color-scheme" not in css and dark:
+        css += ("\n@media not print {\n  @media (prefers-color-scheme: dark) {\n"
+                f'    body:not([data-theme="light"]) {{{dark.group(1)}}} }} }}\n')
+    (static / "styles" / "furo.css").write_text(css, encoding="utf-8")
     shutil.copyfile(normalize, static / "styles" / "normalize.css")
 
 
@@ -999,6 +1023,126 @@ def expand_ops(app: Sphinx, docname: str, source: list[str]) -> None:
     source[0] = text
 
 
+# ---- Graphs (sphinx.ext.graphviz), code font, unique ids (issue 11) ---------------------------
+
+
+# Plain-text scripts in graph labels, written as in the derivations' prose: x_rj, σ², (σ²+ε)^−3/2.
+SCRIPT_CHARS = {"²": ("SUP", "2"), "³": ("SUP", "3"), "ᵢ": ("SUB", "i"), "ⱼ": ("SUB", "j")}
+SCRIPT = re.compile(r"([_^])(\{[^}]*\}|−?[0-9A-Za-z]+(?:/[0-9]+)?)|[" + "".join(SCRIPT_CHARS) + "]")
+
+
+def html_label(text: str) -> str | None:
+    """A label with scripts as a Graphviz HTML-like label with real <SUP>/<SUB> (None without)."""
+    if not SCRIPT.search(text):
+        return None
+
+    def esc(t: str) -> str:
+        return t.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\\n", "<BR/>")
+
+    out, pos = [], 0
+    for m in SCRIPT.finditer(text):
+        out.append(esc(text[pos:m.start()]))
+        if m.group(1):
+            tag, body = ("SUP" if m.group(1) == "^" else "SUB"), m.group(2).strip("{}")
+        else:
+            tag, body = SCRIPT_CHARS[m.group(0)]
+        out.append(f"<{tag}>{esc(body)}</{tag}>")
+        pos = m.end()
+    out.append(esc(text[pos:]))
+    return "<" + "".join(out) + ">"
+
+
+def real_scripts(code: str) -> str:
+    """dot code with every label that has scripts turned into an HTML-like label."""
+    return re.sub(r'label="((?:[^"\\]|\\.)*)"', lambda m: f"label={html_label(m.group(1)) or m.group(0)[6:]}", code)
+
+
+def polish_svg(path: Path) -> None:
+    """Graphviz writes a label's <SUP>/<SUB> as text at the label's size with baseline-shift, which
+    browsers do not all honour; draw it at 3/4 of that size, shifted by dy, so that a superscript
+    is raised wherever the SVG is shown. Idempotent: a polished file has no baseline-shift left."""
+    text = path.read_text(encoding="utf-8")
+
+    def shift(m: re.Match) -> str:
+        attrs, kind = m.group(1) + m.group(3), m.group(2)
+        size = re.search(r'font-size="([0-9.]+)"', attrs)
+        em = float(size.group(1)) if size else 10.0
+        dy = -0.4 * em if kind == "super" else 0.25 * em
+        attrs = re.sub(r'font-size="[0-9.]+"', f'font-size="{0.75 * em:.2f}"', attrs)
+        return f'<text{attrs} dy="{dy:.2f}" class="{"sup" if kind == "super" else "sub"}"'
+
+    polished = re.sub(r'<text([^>]*?) baseline-shift="(super|sub)"([^>]*?)(?= *>)', shift, text)
+    if polished != text:
+        path.write_text(polished, encoding="utf-8")
+
+
+def html_visit_graphviz(self, node) -> None:
+    """A graph as <img> with its alt text (Sphinx writes SVG as an <object> whose only text is the
+    dot source); a graph without :alt: is a warning, which fails the site build (-W)."""
+    from sphinx.ext import graphviz as gv
+
+    alt = (node.get("alt") or "").strip()
+    if not alt:
+        logger.warning("graph without :alt: text (say what the graph shows, for readers who cannot see it)",
+                       location=node)
+    try:
+        code = real_scripts(node["code"])
+        fname, outfn = gv.render_dot(self, code, node["options"], "svg", "graphviz", node.get("filename"))
+    except gv.GraphvizError as exc:
+        logger.warning(f"dot code {node['code']!r}: {exc}", location=node)
+        raise nodes.SkipNode from exc
+    if fname is None:
+        self.body.append(self.encode(node["code"]))
+        raise nodes.SkipNode
+    polish_svg(Path(outfn))
+    classes = " ".join(["graphviz"] + node.get("classes", []))
+    self.body.append(f'<div class="graphviz"><img src="{fname}" alt="{self.attval(alt)}" class="{classes}" />'
+                     "</div>\n")
+    raise nodes.SkipNode
+
+
+CODE_FONTS = ["DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf"]
+
+
+def copy_code_font(app: Sphinx, exc: Exception | None) -> None:
+    """DejaVu Sans Mono (fonts-dejavu-core) into _static/fonts, for gradproof.css's @font-face."""
+    if exc is not None or app.builder.format != "html":
+        return
+    src, dst = Path(app.config.gradproof_code_font_dir), Path(app.outdir) / "_static" / "fonts"
+    missing = [f for f in CODE_FONTS if not (src / f).is_file()]
+    if missing:
+        logger.warning(f"{', '.join(missing)} not found in {src} (Debian package fonts-dejavu-core)")
+        return
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in CODE_FONTS:
+        if not (dst / f).is_file() or (dst / f).stat().st_size != (src / f).stat().st_size:
+            shutil.copy2(src / f, dst / f)
+
+
+class UniqueIds(SphinxPostTransform):
+    """Every id once per page. Furo wraps each display equation in a container and copies the
+    equation's ids onto it: keep them on the equation only. Breathe gives every "Functions" or
+    "Public Members" heading of a page the same id: number the repeats (nothing links to them)."""
+    default_priority = 600  # after Furo's wrapping transform (500)
+    formats = ("html",)
+
+    def run(self, **kwargs: Any) -> None:
+        for node in list(self.document.findall(nodes.container)):
+            if "math-wrapper" in node.get("classes", []) and node.children \
+                    and isinstance(node.children[0], nodes.math_block):
+                node["ids"] = [i for i in node["ids"] if i not in node.children[0]["ids"]]
+        seen: dict[str, int] = {}
+        for node in self.document.findall(nodes.Element):
+            ids = node.get("ids")
+            if not ids:
+                continue
+            for k, i in enumerate(ids):
+                if i.startswith("breathe-section-title-"):
+                    seen[i] = seen.get(i, 0) + 1
+                    if seen[i] > 1:
+                        ids[k] = f"{i}-{seen[i]}"
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     app.add_config_value("gradproof_results", "", "env")
     app.add_config_value("gradproof_bench", "", "env")
@@ -1023,6 +1167,12 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.connect("builder-inited", configure_mathjax, priority=900)  # after MyST's handler (500)
     app.connect("build-finished", copy_mathjax)
     app.connect("build-finished", repair_furo)
+    app.add_config_value("gradproof_code_font_dir", "/usr/share/fonts/truetype/dejavu", "html")
+    app.setup_extension("sphinx.ext.graphviz")
+    from sphinx.ext.graphviz import graphviz as graphviz_node
+    app.add_node(graphviz_node, override=True, html=(html_visit_graphviz, None))
+    app.add_post_transform(UniqueIds)
+    app.connect("build-finished", copy_code_font)
     app.add_css_file("gradproof.css")
     app.add_css_file("gradproof-results.css")
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

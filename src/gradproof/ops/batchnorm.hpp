@@ -367,7 +367,8 @@ void batchnorm_forward_train_reference(const Tensor<Scalar>& x, const Tensor<Sca
     // Two passes over the channel: mean first, then the centred second moment, which avoids
     // the cancellation of E[x²] − E[x]².
     Scalar sum = Scalar(0);
-    for (Index n = 0; n < d.N; ++n) sum += ConstChunkMap<Scalar>(x.data() + d.offset(n, c), d.L).sum();
+    for (Index n = 0; n < d.N; ++n)
+      sum += ConstChunkMap<Scalar>(x.data() + d.offset(n, c), d.L).sum();
     const Scalar mu = sum / M;
     Scalar sq = Scalar(0);
     for (Index n = 0; n < d.N; ++n) {
@@ -493,7 +494,8 @@ void batchnorm_forward_train_into(const Tensor<Scalar>& x, Opt<const Tensor<Scal
     //! [bn.running_stats]
     // The running variance is the unbiased estimate σ²·M/(M−1); normalising used the biased σ².
     running->num_batches_tracked += 1;
-    const double w = cfg.momentum ? *cfg.momentum : 1.0 / static_cast<double>(running->num_batches_tracked);
+    const double w =
+        cfg.momentum ? *cfg.momentum : 1.0 / static_cast<double>(running->num_batches_tracked);
     const Scalar bessel = M / (M - Scalar(1));
     for (Index c = 0; c < d.C; ++c) {
       running->mean[c] = Scalar(1 - w) * running->mean[c] + Scalar(w) * cache.mean[c];
@@ -708,7 +710,9 @@ BatchNormGrads<Scalar> batchnorm_backward_staged(const Tensor<Scalar>& dy, const
     //! [bn.dvar_dx]
     // ∂σ²/∂xᵢ = 2(xᵢ − μ)/M  (the partial with μ fixed; it is also the total derivative,
     // since the extra term ∂σ²/∂μ · ∂μ/∂xᵢ is 0)
-    const auto dvar_dx = [&](Index i) { return Scalar(scales.dvar_dx) * Scalar(2) * (x[i] - mu[c]) / M; };
+    const auto dvar_dx = [&](Index i) {
+      return Scalar(scales.dvar_dx) * Scalar(2) * (x[i] - mu[c]) / M;
+    };
     //! [bn.dvar_dx]
     //! [bn.dmu_dx]
     // ∂μ/∂xᵢ = 1/M

@@ -121,8 +121,8 @@ void groupnorm_forward_into(const Tensor<Scalar>& x, Opt<const Tensor<Scalar>> g
   //! [gn.forward]
   // Each (sample n, group g) is a set of M = (C/G)·L contiguous values: μ_ng, σ²_ng over the set,
   // x̂ = (x − μ_ng)/√(σ²_ng + ε), y = γ_c x̂ + β_c with c the channel of the value (γ per channel).
-  norm::forward_kernel(s, x.data(), data_or_null(gamma), data_or_null(beta), cfg.eps, y.data(), cache.mean.data(),
-                       cache.var.data(), cache.invstd.data());
+  norm::forward_kernel(s, x.data(), data_or_null(gamma), data_or_null(beta), cfg.eps, y.data(),
+                       cache.mean.data(), cache.var.data(), cache.invstd.data());
   //! [gn.forward]
 }
 
@@ -184,7 +184,8 @@ NormGrads<Scalar> groupnorm_backward_staged(const Tensor<Scalar>& dy, const Tens
 
   // Step 3. ∂σ²/∂μ with μ treated as its own node and x held fixed.
   //! [gn.dvar_dmu]
-  // ∂σ²_ng/∂μ_ng = −(2/M) Σ_{i∈(n,g)} (xᵢ − μ_ng) = 0: μ_ng is the mean of the group σ²_ng is taken over
+  // ∂σ²_ng/∂μ_ng = −(2/M) Σ_{i∈(n,g)} (xᵢ − μ_ng) = 0: μ_ng is the mean of the group σ²_ng
+  // is taken over
   norm::steps::dvar_dmu(s, x, cache, scales.dvar_dmu, t.dvar_dmu);
   //! [gn.dvar_dmu]
 
@@ -236,7 +237,8 @@ void groupnorm_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, 
   check_outputs(kGroupNorm, dy, x, gamma, cache, dx, dgamma, dbeta);
   //! [gn.dx_fused]
   // dxᵢ = (1/(M√(σ²_ng+ε))) · (M gᵢ − Σⱼ gⱼ − x̂ᵢ Σⱼ gⱼ x̂ⱼ) over the group's M = (C/G)·L values,
-  // gᵢ = γ_{c(i)} dyᵢ: Σg = Σ_c γ_c Σ_l dy, one channel (run of L values) at a time. Two passes per group.
+  // gᵢ = γ_{c(i)} dyᵢ: Σg = Σ_c γ_c Σ_l dy, one channel (run of L values) at a time.
+  // Two passes per group.
   norm::backward_kernel(cache.sets, dy.data(), x.data(), data_or_null(gamma), cache, dx.data(),
                         dgamma ? dgamma->data() : nullptr, dbeta ? dbeta->data() : nullptr);
   //! [gn.dx_fused]

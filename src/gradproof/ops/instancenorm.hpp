@@ -157,8 +157,8 @@ void instancenorm_forward_train_into(const Tensor<Scalar>& x, Opt<const Tensor<S
   //! [in.forward]
   // Each (sample n, channel c) is a set of M = L contiguous values: μ_nc, σ²_nc over the set,
   // x̂ = (x − μ_nc)/√(σ²_nc + ε), y = γ_c x̂ + β_c (γ, β constant over the set).
-  norm::forward_kernel(s, x.data(), data_or_null(gamma), data_or_null(beta), cfg.eps, y.data(), cache.mean.data(),
-                       cache.var.data(), cache.invstd.data());
+  norm::forward_kernel(s, x.data(), data_or_null(gamma), data_or_null(beta), cfg.eps, y.data(),
+                       cache.mean.data(), cache.var.data(), cache.invstd.data());
   //! [in.forward]
   if (running) {
     //! [in.running_stats]
@@ -167,7 +167,8 @@ void instancenorm_forward_train_into(const Tensor<Scalar>& x, Opt<const Tensor<S
     // instance norm as batch norm on the (1, N·C, L) view with the running statistics repeated N
     // times, and then averages the N updated copies: the same numbers.)
     const Index C = s.period, N = s.R / C;
-    const Scalar L = Scalar(static_cast<double>(s.M)), bessel = L / (L - Scalar(1)), m = Scalar(cfg.momentum);
+    const Scalar L = Scalar(static_cast<double>(s.M)), bessel = L / (L - Scalar(1));
+    const Scalar m = Scalar(cfg.momentum);
     for (Index c = 0; c < C; ++c) {
       Scalar mean = Scalar(0), var = Scalar(0);
       for (Index n = 0; n < N; ++n) {
@@ -268,7 +269,8 @@ NormGrads<Scalar> instancenorm_backward_staged(const Tensor<Scalar>& dy, const T
 
   if (!cache.training) {
     //! [in.eval_dx]
-    // Running statistics are constants: y is affine in x, so ∂L/∂x_{ncl} = γ_c dy_{ncl} / √(r_σ²_c + ε)
+    // Running statistics are constants: y is affine in x, so
+    // ∂L/∂x_{ncl} = γ_c dy_{ncl} / √(r_σ²_c + ε)
     for (Index r = 0; r < s.R; ++r) {
       const Scalar k = (gamma ? (*gamma)[r % s.period] : Scalar(1)) * cache.invstd[r];
       for (Index i = s.offset(r), e = i + s.M; i < e; ++i) g.dx[i] = dy[i] * k;
@@ -306,7 +308,8 @@ NormGrads<Scalar> instancenorm_backward_staged(const Tensor<Scalar>& dy, const T
 
   // Step 3. ∂σ²/∂μ with μ treated as its own node and x held fixed.
   //! [in.dvar_dmu]
-  // ∂σ²_nc/∂μ_nc = −(2/L) Σ_l (x_{ncl} − μ_nc) = 0: μ_nc is the mean of the values σ²_nc is taken over
+  // ∂σ²_nc/∂μ_nc = −(2/L) Σ_l (x_{ncl} − μ_nc) = 0: μ_nc is the mean of the values σ²_nc
+  // is taken over
   norm::steps::dvar_dmu(s, x, cache, scales.dvar_dmu, t.dvar_dmu);
   //! [in.dvar_dmu]
 
@@ -328,7 +331,8 @@ NormGrads<Scalar> instancenorm_backward_staged(const Tensor<Scalar>& dy, const T
 
   // Step 6. Assemble ∂L/∂x from the three paths x → x̂, x → σ², x → μ.
   //! [in.dx]
-  // ∂L/∂x_{ncl} = ∂L/∂x̂_{ncl}/√(σ²_nc + ε) + ∂L/∂σ²_nc · ∂σ²_nc/∂x_{ncl} + ∂L/∂μ_nc · ∂μ_nc/∂x_{ncl}
+  // ∂L/∂x_{ncl} = ∂L/∂x̂_{ncl}/√(σ²_nc + ε) + ∂L/∂σ²_nc · ∂σ²_nc/∂x_{ncl}
+  //             + ∂L/∂μ_nc · ∂μ_nc/∂x_{ncl}
   norm::steps::dx(s, cache, t, g.dx);
   //! [in.dx]
   if (trace) *trace = std::move(t);

@@ -128,9 +128,10 @@ void layernorm_forward_into(const Tensor<Scalar>& x, Opt<const Tensor<Scalar>> g
   prepare_cache(cache, kLayerNorm, s, x.shape(), cfg.normalized_shape, true, gamma != nullptr, beta != nullptr);
   //! [ln.forward]
   // Each row r (one index of the leading axes) is a set of M = prod(normalized_shape) values:
-  // μ_r, σ²_r over the row, x̂ = (x − μ_r)/√(σ²_r + ε), y_{r,j} = γ_j x̂_{r,j} + β_j (γ, β elementwise).
-  norm::forward_kernel(s, x.data(), data_or_null(gamma), data_or_null(beta), cfg.eps, y.data(), cache.mean.data(),
-                       cache.var.data(), cache.invstd.data());
+  // μ_r, σ²_r over the row, x̂ = (x − μ_r)/√(σ²_r + ε), y_{r,j} = γ_j x̂_{r,j} + β_j
+  // (γ, β elementwise).
+  norm::forward_kernel(s, x.data(), data_or_null(gamma), data_or_null(beta), cfg.eps, y.data(),
+                       cache.mean.data(), cache.var.data(), cache.invstd.data());
   //! [ln.forward]
 }
 
@@ -249,7 +250,8 @@ void layernorm_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, 
   check_backward(kLayerNorm, dy, x, gamma, cache, ln_cache_sets<Scalar>);
   check_outputs(kLayerNorm, dy, x, gamma, cache, dx, dgamma, dbeta);
   //! [ln.dx_fused]
-  // dx_{r,j} = (1/(M√(σ²_r+ε))) · (M g_{r,j} − Σ_k g_{r,k} − x̂_{r,j} Σ_k g_{r,k} x̂_{r,k}), g_{r,j} = γⱼ dy_{r,j};
+  // dx_{r,j} = (1/(M√(σ²_r+ε))) · (M g_{r,j} − Σ_k g_{r,k} − x̂_{r,j} Σ_k g_{r,k} x̂_{r,k}),
+  // g_{r,j} = γⱼ dy_{r,j};
   // γ varies along the row, so it sits inside both sums. Two passes per row.
   norm::backward_kernel(cache.sets, dy.data(), x.data(), data_or_null(gamma), cache, dx.data(),
                         dgamma ? dgamma->data() : nullptr, dbeta ? dbeta->data() : nullptr);

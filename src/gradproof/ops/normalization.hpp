@@ -480,7 +480,8 @@ void dl_dvar(const NormSets& s, const Tensor<Scalar>& x, const NormCache<Scalar>
              const Tensor<Scalar>& dl_dxhat, double scale, Tensor<Scalar>& out) {
   for (Index r = 0; r < s.R; ++r) {
     //! [norm.dl_dvar]
-    // ∂L/∂σ² = Σ_{i∈S} ∂L/∂x̂ᵢ · (xᵢ − μ) · (−½)(σ² + ε)^(−3/2): σ² reaches L only through the x̂ᵢ of its set
+    // ∂L/∂σ² = Σ_{i∈S} ∂L/∂x̂ᵢ · (xᵢ − μ) · (−½)(σ² + ε)^(−3/2): σ² reaches L only through
+    // the x̂ᵢ of its set
     const Scalar is = cache.invstd[r];
     Scalar acc = Scalar(0);
     for (Index i = s.offset(r), e = i + s.M; i < e; ++i) acc += dl_dxhat[i] * (x[i] - cache.mean[r]);
@@ -525,7 +526,8 @@ void dl_dmu(const NormSets& s, const NormCache<Scalar>& cache, const Tensor<Scal
             const Tensor<Scalar>& dl_dvar, const Tensor<Scalar>& dvar_dmu, double scale, Tensor<Scalar>& out) {
   for (Index r = 0; r < s.R; ++r) {
     //! [norm.dl_dmu]
-    // ∂L/∂μ = Σ_{i∈S} ∂L/∂x̂ᵢ · (−1/√(σ² + ε)) + ∂L/∂σ² · ∂σ²/∂μ: μ reaches L through every x̂ᵢ and through σ²
+    // ∂L/∂μ = Σ_{i∈S} ∂L/∂x̂ᵢ · (−1/√(σ² + ε)) + ∂L/∂σ² · ∂σ²/∂μ: μ reaches L through every
+    // x̂ᵢ and through σ²
     Scalar direct = Scalar(0);
     for (Index i = s.offset(r), e = i + s.M; i < e; ++i) direct += dl_dxhat[i];
     out[r] = Scalar(scale) * (-direct * cache.invstd[r] + dl_dvar[r] * dvar_dmu[r]);
@@ -579,8 +581,10 @@ void dx(const NormSets& s, const NormCache<Scalar>& cache, const NormStagedTrace
   for (Index r = 0; r < s.R; ++r) {
     for (Index i = s.offset(r), e = i + s.M; i < e; ++i) {
       //! [norm.dx]
-      // ∂L/∂xᵢ = ∂L/∂x̂ᵢ / √(σ² + ε) + ∂L/∂σ² · ∂σ²/∂xᵢ + ∂L/∂μ · ∂μ/∂xᵢ: the three paths x → x̂, x → σ², x → μ
-      out[i] = t.dl_dxhat[i] * cache.invstd[r] + t.dl_dvar[r] * t.dvar_dx[i] + t.dl_dmu[r] * t.dmu_dx[r];
+      // ∂L/∂xᵢ = ∂L/∂x̂ᵢ / √(σ² + ε) + ∂L/∂σ² · ∂σ²/∂xᵢ + ∂L/∂μ · ∂μ/∂xᵢ: the three paths
+      // x → x̂, x → σ², x → μ
+      out[i] = t.dl_dxhat[i] * cache.invstd[r] + t.dl_dvar[r] * t.dvar_dx[i]
+               + t.dl_dmu[r] * t.dmu_dx[r];
       //! [norm.dx]
     }
   }
@@ -794,7 +798,11 @@ void backward_kernel(const NormSets& s, const Scalar* dy, const Scalar* x, const
       if constexpr (std::is_floating_point_v<Scalar>) {  // a fixed order (see dy_sums())
         if (gamma) {
           const auto [a, b] = kernels::sum2(
-              s.M, [mu](auto d, auto xv, auto g) { const auto gd = g * d; return std::pair{gd, gd * (xv - mu)}; },
+              s.M,
+              [mu](auto d, auto xv, auto g) {
+                const auto gd = g * d;
+                return std::pair{gd, gd * (xv - mu)};
+              },
               dy + o, x + o, gamma + base);
           sum_g = Scalar(a), sum_g_xmu = Scalar(b);
         } else {
@@ -833,7 +841,8 @@ void backward_kernel(const NormSets& s, const Scalar* dy, const Scalar* x, const
         const Index oq = o + q * s.run;
         const Scalar gq = gamma ? gamma[base + q] : Scalar(1);
         Map<Scalar>(dx + oq, s.run) =
-            k * ((M * gq) * CMap<Scalar>(dy + oq, s.run) - sum_g - (CMap<Scalar>(x + oq, s.run) - mu) * c);
+            k * ((M * gq) * CMap<Scalar>(dy + oq, s.run) - sum_g
+                 - (CMap<Scalar>(x + oq, s.run) - mu) * c);
       }
     }
     //! [norm.dx_fused]

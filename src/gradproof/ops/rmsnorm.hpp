@@ -143,7 +143,8 @@ void rmsnorm_forward_reference(const NormSets& s, const Scalar* x, const Scalar*
   const Scalar M = Scalar(static_cast<double>(s.M));
   for (Index r = 0; r < s.R; ++r) {
     //! [rms.forward]
-    // One pass for the mean square (no centring), then x̂ = x/√(ms + ε) and y = γ ⊙ x̂ (γ elementwise).
+    // One pass for the mean square (no centring), then x̂ = x/√(ms + ε) and y = γ ⊙ x̂
+    // (γ elementwise).
     const auto xs = CMap<Scalar>(x + s.offset(r), s.M);
     const Scalar ms = xs.square().sum() / M;
     const Scalar inv = Scalar(1) / sqrt(ms + Scalar(eps));
@@ -426,7 +427,8 @@ void rmsnorm_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, Op
     if (dgamma) Map<Scalar>(dgamma->data(), s.M) += dys * xs * inv;
     auto dxs = Map<Scalar>(dx.data() + s.offset(r), s.M);
     //! [rms.dx_fused]
-    // dx = (1/√(ms+ε)) · (g − x̂ · Σ(g·x̂)/M), g = γ ⊙ dy, x̂ = x/√(ms+ε): one projection, no Σg term.
+    // dx = (1/√(ms+ε)) · (g − x̂ · Σ(g·x̂)/M), g = γ ⊙ dy, x̂ = x/√(ms+ε): one projection,
+    // no Σg term.
     // Pass 1: Σ g·x (x̂ rebuilt on the fly). Pass 2: dx = inv·g − x·(inv³·Σ g·x / M).
     if (gamma) {
       const auto gs = CMap<Scalar>(gamma->data(), s.M);

@@ -2,7 +2,8 @@
 /// \brief Softmax over the last axis: forward, staged and fused backward.
 ///
 /// Semantics of PyTorch's `torch.softmax(x, dim=-1)`:
-/// \f[ y_{r,j} = \frac{\exp(x_{r,j} - m_r)}{\sum_k \exp(x_{r,k} - m_r)},\qquad m_r = \max_k x_{r,k}, \f]
+/// \f[ y_{r,j} = \frac{\exp(x_{r,j} - m_r)}{\sum_k \exp(x_{r,k} - m_r)},
+///     \qquad m_r = \max_k x_{r,k}, \f]
 /// per row \f$r\f$ of the last axis. The shift \f$m_r\f$ changes no value of \f$y\f$ (it cancels
 /// between numerator and denominator); it is there so that no \f$\exp\f$ overflows. Its gradient
 /// term is zero (softmax.dshift, derived in `derivations/softmax.md`).
@@ -12,8 +13,8 @@
 ///   \f$R\f$ = `numel(x) / M` rows;
 /// - statistics in the cache: `(R)`.
 ///
-/// The fused backward reads the output `y`, as PyTorch's `_softmax_backward_data` does; the staged
-/// backward rebuilds the graph's nodes from `x` and the cache, one term at a time.
+/// The fused backward reads the output `y`, as PyTorch's `_softmax_backward_data` does; the
+/// staged backward rebuilds the graph's nodes from `x` and the cache, one term at a time.
 #pragma once
 
 #include "gradproof/ops/layout.hpp"
@@ -41,7 +42,8 @@ struct SoftmaxCache {
   Index M = 0;          ///< values per row (the last extent)
   Tensor<Scalar> max;   ///< `(R)`: the shift \f$m_r = \max_k x_{r,k}\f$ (a constant of the graph)
   Tensor<Scalar> sum;   ///< `(R)`: \f$s_r = \sum_k \exp(x_{r,k} - m_r)\f$
-  Tensor<Index> argmax; ///< `(R)`: first index of the maximum in each row (the subgradient of \f$m\f$)
+  /// `(R)`: first index of the maximum in each row (the subgradient of \f$m\f$)
+  Tensor<Index> argmax;
 };
 
 /// Output of the forward pass: `y` and the cache for backward.
@@ -71,7 +73,8 @@ struct SoftmaxStagedTrace {
   Tensor<Scalar> dl_de;   ///< shape of `x`: \f$\partial L/\partial e\f$ with \f$s\f$ held fixed
   Tensor<Scalar> dl_ds;   ///< `(R)`: \f$\partial L/\partial s_r\f$
   Tensor<Scalar> dl_dz;   ///< shape of `x`: \f$\partial L/\partial z\f$, \f$z = x - m\f$
-  Tensor<Scalar> dshift;  ///< `(R)`: \f$\partial L/\partial m_r = -\sum_j \partial L/\partial z_{r,j}\f$
+  /// `(R)`: \f$\partial L/\partial m_r = -\sum_j \partial L/\partial z_{r,j}\f$
+  Tensor<Scalar> dshift;
 };
 
 namespace detail::softmax {
@@ -88,24 +91,29 @@ double real_value(const S& v) {
 
 inline void rows_of(const Shape& shape, const SoftmaxConfig& cfg, Index& R, Index& M) {
   const Index rank = static_cast<Index>(shape.size());
-  if (rank < 1) throw InvalidArgument("softmax: x must have rank >= 1; got shape " + to_string(shape));
+  if (rank < 1)
+    throw InvalidArgument("softmax: x must have rank >= 1; got shape " + to_string(shape));
   if (cfg.dim != -1 && cfg.dim != rank - 1) {
     std::ostringstream msg;
-    msg << "softmax: dim must be -1 or " << rank - 1 << " (the last axis of x of shape " << to_string(shape)
+    msg << "softmax: dim must be -1 or " << rank - 1 << " (the last axis of x of shape "
+        << to_string(shape)
         << "); got " << cfg.dim;
     throw InvalidArgument(msg.str());
   }
   M = shape.back();
   R = M > 0 ? numel(shape) / M : 0;
-  if (R * M == 0) throw InvalidArgument("softmax: x must not be empty; got shape " + to_string(shape));
+  if (R * M == 0)
+    throw InvalidArgument("softmax: x must not be empty; got shape " + to_string(shape));
 }
 
 template <class Scalar>
-void check_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& other, const SoftmaxCache<Scalar>& cache,
+void check_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& other,
+                    const SoftmaxCache<Scalar>& cache,
                     const char* other_name) {
   if (!same_shape(other.shape(), cache.shape) || cache.sum.size() != cache.R) {
     std::ostringstream msg;
-    msg << "softmax: cache was made for an input of shape " << to_string(cache.shape) << " but " << other_name
+    msg << "softmax: cache was made for an input of shape " << to_string(cache.shape) << " but "
+        << other_name
         << " has shape " << to_string(other.shape());
     throw InvalidArgument(msg.str());
   }
@@ -121,8 +129,8 @@ void check_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& other, const
 /// \param cfg    `dim` (the last axis)
 /// \param y      output, preallocated with the shape of `x`
 /// \param cache  output: per row the shift, the sum and the argmax
-/// \throws InvalidArgument on rank 0, an empty `x`, a `dim` other than the last axis, or `y` not of
-///         the shape of `x`.
+/// \throws InvalidArgument on rank 0, an empty `x`, a `dim` other than the last axis, or `y` not
+///         of the shape of `x`.
 template <class Scalar>
 void softmax_forward_into(const Tensor<Scalar>& x, const SoftmaxConfig& cfg, Tensor<Scalar>& y,
                           SoftmaxCache<Scalar>& cache) {
@@ -167,7 +175,8 @@ SoftmaxForward<Scalar> softmax_forward(const Tensor<Scalar>& x, const SoftmaxCon
   return out;
 }
 
-/// \brief Staged backward pass: one named step per chain-rule term, each marked with its formula id.
+/// \brief Staged backward pass: one named step per chain-rule term, each marked with its
+/// formula id.
 /// \param dy      upstream gradient, shape of `x`
 /// \param x       the forward input
 /// \param cache   from the forward pass on `x`
@@ -176,14 +185,15 @@ SoftmaxForward<Scalar> softmax_forward(const Tensor<Scalar>& x, const SoftmaxCon
 /// \throws InvalidArgument if `dy` or `x` does not match the cache.
 template <class Scalar>
 SoftmaxGrads<Scalar> softmax_backward_staged(const Tensor<Scalar>& dy, const Tensor<Scalar>& x,
-                                             const SoftmaxCache<Scalar>& cache, const SoftmaxTermScales& scales = {},
+                                             const SoftmaxCache<Scalar>& cache,
+                                             const SoftmaxTermScales& scales = {},
                                              SoftmaxStagedTrace<Scalar>* trace = nullptr) {
   using std::exp;
   detail::softmax::check_backward(dy, x, cache, "x");
   const Index R = cache.R, M = cache.M;
   SoftmaxGrads<Scalar> g{Tensor<Scalar>(x.shape())};
-  SoftmaxStagedTrace<Scalar> t{Tensor<Scalar>(x.shape()), Tensor<Scalar>({R}), Tensor<Scalar>(x.shape()),
-                               Tensor<Scalar>({R})};
+  SoftmaxStagedTrace<Scalar> t{Tensor<Scalar>(x.shape()), Tensor<Scalar>({R}),
+                               Tensor<Scalar>(x.shape()), Tensor<Scalar>({R})};
   for (Index r = 0; r < R; ++r) {
     const Index o = r * M;
     const Scalar s = cache.sum[r];
@@ -215,7 +225,8 @@ SoftmaxGrads<Scalar> softmax_backward_staged(const Tensor<Scalar>& dy, const Ten
     for (Index j = 0; j < M; ++j) dm -= t.dl_dz[o + j];
     t.dshift[r] = Scalar(scales.dshift) * dm;
     //! [softmax.dshift]
-    // Step 5. Assemble: x_j reaches z_j (∂z_j/∂x_j = 1) and, at the argmax only, m (∂m/∂x_k = 1).
+    // Step 5. Assemble: x_j reaches z_j (∂z_j/∂x_j = 1) and, at the argmax only, m
+    // (∂m/∂x_k = 1).
     for (Index j = 0; j < M; ++j) {
       //! [softmax.dx]
       // ∂L/∂x_j = ∂L/∂z_j + ∂L/∂m · [j = argmax]
@@ -234,11 +245,11 @@ SoftmaxGrads<Scalar> softmax_backward_staged(const Tensor<Scalar>& dy, const Ten
 /// \param y      the forward output
 /// \param cache  from the forward pass
 /// \param dx     output, preallocated with the shape of `y`
-/// \throws InvalidArgument on mismatched shapes of any argument or output. `dx` may be the buffer of
-///         `dy` or of `y`: each element is read before it is written.
+/// \throws InvalidArgument on mismatched shapes of any argument or output. `dx` may be the buffer
+///         of `dy` or of `y`: each element is read before it is written.
 template <class Scalar>
-void softmax_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& y, const SoftmaxCache<Scalar>& cache,
-                           Tensor<Scalar>& dx) {
+void softmax_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& y,
+                           const SoftmaxCache<Scalar>& cache, Tensor<Scalar>& dx) {
   using namespace detail::softmax;
   check_backward(dy, y, cache, "y");
   require_shape(dx, cache.shape, kSoftmax, "dx (output)");
