@@ -74,13 +74,15 @@ class Reader {
     return in_range(1, 1100);
   }
 
-  /// A shape of `rank` extents, or nothing when it holds more than max_values() values.
+  /// A shape of `rank` extents, or nothing when it would hold more than max_values() values with
+  /// its zero extents made 1 (other_shape() turns a 0 into a 1, so the bound must hold for that
+  /// shape too: a (0, 1100, 1100, 1100) would otherwise become 1.3 billion values).
   std::optional<Shape> shape(std::size_t rank) {
     Shape s(rank);
     Index n = 1;
     for (auto& d : s) {
       d = extent();
-      n *= d;
+      n *= std::max<Index>(d, 1);
       if (n > max_values()) return std::nullopt;
     }
     return s;
