@@ -2,9 +2,9 @@
 // from the fuzz input, and comparing the fused passes with the staged ones in float64.
 //
 // The input is read from the front, one byte per decision, so that a seed can be written by hand
-// (fuzz/corpus/README.md gives the layout); a byte past the end reads as 0. The values of the
-// tensors come from the bytes that are left, then from a generator seeded by the input, so that
-// a short input still fills a large tensor with varied values.
+// (fuzz/corpus/make_seeds.py gives the layout and writes the seeds); a byte past the end reads
+// as 0. The values of the tensors come from the bytes that are left, then from a generator
+// seeded by the input, so that a short input still fills a large tensor with varied values.
 //
 // What counts as a finding (the harness calls std::abort(), which libFuzzer reports as a crash):
 // an exception other than gradproof::InvalidArgument, a fused result that differs from the staged
