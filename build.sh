@@ -10,7 +10,9 @@
 #   ./build.sh bench [ARGS]   run the benchmarks, full profile (preset bench), write
 #                       build/bench/bench/results.json (ARGS go to gradproof_bench, e.g.
 #                       --profile quick, --threads 2 --reps 40; see --help)
-#   ./build.sh deps GROUP...   install the packages of groups in packages.txt (build, site, bench)
+#   ./build.sh fuzz [SECONDS]  build the libFuzzer harnesses (preset fuzz) and run each for SECONDS
+#                       (default 60) from its seed corpus; non-zero exit if any finds a crash
+#   ./build.sh deps GROUP...   install the packages of groups in packages.txt (build, site, bench, fuzz)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -221,13 +223,39 @@ cmd_bench() {  # the comparisons need libtorch and oneDNN: the bench group of pa
   build/bench/bench/gradproof_bench --out "$here/build/bench/bench/results.json" "$@"
 }
 
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
+# ---- Fuzzing (issue 10) ------------------------------------------------------------------------
+# Each harness runs from a working corpus in build/fuzz/corpus/<h> that starts as the seed corpus
+# fuzz/corpus/<h> and keeps what libFuzzer adds (so a later run goes on from there). Crashing
+# inputs land in build/fuzz/artifacts/<h>/; the log of each run in build/fuzz/logs/<h>.log.
+cmd_fuzz() {
+  local seconds=${1:-60} status=0 h out
+  [[ "$seconds" =~ ^[0-9]+$ ]] || die "fuzz: SECONDS must be a whole number; got '$seconds'"
+  deps build fuzz
+  build_preset fuzz
+  out="$here/build/fuzz"
+  for h in bn ln gn in rms; do
+    mkdir -p "$out/corpus/$h" "$out/artifacts/$h" "$out/logs"
+    log "fuzz $h for ${seconds}s"
+    if ! "$out/fuzz/gradproof_fuzz_$h" -max_total_time="$seconds" -timeout=20 -print_final_stats=1 \
+        -artifact_prefix="$out/artifacts/$h/" "$out/corpus/$h" "$here/fuzz/corpus/$h" >"$out/logs/$h.log" 2>&1; then
+      status=1
+      log "fuzz $h: CRASH (see $out/logs/$h.log; inputs in $out/artifacts/$h/)"
+    fi
+    grep -E '^stat::(number_of_executed_units|average_exec_per_sec):' "$out/logs/$h.log" | tr '\n' ' ' >&2 || true
+    echo >&2
+  done
+  [ "$status" -eq 0 ] || die "fuzz: a harness found a crash"
+  log "fuzz: no crash"
+}
+
+usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
 
 case "${1:-}" in
   test) cmd_test ;;
   site) cmd_site ;;
   serve) cmd_serve ;;
   bench) shift; cmd_bench "$@" ;;
+  fuzz) shift; cmd_fuzz "$@" ;;
   deps) shift; [ $# -gt 0 ] || die "deps: name at least one group of packages.txt"; deps "$@" ;;
   -h | --help | help) usage ;;
   *) usage >&2; exit 2 ;;
