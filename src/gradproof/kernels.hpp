@@ -16,8 +16,10 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -683,6 +685,50 @@ inline void map_columns_rows(S* __restrict dst, Index stride, Index n, bool nont
     for (const Index head = detail::until_aligned(dst, n); i < head; ++i) column(i, S{});
   for (; i + W <= n; i += W) column(i, V{});
   for (; i < n; ++i) column(i, S{});
+}
+
+/// \brief The variance and \f$1/\sqrt{\sigma^2+\varepsilon}\f$ of a set from its variance as
+/// computed from shifted sums, \f$S_2/M - (S_1/M)^2\f$, in double, propagating NaN and overflow
+/// as PyTorch propagates them (issue 10).
+///
+/// - A variance below 0 (rounding, when \f$\sigma^2 \approx 0\f$) becomes 0; a NaN stays NaN
+///   (`std::max(0.0, v)` would turn it into 0: a NaN or ±Inf input, for which \f$S_2/M - (S_1/M)^2\f$
+///   is ∞ − ∞, then gave finite statistics and ∓Inf outputs where PyTorch gives NaN).
+/// - \f$+\infty\f$ means that a centred square overflowed the scalar type of the sums although
+///   every value is finite (an infinite value makes the difference ∞ − ∞ = NaN instead): the
+///   variance is kept as \f$+\infty\f$, which is what the dtype can say of it, and the inverse
+///   standard deviation is NaN, not \f$1/\sqrt\infty = 0\f$: 0 would give y = β and dx = 0 for the
+///   whole set, finite values that are wrong (the exact x̂ is of order 1). See the pitfalls of
+///   `derivations/normalization.md`.
+///
+/// \param mean_sq  \f$S_2/M\f$, the mean square of the shifted values
+/// \param shift    \f$S_1/M\f$, their mean (\f$\mu - K\f$)
+/// \param eps      \f$\varepsilon\f$
+inline std::pair<double, double> variance_and_invstd(double mean_sq, double shift, double eps) noexcept {
+  constexpr double inf = std::numeric_limits<double>::infinity();
+  // A mean square that overflowed, with a finite shift, is an overflow even when shift² overflows
+  // too (in double, for |μ − K| ≳ 1.3e154), where the difference would be ∞ − ∞.
+  double var = mean_sq == inf && std::isfinite(shift) ? inf : mean_sq - shift * shift;
+  if (var < 0) var = 0;  // NaN compares false and stays NaN
+  const double invstd = var == inf ? std::numeric_limits<double>::quiet_NaN() : 1.0 / std::sqrt(var + eps);
+  return {var, invstd};
+}
+
+/// \brief \f$a - r\,b\f$: the correction of a value computed with the rounded mean by the
+/// mean's residual `r` (NormCache::mean_residual), applied only where it is finite.
+///
+/// The correction is a small finite adjustment of a finite value. Where \f$r\,b\f$ is not finite
+/// (`b` a sum over a set holding an infinite dy, say, or \f$0\cdot\infty\f$ when `r` = 0), `a` is
+/// already infinite or NaN for the same reason, and subtracting would only turn a ±Inf into NaN
+/// through ∞ − ∞: `a` is returned as it is.
+template <class T>
+inline T minus_residual(const T& a, const T& r, const T& b) noexcept {
+  if (r == T(0)) return a;
+  const T rb = r * b;
+  if constexpr (std::is_floating_point_v<T>) {
+    if (!std::isfinite(rb)) return a;
+  }
+  return a - rb;
 }
 
 /// \brief Whether a pass should write its output of `bytes` bytes with streaming stores.

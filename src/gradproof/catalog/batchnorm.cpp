@@ -1100,6 +1100,69 @@ std::vector<ResultRow> check_sum_of_squares_loss(const std::string& test) {
   return rows;
 }
 
+// float32 with a large mean, |μ| ≫ σ. Rounded to float32, μ is off by up to 2⁻²⁴|μ|, and
+// x − μ carries that into every x̂: with channel means of 1e4 and σ = 1, y was off by 4.8e-4 and
+// dx by 3.2e-5 before the cache kept the residual μ − float32(μ) (issue 10, defect 6). The input
+// is rounded to float32 first, so the float64 reference sees the same values.
+Problem large_mean_problem(double mean) {
+  const Shape shape{8, 3, 64};
+  Problem p = make_problem(shape, 2026);
+  const double means[] = {mean, -mean, 0.5 * mean};
+  for (Index c = 0; c < p.d.C; ++c) set_moments(p.x, channel_indices(p.d, c), means[c], 1.0);
+  p.x = p.x.cast<float>().cast<double>();
+  return p;
+}
+
+// Float32 rounding allowances of the large-mean rows, in units of u32 = 2⁻²⁴ of the scale of the
+// compared values: y is rounded once (½ ulp), and x − mean, the product and the shift by β add a
+// rounding each, so a few u32·max|y|; 8 u32 leaves room and is 60x below the error the float32
+// mean gave at 1e4. dx (fused): its three terms are each rounded and the sums carry about √16
+// float32 roundings per flush (kernels::Sums2), 16 u32 of its term scale. The staged dx sums in
+// float32 sequentially over M = 512 values, about √M = 22 roundings for random rounding: 32 u32.
+constexpr double kU32 = 0x1p-24;
+
+ResultRow large_mean_row(const std::string& formula, const std::string& test, const Problem& p,
+                         const Eigen::VectorXd& got, const Eigen::VectorXd& want, double scale, double units,
+                         const std::string& what, double mean) {
+  const check::Tolerance tol{units * kU32 * scale, 0.0};
+  ResultRow row{formula, test, "reference", "float32", "pitfall", i64(p.shape)};
+  check::fill(row, check::compare(got, want, tol), {got.size()});
+  std::ostringstream note;
+  note << what << " in float32 against float64 on the same (float32) input, channel means " << mean << ", "
+       << -mean << ", " << 0.5 * mean << " and σ = 1: max abs error " << row.max_abs_err << " (scale " << scale
+       << "); the mean is kept as float32 value + residual";
+  row.note = note.str();
+  return row;
+}
+
+std::vector<ResultRow> check_large_mean_forward(const std::string& test) {
+  std::vector<ResultRow> rows;
+  for (double mean : {1e4, 1e6}) {
+    const Problem p = large_mean_problem(mean);
+    const Prepared<double> pd(p, true);
+    const Prepared<float> pf(p, true);
+    const Eigen::VectorXd want = as_f64(pd.fwd.y);
+    rows.push_back(large_mean_row("bn.forward", test, p, as_f64(pf.fwd.y), want, want.cwiseAbs().maxCoeff(), 8, "y",
+                                  mean));
+  }
+  return rows;
+}
+
+std::vector<ResultRow> check_large_mean_dx(const std::string& formula, const std::string& test, Backward b) {
+  std::vector<ResultRow> rows;
+  for (double mean : {1e4, 1e6}) {
+    const Problem p = large_mean_problem(mean);
+    const Prepared<double> pd(p, true);
+    const Prepared<float> pf(p, true);
+    const Eigen::VectorXd want = as_f64(run_backward(pd, p.w, Backward::staged).dx);
+    const Eigen::VectorXd got = as_f64(run_backward(pf, p.w.cast<float>(), b).dx);
+    const double scale = dx_term_magnitudes(p, pd.fwd.cache, p.w).maxCoeff();
+    rows.push_back(large_mean_row(formula, test, p, got, want, scale, b == Backward::fused ? 16 : 32,
+                                  std::string(name(b)) + " dx", mean));
+  }
+  return rows;
+}
+
 // ----------------------------------------------------------------------------------------------
 // Negative controls.
 
@@ -1229,6 +1292,11 @@ void register_batchnorm(Registry& r) {
   add("bn.dx", "bn/pitfalls/sum_of_squares_loss_gradient_vanishes_with_eps", check_sum_of_squares_loss);
   add("bn.dx", "bn/pitfalls/xhat_orthogonality_holds_only_as_eps_goes_to_zero", check_xhat_moment_pitfall);
   add("bn.dx", "bn/pitfalls/float32_central_differences_need_a_larger_step", check_float32_step_pitfall);
+  add("bn.dx", "bn/pitfalls/float32_large_mean_staged_dx_keeps_the_mean_residual",
+      [](const std::string& t) { return check_large_mean_dx("bn.dx", t, Backward::staged); });
+  add("bn.forward", "bn/pitfalls/float32_large_mean_forward_keeps_the_mean_residual", check_large_mean_forward);
+  add("bn.dx_fused", "bn/pitfalls/float32_large_mean_fused_dx_keeps_the_mean_residual",
+      [](const std::string& t) { return check_large_mean_dx("bn.dx_fused", t, Backward::fused); });
   add("bn.dgamma", "bn/params/dgamma_matches_oracles",
       [](const std::string& t) { return param_against_oracles("bn.dgamma", t, 0, true); });
   add("bn.dgamma", "bn/params/dgamma_equals_sum_dy_xhat",

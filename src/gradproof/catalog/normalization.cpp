@@ -1093,6 +1093,68 @@ std::vector<ResultRow> check_negative_controls(const Spec& sp, const std::string
   return rows;
 }
 
+// float32 with a large mean, |μ| ≫ σ (issue 10, defect 6): rounded to float32, μ is off by up
+// to 2⁻²⁴|μ|, which x − μ carried into every x̂ until the cache kept the residual μ − float32(μ)
+// (NormCache::mean_residual). Sets with means of ±mean and mean/2 and σ = 1; the input is rounded
+// to float32 first, so the float64 reference sees the same values.
+Problem large_mean_problem(const Spec& sp, double mean) {
+  const Case& c = sp.projection.front();
+  Problem p = make_problem(sp.member, c, seed_of(sp.member, c) + 10);
+  const double means[] = {mean, -mean, 0.5 * mean};
+  for (Index r = 0; r < p.sets.R; ++r) set_moments(p.x, set_indices(p.sets, r), means[r % 3], 1.0);
+  p.x = p.x.cast<float>().cast<double>();
+  return p;
+}
+
+// The allowances, in u32 = 2⁻²⁴ of the scale of the compared values (as for bn): y, 8 u32 of
+// max|y| (one rounding of y, and one each for x − mean, the product and β: 60x below the error
+// of a float32 mean at 1e4); fused dx, 16 u32 of its term scale (the rounding of its three terms
+// and of the float32 partial sums); staged dx sums in float32 sequentially over the set, about
+// √M roundings for random rounding (M = 64 to 256 here): 32 u32.
+constexpr double kU32 = 0x1p-24;
+
+ResultRow large_mean_row(const std::string& formula, const std::string& test, const Problem& p,
+                         const Eigen::VectorXd& got, const Eigen::VectorXd& want, double scale, double units,
+                         const std::string& what, double mean) {
+  const check::Tolerance tol{units * kU32 * scale, 0.0};
+  ResultRow row{formula, test, "reference", "float32", "pitfall", i64(p.shape)};
+  check::fill(row, check::compare(got, want, tol), {got.size()});
+  std::ostringstream note;
+  note << what << " in float32 against float64 on the same (float32) input, set means " << mean << ", " << -mean
+       << ", " << 0.5 * mean << " and σ = 1 (" << describe(p) << "): max abs error " << row.max_abs_err << " (scale "
+       << scale << "); the mean is kept as float32 value + residual";
+  row.note = note.str();
+  return row;
+}
+
+std::vector<ResultRow> check_large_mean_forward(const Spec& sp, const std::string& test) {
+  std::vector<ResultRow> rows;
+  for (double mean : {1e4, 1e6}) {
+    const Problem p = large_mean_problem(sp, mean);
+    const Prepared<double> pd(p, true);
+    const Prepared<float> pf(p, true);
+    const Eigen::VectorXd want = as_f64(pd.fwd.y);
+    rows.push_back(large_mean_row(term_id(sp, "forward"), test, p, as_f64(pf.fwd.y), want, want.cwiseAbs().maxCoeff(),
+                                  8, "y", mean));
+  }
+  return rows;
+}
+
+std::vector<ResultRow> check_large_mean_dx(const Spec& sp, const std::string& test, Backward b) {
+  std::vector<ResultRow> rows;
+  for (double mean : {1e4, 1e6}) {
+    const Problem p = large_mean_problem(sp, mean);
+    const Prepared<double> pd(p, true);
+    const Prepared<float> pf(p, true);
+    const Eigen::VectorXd want = as_f64(run_backward(p, pd, p.w, Backward::staged).dx);
+    const Eigen::VectorXd got = as_f64(run_backward(p, pf, p.w.cast<float>(), b).dx);
+    const double scale = dx_term_magnitudes(p, pd.fwd.cache, p.w, p.gamma).maxCoeff();
+    rows.push_back(large_mean_row(term_id(sp, b == Backward::fused ? "dx_fused" : "dx"), test, p, got, want, scale,
+                                  b == Backward::fused ? 16 : 32, std::string(name(b)) + " dx", mean));
+  }
+  return rows;
+}
+
 // ----------------------------------------------------------------------------------------------
 // Layer norm at the benchmark shape: the fast kernels are checked where they are timed.
 
@@ -1151,6 +1213,12 @@ void register_family(Registry& r, Member m) {
   });
   add(id("dx"), op + "/pitfalls/sum_of_y_gradient_vanishes_only_for_gamma_uniform_over_the_set",
       [mm](const std::string& t) { return check_sum_of_y(spec(mm), t); });
+  add(id("forward"), op + "/pitfalls/float32_large_mean_forward_keeps_the_mean_residual",
+      [mm](const std::string& t) { return check_large_mean_forward(spec(mm), t); });
+  add(id("dx"), op + "/pitfalls/float32_large_mean_staged_dx_keeps_the_mean_residual",
+      [mm](const std::string& t) { return check_large_mean_dx(spec(mm), t, Backward::staged); });
+  add(id("dx_fused"), op + "/pitfalls/float32_large_mean_fused_dx_keeps_the_mean_residual",
+      [mm](const std::string& t) { return check_large_mean_dx(spec(mm), t, Backward::fused); });
   if (m == Member::core)
     add(id("dx"), op + "/pitfalls/xhat_orthogonality_holds_only_as_eps_goes_to_zero",
         [mm](const std::string& t) { return check_xhat_moment_pitfall(spec(mm), t); });

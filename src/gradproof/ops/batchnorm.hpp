@@ -68,6 +68,10 @@ struct BatchNormCache {
   Tensor<Scalar> mean;    ///< `(C)`: \f$\mu\f$, the batch mean (training) or the running mean (eval)
   Tensor<Scalar> var;     ///< `(C)`: \f$\sigma^2\f$, biased batch variance (training) or running variance (eval)
   Tensor<Scalar> invstd;  ///< `(C)`: \f$1/\sqrt{\sigma^2+\varepsilon}\f$
+  /// `(C)`: \f$\mu\f$ − `mean`, the part of the batch mean that `Scalar` cannot hold (the mean
+  /// rounded to float32 is off by up to \f$2^{-24}|\mu|\f$, which x − μ would carry into every
+  /// x̂ when \f$|\mu| \gg \sigma\f$); 0 in double and in eval. Empty: taken as 0.
+  Tensor<Scalar> mean_residual;
 };
 
 /// Output of a forward pass: `y` and the cache for backward.
@@ -145,9 +149,9 @@ void check_bn_forward_outputs(const Tensor<Scalar>& y, const Tensor<Scalar>* gam
   require_distinct(kBatchNorm, &y, "y (output)", &cache.mean, "cache mean (output)");
   require_distinct(kBatchNorm, &y, "y (output)", &cache.var, "cache var (output)");
   require_distinct(kBatchNorm, &y, "y (output)", &cache.invstd, "cache invstd (output)");
+  require_distinct(kBatchNorm, &y, "y (output)", &cache.mean_residual, "cache mean_residual (output)");
 }
 
-/// Checks `dy` and the cache against `x` before a backward pass.
 /// Checks `dy` and the cache against `x` before a backward pass, before anything is allocated.
 template <class Scalar>
 NCL check_bn_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, const Tensor<Scalar>* gamma,
@@ -166,6 +170,8 @@ NCL check_bn_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, const T
                                 std::pair{&cache.invstd, "cache invstd"}}) {
     check_channel_vector(t, d.C, name);
   }
+  // The residual of the mean is optional (empty: 0); one of the wrong size would be read as 0.
+  if (cache.mean_residual.size() != 0) check_channel_vector(&cache.mean_residual, d.C, "cache mean_residual");
   return d;
 }
 
@@ -187,8 +193,19 @@ void shape_cache(BatchNormCache<Scalar>& cache, const Shape& shape, const NCL& d
   cache.shape = shape;  // reuses the storage of the same rank: no allocation
   cache.dims = d;
   cache.training = training;
-  for (Tensor<Scalar>* t : {&cache.mean, &cache.var, &cache.invstd}) {
+  for (Tensor<Scalar>* t : {&cache.mean, &cache.var, &cache.invstd, &cache.mean_residual}) {
     if (!same_shape(t->shape(), vector_shape(d.C))) *t = Tensor<Scalar>({d.C});
+  }
+}
+
+/// The residual of the mean of channel `c` (BatchNormCache::mean_residual): 0 when the cache has
+/// none of `C` values, and for the scalar types of the oracles, whose mean is exact in `Scalar`.
+template <class Scalar>
+Scalar mean_residual_at(const BatchNormCache<Scalar>& cache, Index c) {
+  if constexpr (std::is_floating_point_v<Scalar>) {
+    return cache.mean_residual.size() == cache.dims.C ? cache.mean_residual[c] : Scalar(0);
+  } else {
+    return Scalar(0);
   }
 }
 
@@ -377,6 +394,7 @@ void batchnorm_forward_train_reference(const Tensor<Scalar>& x, const Tensor<Sca
     const Scalar var = sq / M;
     const Scalar invstd = Scalar(1) / sqrt(var + Scalar(eps));
     cache.mean[c] = mu;
+    cache.mean_residual[c] = Scalar(0);  // μ is exact in Scalar here
     cache.var[c] = var;
     cache.invstd[c] = invstd;
 
@@ -415,14 +433,20 @@ void batchnorm_forward_train_fused(const Tensor<Scalar>& x, const Tensor<Scalar>
   };
   const auto finish = [&](Index c, double s1, double s2) {
     const double shift = s1 / M;
-    const double var = std::max(0.0, s2 / M - shift * shift);
-    cache.mean[c] = Scalar(x[d.offset(0, c)] + shift);
+    const auto [var, invstd] = kernels::variance_and_invstd(s2 / M, shift, eps);
+    // μ = mean + mean_residual: float32 holds μ to 2⁻²⁴|μ| only, too coarse for x − μ when |μ| ≫ σ.
+    const double mu = static_cast<double>(x[d.offset(0, c)]) + shift;
+    cache.mean[c] = Scalar(mu);
+    cache.mean_residual[c] = Scalar(mu - static_cast<double>(cache.mean[c]));
     cache.var[c] = Scalar(var);
-    cache.invstd[c] = Scalar(1.0 / std::sqrt(var + eps));
+    cache.invstd[c] = Scalar(invstd);
   };
   const auto map_of = [&](Index c, double, double) {
+    // y = (x − mean − residual)·scale + β = (x − mean)·scale + (β − residual·scale): x − mean is
+    // exact for x near μ (Sterbenz), and the residual folds into the shift at no cost per element.
     const Scalar mu = cache.mean[c], scale = cache.invstd[c] * gamma_at(gamma, c);
-    const Scalar b = beta ? (*beta)[c] : Scalar(0);
+    const Scalar b = Scalar(
+        kernels::minus_residual(beta ? double((*beta)[c]) : 0.0, double(cache.mean_residual[c]), double(scale)));
     return [=](auto v) { return (v - mu) * scale + b; };
   };
   pipelined_channels(d, y.data(), kernels::should_stream(y.size() * Index(sizeof(Scalar))), terms_of, finish,
@@ -562,6 +586,7 @@ void batchnorm_forward_eval_into(const Tensor<Scalar>& x, Opt<const Tensor<Scala
 
   for (Index c = 0; c < d.C; ++c) {
     cache.mean[c] = running.mean[c];
+    cache.mean_residual[c] = Scalar(0);  // the running mean is exact in Scalar
     cache.var[c] = running.var[c];
     cache.invstd[c] = Scalar(1) / sqrt(running.var[c] + Scalar(cfg.eps));
   }
@@ -626,6 +651,8 @@ BatchNormGrads<Scalar> batchnorm_backward_staged(const Tensor<Scalar>& dy, const
                            gamma ? Tensor<Scalar>({C}) : Tensor<Scalar>()};
   const Tensor<Scalar>& mu = cache.mean;
   const Tensor<Scalar>& invstd = cache.invstd;  // (σ²+ε)^(−1/2)
+  // xᵢ − μ with μ = mean + mean_residual: the residual is what float32 cannot hold of a large μ.
+  const auto centred = [&](Index i, Index c) { return (x[i] - mu[c]) - detail::mean_residual_at(cache, c); };
 
   if (!cache.training) {
     for (Index c = 0; c < C; ++c) {
@@ -638,7 +665,7 @@ BatchNormGrads<Scalar> batchnorm_backward_staged(const Tensor<Scalar>& dy, const
       //! [bn.eval_dgamma]
       // ∂L/∂γ = Σᵢ dyᵢ x̂ᵢ, with x̂ᵢ = (xᵢ − r_μ)/√(r_σ² + ε) built from the running statistics
       Scalar dgamma = Scalar(0);
-      each(c, [&](Index i) { dgamma += dy[i] * (x[i] - mu[c]) * invstd[c]; });
+      each(c, [&](Index i) { dgamma += dy[i] * centred(i, c) * invstd[c]; });
       g.dgamma[c] = dgamma;
       //! [bn.eval_dgamma]
       Scalar dbeta = Scalar(0);  // ∂L/∂β = Σᵢ dyᵢ, as in training (bn.dbeta)
@@ -654,7 +681,7 @@ BatchNormGrads<Scalar> batchnorm_backward_staged(const Tensor<Scalar>& dy, const
       //! [bn.dgamma]
       // ∂L/∂γ = Σᵢ dyᵢ x̂ᵢ
       Scalar dgamma = Scalar(0);
-      each(c, [&](Index i) { dgamma += dy[i] * (x[i] - mu[c]) * invstd[c]; });
+      each(c, [&](Index i) { dgamma += dy[i] * centred(i, c) * invstd[c]; });
       g.dgamma[c] = dgamma;
       //! [bn.dgamma]
       //! [bn.dbeta]
@@ -682,7 +709,7 @@ BatchNormGrads<Scalar> batchnorm_backward_staged(const Tensor<Scalar>& dy, const
     //! [bn.dl_dvar]
     // ∂L/∂σ² = Σᵢ ∂L/∂x̂ᵢ · (xᵢ − μ) · (−½)(σ² + ε)^(−3/2)
     Scalar s = Scalar(0);
-    each(c, [&](Index i) { s += dl_dxhat[i] * (x[i] - mu[c]); });
+    each(c, [&](Index i) { s += dl_dxhat[i] * centred(i, c); });
     dl_dvar[c] = Scalar(scales.dl_dvar) * s * Scalar(-0.5) * invstd[c] * invstd[c] * invstd[c];
     //! [bn.dl_dvar]
 
@@ -691,9 +718,9 @@ BatchNormGrads<Scalar> batchnorm_backward_staged(const Tensor<Scalar>& dy, const
     // ∂σ²/∂μ = −(2/M) Σᵢ (xᵢ − μ), which is 0 because μ is the mean of these same xᵢ.
     // Computed anyway: in floating point it is a rounding-level number, and the ablation
     // shows that keeping or dropping it changes nothing.
-    Scalar centred = Scalar(0);
-    each(c, [&](Index i) { centred += x[i] - mu[c]; });
-    dvar_dmu[c] = Scalar(scales.dvar_dmu) * Scalar(-2) * centred / M;
+    Scalar centred_sum = Scalar(0);
+    each(c, [&](Index i) { centred_sum += centred(i, c); });
+    dvar_dmu[c] = Scalar(scales.dvar_dmu) * Scalar(-2) * centred_sum / M;
     //! [bn.dvar_dmu]
 
     // Step 4. ∂L/∂μ: μ reaches L directly through every x̂ᵢ, and through σ².
@@ -711,7 +738,7 @@ BatchNormGrads<Scalar> batchnorm_backward_staged(const Tensor<Scalar>& dy, const
     // ∂σ²/∂xᵢ = 2(xᵢ − μ)/M  (the partial with μ fixed; it is also the total derivative,
     // since the extra term ∂σ²/∂μ · ∂μ/∂xᵢ is 0)
     const auto dvar_dx = [&](Index i) {
-      return Scalar(scales.dvar_dx) * Scalar(2) * (x[i] - mu[c]) / M;
+      return Scalar(scales.dvar_dx) * Scalar(2) * centred(i, c) / M;
     };
     //! [bn.dvar_dx]
     //! [bn.dmu_dx]
@@ -786,29 +813,39 @@ void batchnorm_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, 
     require_distinct(detail::kBatchNorm, out, name, &cache.invstd, "cache invstd");
   }
 
-  const Scalar M = Scalar(static_cast<double>(d.M()));
   const bool nontemporal = kernels::should_stream(dx.size() * Index(sizeof(Scalar)));
-  // The fused formula of one channel, given its two sums.
-  const auto dx_of = [&](Index c, Scalar sum_dy, Scalar sum_dy_xhat) {
-    const Scalar mu = cache.mean[c], invstd = cache.invstd[c], gc = detail::gamma_at(gamma, c);
+  // Totals and coefficients in double for float and double.
+  using Acc = std::conditional_t<std::is_floating_point_v<Scalar>, double, Scalar>;
+  // The fused formula of one channel, given Σdy and Σdy·(x − μ) (see terms_of).
+  const auto dx_of = [&](Index c, Acc sum_dy, Acc sum_dy_xmu) {
+    const Scalar mu = cache.mean[c];
+    const Acc lo = Acc(detail::mean_residual_at(cache, c)), invstd = Acc(cache.invstd[c]);
+    const Acc gc = Acc(detail::gamma_at(gamma, c)), Ma = Acc(static_cast<double>(d.M()));
     //! [bn.dx_fused]
     // dx = γ/(M√(σ²+ε)) · (M·dy − Σdy − x̂·Σ(dy·x̂)), with x̂ = (x − μ)·invstd;
     // k = γ/(M√(σ²+ε)) distributed over the three terms, so each element costs two products and
-    // three differences
-    const Scalar k = gc * invstd / M;
-    const Scalar k_dy = k * M, k_sum_dy = k * sum_dy, k_xhat = k * invstd * sum_dy_xhat;
-    return [=](auto dy, auto x) { return k_dy * dy - k_sum_dy - (x - mu) * k_xhat; };
+    // three differences. μ = mean + residual (the residual: what float32 cannot hold of a large
+    // μ): (x − mean − residual)·k_xhat = (x − mean)·k_xhat − residual·k_xhat, the second term
+    // folded into the constant.
+    const Acc k = gc * invstd / Ma, sum_dy_xhat = sum_dy_xmu * invstd;
+    const Acc k_xhat_a = k * invstd * sum_dy_xhat;
+    const Scalar k_dy = Scalar(k * Ma), k_xhat = Scalar(k_xhat_a);
+    const Scalar k_const = Scalar(kernels::minus_residual(k * sum_dy, lo, k_xhat_a));
+    return [=](auto dy, auto x) { return k_dy * dy - k_const - (x - mu) * k_xhat; };
     //! [bn.dx_fused]
   };
   // Pass 1 of a channel: Σdy and Σdy·(x − μ), so that Σdy·x̂ = invstd·Σdy·(x − μ); x̂ is rebuilt
-  // on the fly, never stored. Totals in double for float and double.
-  using Acc = std::conditional_t<std::is_floating_point_v<Scalar>, double, Scalar>;
+  // on the fly, never stored. The sums run over x − mean; Σdy·(x − μ) = Σdy·(x − mean) −
+  // residual·Σdy (xmu_sum).
   const auto terms_of = [&](Index c) {
     const Scalar mu = cache.mean[c];
     return [mu](auto g, auto v) { return std::pair{g, g * (v - mu)}; };
   };
-  const auto finish = [&](Index c, Acc sum_dy, Acc sum_dy_xmu) {
-    if (dgamma) (*dgamma)[c] = Scalar(sum_dy_xmu * Acc(cache.invstd[c]));
+  const auto xmu_sum = [&](Index c, Acc sum_dy, Acc sum_dy_xmean) {
+    return kernels::minus_residual(sum_dy_xmean, Acc(detail::mean_residual_at(cache, c)), sum_dy);
+  };
+  const auto finish = [&](Index c, Acc sum_dy, Acc sum_dy_xmean) {
+    if (dgamma) (*dgamma)[c] = Scalar(xmu_sum(c, sum_dy, sum_dy_xmean) * Acc(cache.invstd[c]));
     if (dbeta) (*dbeta)[c] = Scalar(sum_dy);
   };
 
@@ -816,22 +853,22 @@ void batchnorm_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, 
     if (cache.training) {  // the fast path: both passes, pipelined over blocks of channels
       detail::pipelined_channels(
           d, dx.data(), nontemporal, terms_of, finish,
-          [&](Index c, double sum_dy, double sum_dy_xmu) {
-            return dx_of(c, Scalar(sum_dy), Scalar(sum_dy_xmu * cache.invstd[c]));
+          [&](Index c, double sum_dy, double sum_dy_xmean) {
+            return dx_of(c, sum_dy, xmu_sum(c, sum_dy, sum_dy_xmean));
           },
           dy.data(), x.data());
       return;
     }
   }
   detail::for_each_channel<Scalar>(d, [&](Index c) {
-    Acc sum_dy = Acc(0), sum_dy_xmu = Acc(0);
+    Acc sum_dy = Acc(0), sum_dy_xmean = Acc(0);
     if (cache.training || dgamma || dbeta) {
-      std::tie(sum_dy, sum_dy_xmu) = detail::channel_sums<Scalar>(d, c, terms_of(c), dy.data(), x.data());
-      finish(c, sum_dy, sum_dy_xmu);
+      std::tie(sum_dy, sum_dy_xmean) = detail::channel_sums<Scalar>(d, c, terms_of(c), dy.data(), x.data());
+      finish(c, sum_dy, sum_dy_xmean);
     }
     if (cache.training) {
-      detail::channel_map(dx.data(), d, c, nontemporal,
-                          dx_of(c, Scalar(sum_dy), Scalar(sum_dy_xmu * Acc(cache.invstd[c]))), dy.data(), x.data());
+      detail::channel_map(dx.data(), d, c, nontemporal, dx_of(c, sum_dy, xmu_sum(c, sum_dy, sum_dy_xmean)), dy.data(),
+                          x.data());
     } else {  // eval: dx = dy·γ/√(r_σ² + ε)
       const Scalar scale = detail::gamma_at(gamma, c) * cache.invstd[c];
       detail::channel_map(dx.data(), d, c, nontemporal, [=](auto g) { return g * scale; }, dy.data());

@@ -122,7 +122,8 @@ void groupnorm_forward_into(const Tensor<Scalar>& x, Opt<const Tensor<Scalar>> g
   // Each (sample n, group g) is a set of M = (C/G)·L contiguous values: μ_ng, σ²_ng over the set,
   // x̂ = (x − μ_ng)/√(σ²_ng + ε), y = γ_c x̂ + β_c with c the channel of the value (γ per channel).
   norm::forward_kernel(s, x.data(), data_or_null(gamma), data_or_null(beta), cfg.eps, y.data(),
-                       cache.mean.data(), cache.var.data(), cache.invstd.data());
+                       cache.mean.data(), cache.var.data(), cache.invstd.data(),
+                       cache.mean_residual.data());
   //! [gn.forward]
 }
 

@@ -158,7 +158,8 @@ void instancenorm_forward_train_into(const Tensor<Scalar>& x, Opt<const Tensor<S
   // Each (sample n, channel c) is a set of M = L contiguous values: μ_nc, σ²_nc over the set,
   // x̂ = (x − μ_nc)/√(σ²_nc + ε), y = γ_c x̂ + β_c (γ, β constant over the set).
   norm::forward_kernel(s, x.data(), data_or_null(gamma), data_or_null(beta), cfg.eps, y.data(),
-                       cache.mean.data(), cache.var.data(), cache.invstd.data());
+                       cache.mean.data(), cache.var.data(), cache.invstd.data(),
+                       cache.mean_residual.data());
   //! [in.forward]
   if (running) {
     //! [in.running_stats]
@@ -222,6 +223,7 @@ void instancenorm_forward_eval_into(const Tensor<Scalar>& x, Opt<const Tensor<Sc
   for (Index r = 0; r < s.R; ++r) {
     const Index c = r % s.period;
     cache.mean[r] = running.mean[c];
+    cache.mean_residual[r] = Scalar(0);  // the running mean is exact in Scalar
     cache.var[r] = running.var[c];
     cache.invstd[r] = Scalar(1) / sqrt(running.var[c] + Scalar(cfg.eps));
     norm::normalize_set(s, r, x.data(), data_or_null(gamma), data_or_null(beta), cache.mean[r], cache.invstd[r],

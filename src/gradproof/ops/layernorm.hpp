@@ -131,7 +131,8 @@ void layernorm_forward_into(const Tensor<Scalar>& x, Opt<const Tensor<Scalar>> g
   // μ_r, σ²_r over the row, x̂ = (x − μ_r)/√(σ²_r + ε), y_{r,j} = γ_j x̂_{r,j} + β_j
   // (γ, β elementwise).
   norm::forward_kernel(s, x.data(), data_or_null(gamma), data_or_null(beta), cfg.eps, y.data(),
-                       cache.mean.data(), cache.var.data(), cache.invstd.data());
+                       cache.mean.data(), cache.var.data(), cache.invstd.data(),
+                       cache.mean_residual.data());
   //! [ln.forward]
 }
 

@@ -123,6 +123,10 @@ struct NormCache {
   Tensor<Scalar> mean;     ///< `(R)`: \f$\mu\f$ of each set (or the running mean of its channel)
   Tensor<Scalar> var;      ///< `(R)`: biased \f$\sigma^2\f$ of each set (or the running variance)
   Tensor<Scalar> invstd;   ///< `(R)`: \f$1/\sqrt{\sigma^2+\varepsilon}\f$
+  /// `(R)`: \f$\mu\f$ − `mean`, the part of the set's mean that `Scalar` cannot hold (float32
+  /// rounds μ by up to \f$2^{-24}|\mu|\f$, which x − μ would carry into every x̂ when
+  /// \f$|\mu| \gg \sigma\f$); 0 in double and with running statistics. Empty: taken as 0.
+  Tensor<Scalar> mean_residual;
 };
 
 /// Output of a forward pass of the family: `y` and the cache for backward.
@@ -192,8 +196,26 @@ void prepare_cache(NormCache<Scalar>& cache, const char* op, const NormSets& s, 
   cache.training = training;
   cache.has_gamma = has_gamma;
   cache.has_beta = has_beta;
-  for (Tensor<Scalar>* t : {&cache.mean, &cache.var, &cache.invstd})
+  for (Tensor<Scalar>* t : {&cache.mean, &cache.var, &cache.invstd, &cache.mean_residual})
     if (!same_shape(t->shape(), vector_shape(s.R))) *t = Tensor<Scalar>({s.R});
+}
+
+/// The residual of the mean of set `r` (NormCache::mean_residual): 0 when the cache has none of
+/// `R` values, and for the scalar types of the oracles, whose mean is exact in `Scalar`.
+template <class Scalar>
+Scalar mean_residual_at(const NormCache<Scalar>& cache, Index r) {
+  if constexpr (std::is_floating_point_v<Scalar>) {
+    return cache.mean_residual.size() == cache.sets.R ? cache.mean_residual[r] : Scalar(0);
+  } else {
+    return Scalar(0);
+  }
+}
+
+/// \f$x_i - \mu_r\f$ with \f$\mu_r\f$ = mean + mean_residual: `x[i]` − mean is exact for values
+/// near the mean (Sterbenz), and the residual is what float32 cannot hold of a large mean.
+template <class Scalar>
+Scalar centred(const Tensor<Scalar>& x, const NormCache<Scalar>& cache, Index i, Index r) {
+  return (x[i] - cache.mean[r]) - mean_residual_at(cache, r);
 }
 
 /// Throws unless `y` is distinct from every tensor a forward pass of `op` reads or writes besides
@@ -206,6 +228,7 @@ void check_forward_outputs(const char* op, const Tensor<Scalar>& y, const Tensor
   require_distinct(op, &y, "y (output)", &cache.mean, "cache mean (output)");
   require_distinct(op, &y, "y (output)", &cache.var, "cache var (output)");
   require_distinct(op, &y, "y (output)", &cache.invstd, "cache invstd (output)");
+  require_distinct(op, &y, "y (output)", &cache.mean_residual, "cache mean_residual (output)");
 }
 
 /// The core's own check of a cache: its sets are consistent, sized for `x`, with `(P)` parameters.
@@ -267,6 +290,14 @@ void check_backward(const char* op, const Tensor<Scalar>& dy, const Tensor<Scala
       throw InvalidArgument(msg.str());
     }
   }
+  // The residual of the mean is optional (empty: 0), but one of the wrong size would be read as 0
+  // silently; refuse it.
+  if (cache.mean_residual.size() != 0 && !same_shape(cache.mean_residual.shape(), vector_shape(s.R))) {
+    std::ostringstream msg;
+    msg << op << ": cache mean_residual must be empty or have shape " << to_string(vector_shape(s.R))
+        << " (one per set); got " << to_string(cache.mean_residual.shape());
+    throw InvalidArgument(msg.str());
+  }
   if (!cache.training && !eval_allowed) {
     throw InvalidArgument(std::string(op) + ": cache holds running (eval) statistics, which a forward pass of " + op +
                           " never makes");
@@ -326,13 +357,14 @@ NormGrads<Scalar> allocate_grads(const Tensor<Scalar>& x, const Tensor<Scalar>* 
 
 /// \brief \f$y = \gamma\,(x - \mu_r)/\sqrt{\sigma^2_r + \varepsilon} + \beta\f$ on set `r`, given
 /// its statistics (`mu`, `invstd`); \f$\gamma = 1\f$, \f$\beta = 0\f$ where null.
+/// `lo` is the residual of the mean (NormCache::mean_residual): \f$\mu_r\f$ = `mu` + `lo`.
 template <class Scalar>
 void normalize_set(const NormSets& s, Index r, const Scalar* x, const Scalar* gamma, const Scalar* beta,
-                   const Scalar& mu, const Scalar& invstd, Scalar* y) {
+                   const Scalar& mu, const Scalar& invstd, Scalar* y, const Scalar& lo = Scalar(0)) {
   const Index o = s.offset(r), base = s.param_base(r);
   if (s.run == 1) {  // γ, β elementwise over the set
     auto ys = detail::Map<Scalar>(y + o, s.M);
-    ys = (detail::CMap<Scalar>(x + o, s.M) - mu) * invstd;
+    ys = ((detail::CMap<Scalar>(x + o, s.M) - mu) - lo) * invstd;
     if (gamma) ys *= detail::CMap<Scalar>(gamma + base, s.M);
     if (beta) ys += detail::CMap<Scalar>(beta + base, s.M);
     return;
@@ -340,8 +372,9 @@ void normalize_set(const NormSets& s, Index r, const Scalar* x, const Scalar* ga
   for (Index q = 0; q < s.per_set(); ++q) {  // γ, β constant on each run
     const Index oq = o + q * s.run;
     const Scalar g = gamma ? gamma[base + q] : Scalar(1);
-    const Scalar b = beta ? beta[base + q] : Scalar(0);
-    detail::Map<Scalar>(y + oq, s.run) = (detail::CMap<Scalar>(x + oq, s.run) - mu) * (invstd * g) + b;
+    const Scalar scale = invstd * g;
+    const Scalar b = kernels::minus_residual(beta ? beta[base + q] : Scalar(0), lo, scale);  // (x − mu − lo)·scale + β
+    detail::Map<Scalar>(y + oq, s.run) = (detail::CMap<Scalar>(x + oq, s.run) - mu) * scale + b;
   }
 }
 
@@ -360,9 +393,10 @@ void normalize_set(const NormSets& s, Index r, const Scalar* x, const Scalar* ga
 /// \param mean    `(R)` output \f$\mu\f$
 /// \param var     `(R)` output biased \f$\sigma^2\f$
 /// \param invstd  `(R)` output \f$1/\sqrt{\sigma^2+\varepsilon}\f$
+/// \param mean_residual  `(R)` output \f$\mu - \f$ `mean` (NormCache::mean_residual), or `nullptr`
 template <class Scalar>
 void forward_kernel_reference(const NormSets& s, const Scalar* x, const Scalar* gamma, const Scalar* beta, double eps,
-                              Scalar* y, Scalar* mean, Scalar* var, Scalar* invstd) {
+                              Scalar* y, Scalar* mean, Scalar* var, Scalar* invstd, Scalar* mean_residual = nullptr) {
   using std::sqrt;
   const Scalar M = Scalar(static_cast<double>(s.M));
   for (Index r = 0; r < s.R; ++r) {
@@ -374,6 +408,7 @@ void forward_kernel_reference(const NormSets& s, const Scalar* x, const Scalar* 
     const Scalar v = (xs - mu).square().sum() / M;
     const Scalar is = Scalar(1) / sqrt(v + Scalar(eps));
     mean[r] = mu;
+    if (mean_residual) mean_residual[r] = Scalar(0);  // μ is exact in Scalar here
     var[r] = v;
     invstd[r] = is;
     normalize_set(s, r, x, gamma, beta, mu, is, y);
@@ -392,9 +427,13 @@ void forward_kernel_reference(const NormSets& s, const Scalar* x, const Scalar* 
 /// \f$\mu = K + S_1/M\f$ and \f$\sigma^2 = S_2/M - (S_1/M)^2\f$; the shift bounds the
 /// cancellation (\f$(\mu-K)^2 \le (M-1)\sigma^2\f$ for any value \f$K\f$ of the row, and is of
 /// the order of \f$\sigma^2\f$ for a typical one), as in batch norm's fused forward.
+///
+/// The mean is stored as `mean` + `mean_residual` (NormCache::mean_residual), which holds μ to
+/// about 2⁻⁴⁸|μ| in float32: x − μ is then as accurate for |μ| ≫ σ as for μ = 0. A NaN or an
+/// overflow propagates as kernels::variance_and_invstd() says.
 template <class Scalar>
 void forward_rows(const NormSets& s, const Scalar* x, const Scalar* gamma, const Scalar* beta, double eps, Scalar* y,
-                  Scalar* mean, Scalar* var, Scalar* invstd) {
+                  Scalar* mean, Scalar* var, Scalar* invstd, Scalar* mean_residual) {
   const double M = static_cast<double>(s.M);
   const bool nontemporal = kernels::should_stream(s.size() * Index(sizeof(Scalar)));
   parallel::parallel_ranges(s.R, s.size(), [&](Index r0, Index r1, Index, Index) {
@@ -403,22 +442,30 @@ void forward_rows(const NormSets& s, const Scalar* x, const Scalar* gamma, const
       Scalar* yr = y + s.offset(r);
       const auto [s1, s2] = kernels::sum2(
           s.M, [K](auto v) { const auto t = v - K; return std::pair{t, t * t}; }, xr);
-      const double shift = s1 / M, v = std::max(0.0, s2 / M - shift * shift);
-      mean[r] = Scalar(K + shift);
+      const double shift = s1 / M;
+      const auto [v, inv] = kernels::variance_and_invstd(s2 / M, shift, eps);
+      const double mu_exact = static_cast<double>(K) + shift;
+      mean[r] = Scalar(mu_exact);
+      const Scalar lo = Scalar(mu_exact - static_cast<double>(mean[r]));
+      if (mean_residual) mean_residual[r] = lo;
       var[r] = Scalar(v);
-      invstd[r] = Scalar(1.0 / std::sqrt(v + eps));
+      invstd[r] = Scalar(inv);
       const Scalar mu = mean[r], is = invstd[r];
+      // x̂ = ((x − mean) − residual)·invstd; with γ, β elementwise the residual costs one
+      // subtraction per element (in cache: the pass is bound by memory traffic).
       if (s.run != 1 || s.period != 1) {  // γ, β per channel (group, instance norm)
-        normalize_set(s, r, x, gamma, beta, mu, is, y);
+        normalize_set(s, r, x, gamma, beta, mu, is, y, lo);
       } else if (gamma && beta) {
-        kernels::map(yr, s.M, nontemporal, [=](auto xv, auto g, auto b) { return (xv - mu) * is * g + b; }, xr, gamma,
-                     beta);
+        kernels::map(
+            yr, s.M, nontemporal, [=](auto xv, auto g, auto b) { return ((xv - mu) - lo) * is * g + b; }, xr, gamma,
+            beta);
       } else if (gamma) {
-        kernels::map(yr, s.M, nontemporal, [=](auto xv, auto g) { return (xv - mu) * is * g; }, xr, gamma);
+        kernels::map(yr, s.M, nontemporal, [=](auto xv, auto g) { return ((xv - mu) - lo) * is * g; }, xr, gamma);
       } else if (beta) {
-        kernels::map(yr, s.M, nontemporal, [=](auto xv, auto b) { return (xv - mu) * is + b; }, xr, beta);
+        kernels::map(yr, s.M, nontemporal, [=](auto xv, auto b) { return ((xv - mu) - lo) * is + b; }, xr, beta);
       } else {
-        kernels::map(yr, s.M, nontemporal, [=](auto xv) { return (xv - mu) * is; }, xr);
+        const Scalar shift_y = kernels::minus_residual(Scalar(0), lo, is);  // no per-element cost without γ, β
+        kernels::map(yr, s.M, nontemporal, [=](auto xv) { return (xv - mu) * is + shift_y; }, xr);
       }
     }
     kernels::stream_fence();
@@ -427,14 +474,15 @@ void forward_rows(const NormSets& s, const Scalar* x, const Scalar* gamma, const
 
 /// \brief The forward kernel of every member with a mean: forward_rows() for `float` and
 /// `double` (statistics from sums in a fixed order, so the bits do not depend on alignment),
-/// forward_kernel_reference() for the scalar types of the oracles. Checks nothing; the callers do. Same parameters as forward_kernel_reference().
+/// forward_kernel_reference() for the scalar types of the oracles. Checks nothing; the callers do. Same parameters as forward_kernel_reference()
+/// (`mean_residual` may be `nullptr`: then μ − mean is not kept).
 template <class Scalar>
 void forward_kernel(const NormSets& s, const Scalar* x, const Scalar* gamma, const Scalar* beta, double eps, Scalar* y,
-                    Scalar* mean, Scalar* var, Scalar* invstd) {
+                    Scalar* mean, Scalar* var, Scalar* invstd, Scalar* mean_residual = nullptr) {
   if constexpr (std::is_floating_point_v<Scalar>) {
-    forward_rows(s, x, gamma, beta, eps, y, mean, var, invstd);
+    forward_rows(s, x, gamma, beta, eps, y, mean, var, invstd, mean_residual);
   } else {
-    forward_kernel_reference(s, x, gamma, beta, eps, y, mean, var, invstd);
+    forward_kernel_reference(s, x, gamma, beta, eps, y, mean, var, invstd, mean_residual);
   }
 }
 
@@ -484,7 +532,7 @@ void dl_dvar(const NormSets& s, const Tensor<Scalar>& x, const NormCache<Scalar>
     // the x̂ᵢ of its set
     const Scalar is = cache.invstd[r];
     Scalar acc = Scalar(0);
-    for (Index i = s.offset(r), e = i + s.M; i < e; ++i) acc += dl_dxhat[i] * (x[i] - cache.mean[r]);
+    for (Index i = s.offset(r), e = i + s.M; i < e; ++i) acc += dl_dxhat[i] * detail::centred(x, cache, i, r);
     out[r] = Scalar(scale) * acc * Scalar(-0.5) * is * is * is;
     //! [norm.dl_dvar]
   }
@@ -505,9 +553,9 @@ void dvar_dmu(const NormSets& s, const Tensor<Scalar>& x, const NormCache<Scalar
     // ∂σ²/∂μ = −(2/M) Σ_{i∈S} (xᵢ − μ), which is 0 because μ is the mean of these same xᵢ.
     // Computed anyway: in floating point it is a rounding-level number, and the ablation shows
     // that keeping or dropping it changes nothing.
-    Scalar centred = Scalar(0);
-    for (Index i = s.offset(r), e = i + s.M; i < e; ++i) centred += x[i] - cache.mean[r];
-    out[r] = Scalar(scale) * Scalar(-2) * centred / M;
+    Scalar centred_sum = Scalar(0);
+    for (Index i = s.offset(r), e = i + s.M; i < e; ++i) centred_sum += detail::centred(x, cache, i, r);
+    out[r] = Scalar(scale) * Scalar(-2) * centred_sum / M;
     //! [norm.dvar_dmu]
   }
 }
@@ -550,7 +598,7 @@ void dvar_dx(const NormSets& s, const Tensor<Scalar>& x, const NormCache<Scalar>
       //! [norm.dvar_dx]
       // ∂σ²/∂xᵢ = 2(xᵢ − μ)/M with μ fixed; it is also the total derivative, since the extra
       // term ∂σ²/∂μ · ∂μ/∂xᵢ is 0
-      out[i] = Scalar(scale) * Scalar(2) * (x[i] - cache.mean[r]) / M;
+      out[i] = Scalar(scale) * Scalar(2) * detail::centred(x, cache, i, r) / M;
       //! [norm.dvar_dx]
     }
   }
@@ -605,7 +653,7 @@ void dgamma(const NormSets& s, const Tensor<Scalar>& dy, const Tensor<Scalar>& x
       //! [norm.dgamma]
       // ∂L/∂γ_p = Σ dyᵢ x̂ᵢ over every value that γ_p scales (across sets too: the sets share γ)
       const Index k = s.offset(r) + i;
-      out[s.param(r, i)] += dy[k] * (x[k] - cache.mean[r]) * cache.invstd[r];
+      out[s.param(r, i)] += dy[k] * detail::centred(x, cache, k, r) * cache.invstd[r];
       //! [norm.dgamma]
     }
   }
@@ -650,7 +698,6 @@ NormStagedTrace<Scalar> buffers(const NormSets& s, const Shape& shape) {
 template <class Scalar>
 void backward_rows(const NormSets& s, const Scalar* dy, const Scalar* x, const Scalar* gamma,
                    const NormCache<Scalar>& cache, Scalar* dx, Scalar* dgamma, Scalar* dbeta) {
-  const Scalar M = Scalar(static_cast<double>(s.M));
   const bool nontemporal = kernels::should_stream(s.size() * Index(sizeof(Scalar)));
   // Rows are handled kRows at a time in pass 2, so that the column sums are loaded and stored
   // once per kRows rows; that needs every row equally aligned for the streaming stores.
@@ -667,15 +714,15 @@ void backward_rows(const NormSets& s, const Scalar* dy, const Scalar* x, const S
     // What pass 2 needs of a row: μ, 1/√(σ²+ε), and the three coefficients of
     // dx = (1/(M√(σ²+ε)))·(M·g − Σg − x̂·Σ(g·x̂)) with k = invstd/M distributed over its terms.
     struct Row {
-      Scalar mu, is, k_g, k_sum_g, k_xhat;
+      Scalar mu, lo, is, k_g, k_sum_g, k_xhat;
     };
     std::array<Row, kRows> rows{};
     for (Index r = r0; r < r1; r += kRows) {
       const int count = static_cast<int>(std::min<Index>(kRows, r1 - r));
       for (int k = 0; k < count; ++k) {
         const Index o = s.offset(r + k);
-        const Scalar mu = cache.mean[r + k], is = cache.invstd[r + k];
-        // Pass 1 (memory): Σg and Σg·(x − μ), g = γ ⊙ dy.
+        const Scalar mu = cache.mean[r + k], lo = detail::mean_residual_at(cache, r + k), is = cache.invstd[r + k];
+        // Pass 1 (memory): Σg and Σg·(x − mean), g = γ ⊙ dy; Σg·(x − μ) = Σg·(x − mean) − residual·Σg.
         const auto [sg, sgx] =
             gamma ? kernels::sum2(
                         s.M,
@@ -685,17 +732,22 @@ void backward_rows(const NormSets& s, const Scalar* dy, const Scalar* x, const S
                         },
                         dy + o, x + o, gamma)
                   : kernels::sum2(s.M, [mu](auto d, auto xv) { return std::pair{d, d * (xv - mu)}; }, dy + o, x + o);
-        const Scalar kk = is / M, sum_g = Scalar(sg), sum_g_xhat = Scalar(sgx * is);
-        rows[static_cast<std::size_t>(k)] = {mu, is, kk * M, kk * sum_g, kk * is * sum_g_xhat};
+        // The coefficients in double: (x − μ)·k_xhat = (x − mean)·k_xhat − residual·k_xhat, the
+        // second term folded into k_sum_g.
+        const double isd = is, kk = isd / static_cast<double>(s.M);
+        const double sum_g_xhat = kernels::minus_residual(sgx, double(lo), sg) * isd;
+        const double k_xhat = kk * isd * sum_g_xhat;
+        rows[static_cast<std::size_t>(k)] = {mu,           lo, is, Scalar(kk * static_cast<double>(s.M)),
+                                             Scalar(kernels::minus_residual(kk * sg, double(lo), k_xhat)), Scalar(k_xhat)};
       }
       // Pass 2 (cache): dx, and the columns Σ dy·x̂ (dγ) and Σ dy (dβ).
       const auto dx_of = [&rows](int k, auto d, auto xv, auto g) {
         const Row& t = rows[static_cast<std::size_t>(k)];
         return t.k_g * (g * d) - t.k_sum_g - (xv - t.mu) * t.k_xhat;
       };
-      const auto col = [&rows](int k, auto d, auto xv) {
+      const auto col = [&rows](int k, auto d, auto xv) {  // dy·x̂, x̂ = ((x − mean) − residual)·invstd
         const Row& t = rows[static_cast<std::size_t>(k)];
-        return std::pair{d * (xv - t.mu) * t.is, d};
+        return std::pair{d * (((xv - t.mu) - t.lo) * t.is), d};
       };
       const Index o = s.offset(r);
       if (count == kRows && blocked) {
@@ -724,14 +776,16 @@ void backward_rows(const NormSets& s, const Scalar* dy, const Scalar* x, const S
 /// \f$(\sum_i dy_i, \sum_i dy_i (x_i - \mu))\f$ over a run of `n` values: for `float` and
 /// `double` through kernels::sum2 (double totals, an order fixed by `n`, so the bits do not
 /// depend on the alignment of the run, as an Eigen reduction's do), in `Scalar` otherwise.
+/// With μ = `mu` + `lo` (NormCache::mean_residual): the sums run over x − `mu`, and
+/// \f$\sum dy (x - \mu) = \sum dy (x - \mathit{mu}) - \mathit{lo}\sum dy\f$.
 template <class Scalar>
-std::pair<Scalar, Scalar> dy_sums(Index n, const Scalar* dy, const Scalar* x, const Scalar& mu) {
+std::pair<Scalar, Scalar> dy_sums(Index n, const Scalar* dy, const Scalar* x, const Scalar& mu, const Scalar& lo) {
   if constexpr (std::is_floating_point_v<Scalar>) {
     const auto [a, b] = kernels::sum2(n, [mu](auto d, auto xv) { return std::pair{d, d * (xv - mu)}; }, dy, x);
-    return {Scalar(a), Scalar(b)};
+    return {Scalar(a), Scalar(kernels::minus_residual(b, double(lo), a))};
   } else {
     const auto dys = detail::CMap<Scalar>(dy, n);
-    return {dys.sum(), (dys * (detail::CMap<Scalar>(x, n) - mu)).sum()};
+    return {dys.sum(), (dys * ((detail::CMap<Scalar>(x, n) - mu) - lo)).sum()};
   }
 }
 
@@ -765,14 +819,15 @@ void backward_kernel(const NormSets& s, const Scalar* dy, const Scalar* x, const
   const Scalar M = Scalar(static_cast<double>(s.M));
   for (Index r = 0; r < s.R; ++r) {
     const Index o = s.offset(r), base = s.param_base(r);
-    const Scalar mu = cache.mean[r], is = cache.invstd[r];
+    const Scalar mu = cache.mean[r], lo = detail::mean_residual_at(cache, r), is = cache.invstd[r];
     // The parameter gradients, accumulated over the sets that share the parameters.
     if (s.run == 1) {
-      if (dgamma) Map<Scalar>(dgamma + base, s.M) += CMap<Scalar>(dy + o, s.M) * (CMap<Scalar>(x + o, s.M) - mu) * is;
+      if (dgamma)
+        Map<Scalar>(dgamma + base, s.M) += CMap<Scalar>(dy + o, s.M) * ((CMap<Scalar>(x + o, s.M) - mu) - lo) * is;
       if (dbeta) Map<Scalar>(dbeta + base, s.M) += CMap<Scalar>(dy + o, s.M);
     } else {
       for (Index q = 0; q < s.per_set(); ++q) {
-        const auto [sum_dy, sum_dy_xmu] = dy_sums(s.run, dy + o + q * s.run, x + o + q * s.run, mu);
+        const auto [sum_dy, sum_dy_xmu] = dy_sums(s.run, dy + o + q * s.run, x + o + q * s.run, mu, lo);
         if (dgamma) dgamma[base + q] += sum_dy_xmu * is;
         if (dbeta) dbeta[base + q] += sum_dy;
       }
@@ -804,9 +859,9 @@ void backward_kernel(const NormSets& s, const Scalar* dy, const Scalar* x, const
                 return std::pair{gd, gd * (xv - mu)};
               },
               dy + o, x + o, gamma + base);
-          sum_g = Scalar(a), sum_g_xmu = Scalar(b);
+          sum_g = Scalar(a), sum_g_xmu = Scalar(kernels::minus_residual(b, double(lo), a));
         } else {
-          std::tie(sum_g, sum_g_xmu) = dy_sums(s.M, dy + o, x + o, mu);
+          std::tie(sum_g, sum_g_xmu) = dy_sums(s.M, dy + o, x + o, mu, lo);
         }
       } else if (gamma) {
         const auto gs = CMap<Scalar>(gamma + base, s.M);
@@ -820,14 +875,16 @@ void backward_kernel(const NormSets& s, const Scalar* dy, const Scalar* x, const
       for (Index q = 0; q < s.per_set(); ++q) {
         const Index oq = o + q * s.run;
         const Scalar gq = gamma ? gamma[base + q] : Scalar(1);
-        const auto [sum_dy, sum_dy_xmu] = dy_sums(s.run, dy + oq, x + oq, mu);
+        const auto [sum_dy, sum_dy_xmu] = dy_sums(s.run, dy + oq, x + oq, mu, lo);
         sum_g += gq * sum_dy;
         sum_g_xmu += gq * sum_dy_xmu;
       }
     }
     const Scalar sum_g_xhat = sum_g_xmu * is;
-    // Pass 2: dx = k·(M·g − Σg − (x − μ)·invstd·Σ(g·x̂)), k = invstd/M.
+    // Pass 2: dx = k·(M·g − Σg − (x − μ)·invstd·Σ(g·x̂)), k = invstd/M; x − μ = (x − mean) − residual,
+    // the residual folded into the constant: −Σg − (x − μ)·c = −(Σg − residual·c) − (x − mean)·c.
     const Scalar k = is / M, c = is * sum_g_xhat;
+    sum_g = kernels::minus_residual(sum_g, lo, c);
     if (s.run == 1) {
       const auto dys = CMap<Scalar>(dy + o, s.M), xs = CMap<Scalar>(x + o, s.M);
       auto dxs = Map<Scalar>(dx + o, s.M);
@@ -886,7 +943,7 @@ void forward_into(const NormSets& s, const Tensor<Scalar>& x, Opt<const Tensor<S
   detail::prepare_cache(cache, kNorm, s, x.shape(), vector_shape(s.params()), true, gamma != nullptr,
                         beta != nullptr);
   forward_kernel(s, x.data(), detail::data_or_null(gamma), detail::data_or_null(beta), eps, y.data(),
-                 cache.mean.data(), cache.var.data(), cache.invstd.data());
+                 cache.mean.data(), cache.var.data(), cache.invstd.data(), cache.mean_residual.data());
 }
 
 /// \brief Forward pass over the sets `s` (allocating wrapper of forward_into()).

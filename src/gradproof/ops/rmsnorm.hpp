@@ -26,6 +26,8 @@
 #include "gradproof/ops/layernorm.hpp"
 #include "gradproof/ops/normalization.hpp"
 
+#include <algorithm>
+#include <cmath>
 #include <limits>
 #include <optional>
 #include <type_traits>
@@ -170,7 +172,13 @@ void rmsnorm_forward_rows(const NormSets& s, const Scalar* x, const Scalar* gamm
       const Scalar* xr = x + s.offset(r);
       const double ms = kernels::sum2(s.M, [](auto v) { return std::pair{v * v, decltype(v){}}; }, xr).first / M;
       ms_out[r] = Scalar(ms);
-      invrms_out[r] = Scalar(1.0 / std::sqrt(ms + eps));
+      // ms = +∞ from finite values: a square overflowed the dtype. NaN then, not 1/√∞ = 0, which
+      // would give y = 0 and dx = 0 for the row, finite and wrong (as kernels::variance_and_invstd()
+      // does for the members with a mean). With a ±Inf value, 1/√∞ = 0 is the limit, as in PyTorch.
+      // The scan for an infinite value runs only when ms = +∞, so the common case costs nothing.
+      const bool overflow = ms == std::numeric_limits<double>::infinity() &&
+                            std::all_of(xr, xr + s.M, [](Scalar v) { return std::isfinite(v); });
+      invrms_out[r] = Scalar(overflow ? std::numeric_limits<double>::quiet_NaN() : 1.0 / std::sqrt(ms + eps));
       const Scalar inv = invrms_out[r];
       if (gamma) {
         kernels::map(y + s.offset(r), s.M, nontemporal, [inv](auto v, auto g) { return v * inv * g; }, xr, gamma);
