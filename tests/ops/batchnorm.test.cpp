@@ -147,6 +147,13 @@ BOOST_FIXTURE_TEST_CASE(a_cache_from_another_shape_or_with_other_statistics_is_r
   short_var.var = TensorD({2});
   BOOST_CHECK_EXCEPTION(batchnorm_backward(x, x, &gamma, short_var), InvalidArgument,
                         (MessageHas{{"cache var", "(3,)", "(2,)"}}));
+  // The residual of the mean (defect 6) may be absent, but one of the wrong size would be read as 0.
+  auto short_residual = fwd.cache;
+  short_residual.mean_residual = TensorD({2});
+  BOOST_CHECK_EXCEPTION(batchnorm_backward(x, x, &gamma, short_residual), InvalidArgument,
+                        (MessageHas{{"cache mean_residual", "(3,)", "(2,)"}}));
+  BOOST_CHECK_EXCEPTION(batchnorm_backward_staged(x, x, &gamma, short_residual), InvalidArgument,
+                        (MessageHas{{"cache mean_residual"}}));
 }
 
 // Issue 10, defect 7: the count of batches is incremented, and with momentum None divided by:

@@ -373,6 +373,13 @@ BOOST_AUTO_TEST_CASE(a_cache_from_another_op_or_shape_is_refused) {
   short_var.var = TensorD({3});
   BOOST_CHECK_EXCEPTION(layernorm_backward(dy, x, &g3, short_var), InvalidArgument,
                         (MessageHas{{"cache var", "(8,)", "(3,)"}}));
+  // The residual of the mean (defect 6) may be absent, but one of the wrong size would be read as 0.
+  auto short_residual = ln.cache;
+  short_residual.mean_residual = TensorD({3});
+  BOOST_CHECK_EXCEPTION(layernorm_backward(dy, x, &g3, short_residual), InvalidArgument,
+                        (MessageHas{{"cache mean_residual", "(8,)", "(3,)"}}));
+  BOOST_CHECK_EXCEPTION(layernorm_backward_staged(dy, x, &g3, short_residual), InvalidArgument,
+                        (MessageHas{{"cache mean_residual"}}));
   auto groups = gn.cache;
   groups.sets.period = 3;  // 3 groups do not divide 4 channels
   BOOST_CHECK_EXCEPTION(groupnorm_backward(dy, x, &g4, groups), InvalidArgument,
