@@ -47,6 +47,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -676,6 +677,16 @@ def main(argv=None) -> int:
         print(f"browser test: {args.screenshot} is not a page of {site}", file=sys.stderr)
         return 1
     t0 = time.monotonic()
+    # Selenium and ChromeDriver reach each other by the name "localhost"; a root without
+    # /etc/hosts (a minimal container or chroot) cannot resolve it unless libnss-myhostname is
+    # installed, and Selenium then reports only "Can not connect to the Service".
+    try:
+        socket.getaddrinfo("localhost", None)
+    except socket.gaierror as e:
+        print(f"browser test: the name localhost does not resolve ({e.strerror}); ChromeDriver needs it. "
+              "Install libnss-myhostname (packages.txt, group site) or give the machine an /etc/hosts",
+              file=sys.stderr)
+        return 1
     try:
         browser = Browser()
     except WebDriverException as e:
