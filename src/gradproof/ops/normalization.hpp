@@ -532,7 +532,8 @@ void dl_dvar(const NormSets& s, const Tensor<Scalar>& x, const NormCache<Scalar>
     // the x̂ᵢ of its set
     const Scalar is = cache.invstd[r];
     Scalar acc = Scalar(0);
-    for (Index i = s.offset(r), e = i + s.M; i < e; ++i) acc += dl_dxhat[i] * detail::centred(x, cache, i, r);
+    for (Index i = s.offset(r), e = i + s.M; i < e; ++i)
+      acc += dl_dxhat[i] * detail::centred(x, cache, i, r);
     out[r] = Scalar(scale) * acc * Scalar(-0.5) * is * is * is;
     //! [norm.dl_dvar]
   }
@@ -554,7 +555,8 @@ void dvar_dmu(const NormSets& s, const Tensor<Scalar>& x, const NormCache<Scalar
     // Computed anyway: in floating point it is a rounding-level number, and the ablation shows
     // that keeping or dropping it changes nothing.
     Scalar centred_sum = Scalar(0);
-    for (Index i = s.offset(r), e = i + s.M; i < e; ++i) centred_sum += detail::centred(x, cache, i, r);
+    for (Index i = s.offset(r), e = i + s.M; i < e; ++i)
+      centred_sum += detail::centred(x, cache, i, r);
     out[r] = Scalar(scale) * Scalar(-2) * centred_sum / M;
     //! [norm.dvar_dmu]
   }
