@@ -37,6 +37,7 @@ ops::BatchNormCache<float> cache_of(const BnProblem& p) {
   c.shape = p.shape;
   c.dims = ops::ncl_view(p.shape, "bench", "x");
   c.training = true;
+  c.has_gamma = c.has_beta = true;  // the problems have γ and β
   c.mean = p.mean;
   c.var = p.var;
   c.invstd = p.invstd;

@@ -188,7 +188,10 @@ void run_bn(const Config& c) {
   }
   batchnorm_backward_into<T>(dy, x, &g, cache, dx, &dg, &db);
   const auto grads = batchnorm_backward<T>(dy, x, &g, f.cache);
-  const auto plain = batchnorm_backward<T>(dy, x, nullptr, f.cache);  // no affine: other kernel arguments
+  // No affine: the kernels' other branches (a forward without γ and β, as the backward requires).
+  const auto f0 = c.eval ? batchnorm_forward_eval<T>(x, nullptr, nullptr, running, cfg)
+                         : batchnorm_forward_train<T>(x, nullptr, nullptr, nullptr, cfg);
+  const auto plain = batchnorm_backward<T>(dy, x, nullptr, f0.cache);
   same_bits(y, f.y, "y");
   same_bits(dx, grads.dx, "dx");
   same_bits(dg, grads.dgamma, "dgamma");

@@ -111,8 +111,46 @@ BOOST_FIXTURE_TEST_CASE(backward_checks_dy_cache_and_outputs, Fixture) {
   BOOST_CHECK_EXCEPTION(batchnorm_backward_into(x, x, &gamma, fwd.cache, dx, &dgamma, &dbeta), InvalidArgument,
                         (MessageHas{{"dx (output)", "(4, 3, 2)", "(4, 3)"}}));
   TensorD dx_ok(x.shape());
-  BOOST_CHECK_EXCEPTION(batchnorm_backward_into(x, x, nullptr, fwd.cache, dx_ok, &dgamma, nullptr), InvalidArgument,
+  const auto plain = batchnorm_forward_train<double>(x, nullptr, nullptr, nullptr);
+  BOOST_CHECK_EXCEPTION(batchnorm_backward_into(x, x, nullptr, plain.cache, dx_ok, &dgamma, nullptr), InvalidArgument,
                         (MessageHas{{"dgamma", "gamma is null"}}));
+}
+
+// Issue 15, §2: the backward passes follow the affine parameters the forward pass had. A bias
+// without a weight gets its gradient, as PyTorch's F.batch_norm(weight=None, bias=b) gives b one
+// (both allocating passes returned an empty dβ whenever γ was null); a null γ after a forward
+// with γ is refused (it gave dx as if γ = 1, wrong by the factor γ), and so is a γ after a
+// forward without one.
+BOOST_FIXTURE_TEST_CASE(backward_follows_the_affine_parameters_of_the_forward, Fixture) {
+  const TensorD dy = iota(x.shape());
+  const auto channel_sum = [&](Index c) {  // Σ dy over channel c of x's (4, 3, 2)
+    double s = 0;
+    for (Index n = 0; n < 4; ++n)
+      for (Index l = 0; l < 2; ++l) s += dy[n * 6 + c * 2 + l];
+    return s;
+  };
+  const auto train = batchnorm_forward_train<double>(x, nullptr, &beta, nullptr);
+  const auto eval = batchnorm_forward_eval<double>(x, nullptr, &beta, running);
+  for (const auto* cache : {&train.cache, &eval.cache}) {
+    for (const auto& g : {batchnorm_backward(dy, x, nullptr, *cache), batchnorm_backward_staged(dy, x, nullptr, *cache)}) {
+      BOOST_TEST(g.dgamma.empty());
+      BOOST_TEST_REQUIRE(g.dbeta.size() == 3);
+      // The fused pass sums in another order than this loop: a few units of double rounding.
+      for (Index c = 0; c < 3; ++c) BOOST_TEST(g.dbeta[c] == channel_sum(c), boost::test_tools::tolerance(1e-14));
+    }
+  }
+
+  const auto affine = batchnorm_forward_train<double>(x, &gamma, &beta, nullptr);
+  const MessageHas null_gamma{{"batchnorm: gamma is null but the forward pass had gamma"}};
+  TensorD dx(x.shape()), db({3});
+  BOOST_CHECK_EXCEPTION(batchnorm_backward(dy, x, nullptr, affine.cache), InvalidArgument, null_gamma);
+  BOOST_CHECK_EXCEPTION(batchnorm_backward_staged(dy, x, nullptr, affine.cache), InvalidArgument, null_gamma);
+  BOOST_CHECK_EXCEPTION(batchnorm_backward_into(dy, x, nullptr, affine.cache, dx, nullptr, &db), InvalidArgument,
+                        null_gamma);
+  const auto plain = batchnorm_forward_train<double>(x, nullptr, nullptr, nullptr);
+  const MessageHas extra_gamma{{"batchnorm: gamma is given but the forward pass had none"}};
+  BOOST_CHECK_EXCEPTION(batchnorm_backward(dy, x, &gamma, plain.cache), InvalidArgument, extra_gamma);
+  BOOST_CHECK_EXCEPTION(batchnorm_backward_staged(dy, x, &gamma, plain.cache), InvalidArgument, extra_gamma);
 }
 
 // Issue 10, defect 7: outputs passed as one tensor, or over γ or a statistic the pass reads.

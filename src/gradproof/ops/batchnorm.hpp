@@ -65,6 +65,8 @@ struct BatchNormCache {
   Shape shape;            ///< shape of the forward input
   NCL dims;               ///< the `(N, C, L)` view of the input
   bool training = true;   ///< batch statistics (true) or running statistics (false)
+  bool has_gamma = false; ///< the forward pass had \f$\gamma\f$: the backward must be given it too
+  bool has_beta = false;  ///< the forward pass had \f$\beta\f$: the backward returns its gradient
   Tensor<Scalar> mean;    ///< `(C)`: \f$\mu\f$, the batch mean (training) or the running mean (eval)
   Tensor<Scalar> var;     ///< `(C)`: \f$\sigma^2\f$, biased batch variance (training) or running variance (eval)
   Tensor<Scalar> invstd;  ///< `(C)`: \f$1/\sqrt{\sigma^2+\varepsilon}\f$
@@ -165,6 +167,12 @@ NCL check_bn_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, const T
         << cache.dims.N << ", " << cache.dims.C << ", " << cache.dims.L << "), but x has shape "
         << to_string(x.shape());
     throw InvalidArgument(msg.str());
+  }
+  // What the forward pass saw (issue 15): a null γ after a forward with γ used to give dx as if
+  // γ = 1, wrong by the factor γ; a γ after a forward without one, a dx for a y it never made.
+  if ((gamma != nullptr) != cache.has_gamma) {
+    throw InvalidArgument(std::string(kBatchNorm) + ": gamma is " + (gamma ? "given" : "null") +
+                          " but the forward pass had " + (cache.has_gamma ? "gamma" : "none"));
   }
   for (const auto& [t, name] : {std::pair{&cache.mean, "cache mean"}, std::pair{&cache.var, "cache var"},
                                 std::pair{&cache.invstd, "cache invstd"}}) {
@@ -379,6 +387,8 @@ void batchnorm_forward_train_reference(const Tensor<Scalar>& x, const Tensor<Sca
   using std::sqrt;
   const NCL d = cache.dims;
   const Scalar M = Scalar(static_cast<double>(d.M()));
+  cache.has_gamma = gamma != nullptr;
+  cache.has_beta = beta != nullptr;
   for (Index c = 0; c < d.C; ++c) {
     //! [bn.forward]
     // Two passes over the channel: mean first, then the centred second moment, which avoids
@@ -424,6 +434,8 @@ void batchnorm_forward_train_fused(const Tensor<Scalar>& x, const Tensor<Scalar>
                                    double eps, Tensor<Scalar>& y, BatchNormCache<Scalar>& cache) {
   const NCL d = cache.dims;
   const double M = static_cast<double>(d.M());
+  cache.has_gamma = gamma != nullptr;
+  cache.has_beta = beta != nullptr;
   const auto terms_of = [&](Index c) {
     const Scalar K = x[d.offset(0, c)];
     return [K](auto v) {
@@ -583,6 +595,8 @@ void batchnorm_forward_eval_into(const Tensor<Scalar>& x, Opt<const Tensor<Scala
   require_shape(y, x.shape(), detail::kBatchNorm, "y (output, must match x)");
   detail::check_bn_forward_outputs<Scalar>(y, gamma, beta, nullptr, cache);
   detail::shape_cache(cache, x.shape(), d, false);
+  cache.has_gamma = gamma != nullptr;
+  cache.has_beta = beta != nullptr;
 
   for (Index c = 0; c < d.C; ++c) {
     cache.mean[c] = running.mean[c];
@@ -631,7 +645,8 @@ BatchNormForward<Scalar> batchnorm_forward_eval(const Tensor<Scalar>& x, Opt<con
 /// \param cache   from the forward pass on `x`
 /// \param scales  term scales for negative controls; leave at the default
 /// \param trace   if not `nullptr`, receives the intermediate terms (training only)
-/// \return dx, and dgamma / dbeta (empty when `gamma` is `nullptr`).
+/// \return dx, dgamma (empty when `gamma` is `nullptr`) and dbeta (empty when the forward pass had
+///         no `beta`).
 /// \throws InvalidArgument if `dy` does not match `x` or the cache was made for another shape.
 template <class Scalar>
 BatchNormGrads<Scalar> batchnorm_backward_staged(const Tensor<Scalar>& dy, const Tensor<Scalar>& x,
@@ -647,8 +662,9 @@ BatchNormGrads<Scalar> batchnorm_backward_staged(const Tensor<Scalar>& dy, const
       for (Index i = d.offset(n, c), e = i + d.L; i < e; ++i) f(i);
   };
 
+  // dβ whenever the forward had β, also without γ (PyTorch's `F.batch_norm(weight=None, bias=b)`).
   BatchNormGrads<Scalar> g{Tensor<Scalar>(x.shape()), gamma ? Tensor<Scalar>({C}) : Tensor<Scalar>(),
-                           gamma ? Tensor<Scalar>({C}) : Tensor<Scalar>()};
+                           cache.has_beta ? Tensor<Scalar>({C}) : Tensor<Scalar>()};
   const Tensor<Scalar>& mu = cache.mean;
   const Tensor<Scalar>& invstd = cache.invstd;  // (σ²+ε)^(−1/2)
   // xᵢ − μ with μ = mean + mean_residual: the residual is what float32 cannot hold of a large μ.
@@ -661,29 +677,34 @@ BatchNormGrads<Scalar> batchnorm_backward_staged(const Tensor<Scalar>& dy, const
       const Scalar scale = detail::gamma_at(gamma, c) * invstd[c];
       each(c, [&](Index i) { g.dx[i] = dy[i] * scale; });
       //! [bn.eval_dx]
-      if (!gamma) continue;
-      //! [bn.eval_dgamma]
-      // ∂L/∂γ = Σᵢ dyᵢ x̂ᵢ, with x̂ᵢ = (xᵢ − r_μ)/√(r_σ² + ε) built from the running statistics
-      Scalar dgamma = Scalar(0);
-      each(c, [&](Index i) { dgamma += dy[i] * centred(i, c) * invstd[c]; });
-      g.dgamma[c] = dgamma;
-      //! [bn.eval_dgamma]
-      Scalar dbeta = Scalar(0);  // ∂L/∂β = Σᵢ dyᵢ, as in training (bn.dbeta)
-      each(c, [&](Index i) { dbeta += dy[i]; });
-      g.dbeta[c] = dbeta;
+      if (gamma) {
+        //! [bn.eval_dgamma]
+        // ∂L/∂γ = Σᵢ dyᵢ x̂ᵢ, with x̂ᵢ = (xᵢ − r_μ)/√(r_σ² + ε) built from the running statistics
+        Scalar dgamma = Scalar(0);
+        each(c, [&](Index i) { dgamma += dy[i] * centred(i, c) * invstd[c]; });
+        g.dgamma[c] = dgamma;
+        //! [bn.eval_dgamma]
+      }
+      if (cache.has_beta) {
+        Scalar dbeta = Scalar(0);  // ∂L/∂β = Σᵢ dyᵢ, as in training (bn.dbeta)
+        each(c, [&](Index i) { dbeta += dy[i]; });
+        g.dbeta[c] = dbeta;
+      }
     }
     return g;
   }
 
   // Step 0. The parameter gradients: y = γ x̂ + β is linear in γ and β.
-  if (gamma) {
-    for (Index c = 0; c < C; ++c) {
+  for (Index c = 0; c < C; ++c) {
+    if (gamma) {
       //! [bn.dgamma]
       // ∂L/∂γ = Σᵢ dyᵢ x̂ᵢ
       Scalar dgamma = Scalar(0);
       each(c, [&](Index i) { dgamma += dy[i] * centred(i, c) * invstd[c]; });
       g.dgamma[c] = dgamma;
       //! [bn.dgamma]
+    }
+    if (cache.has_beta) {
       //! [bn.dbeta]
       // ∂L/∂β = Σᵢ dyᵢ
       Scalar dbeta = Scalar(0);
@@ -881,14 +902,17 @@ void batchnorm_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, 
 /// \param x      the forward input, same shape
 /// \param gamma  `(C)` scale or `nullptr`
 /// \param cache  from the forward pass on `x`
-/// \return dx, and dgamma / dbeta (empty when `gamma` is `nullptr`).
+/// \return dx, dgamma (empty when `gamma` is `nullptr`) and dbeta (empty when the forward pass had
+///         no `beta`).
 template <class Scalar>
 BatchNormGrads<Scalar> batchnorm_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& x,
                                           Opt<const Tensor<Scalar>> gamma, const BatchNormCache<Scalar>& cache) {
   detail::check_bn_backward(dy, x, gamma, cache);  // before the cache's shapes size an allocation
-  BatchNormGrads<Scalar> g{Tensor<Scalar>(x.shape()), gamma ? Tensor<Scalar>({cache.dims.C}) : Tensor<Scalar>(),
-                           gamma ? Tensor<Scalar>({cache.dims.C}) : Tensor<Scalar>()};
-  batchnorm_backward_into(dy, x, gamma, cache, g.dx, gamma ? &g.dgamma : nullptr, gamma ? &g.dbeta : nullptr);
+  const Index C = cache.dims.C;
+  BatchNormGrads<Scalar> g{Tensor<Scalar>(x.shape()), gamma ? Tensor<Scalar>({C}) : Tensor<Scalar>(),
+                           cache.has_beta ? Tensor<Scalar>({C}) : Tensor<Scalar>()};
+  batchnorm_backward_into(dy, x, gamma, cache, g.dx, gamma ? &g.dgamma : nullptr,
+                          cache.has_beta ? &g.dbeta : nullptr);
   return g;
 }
 
