@@ -65,7 +65,8 @@ void run(fuzz::Reader& r, const Shape& shape) {
   BatchNormGrads<T> fused;
   if (into) {
     fused = {Tensor<T>(misuse == 3 ? fuzz::other_shape(shape, r) : shape), Tensor<T>({C}), Tensor<T>({C})};
-    batchnorm_backward_into<T>(dy, x, g, f.cache, fused.dx, g ? &fused.dgamma : nullptr, g ? &fused.dbeta : nullptr);
+    // dβ when the forward had β (the allocating passes return it then, also without γ).
+    batchnorm_backward_into<T>(dy, x, g, f.cache, fused.dx, g ? &fused.dgamma : nullptr, b ? &fused.dbeta : nullptr);
   } else {
     fused = batchnorm_backward<T>(dy, x, g, f.cache);
   }
@@ -77,8 +78,8 @@ void run(fuzz::Reader& r, const Shape& shape) {
                   f.cache.invstd.data(), f.y.data());
     fuzz::check_grads("batchnorm", s, x.data(), dy.data(), g ? g->data() : nullptr, f.cache.mean.data(),
                       f.cache.invstd.data(), staged.dx.data(), fused.dx.data(), g ? staged.dgamma.data() : nullptr,
-                      g ? fused.dgamma.data() : nullptr, g ? staged.dbeta.data() : nullptr,
-                      g ? fused.dbeta.data() : nullptr);
+                      g ? fused.dgamma.data() : nullptr, b ? staged.dbeta.data() : nullptr,
+                      b ? fused.dbeta.data() : nullptr);
     fuzz::trace("batchnorm", eval ? "eval compared" : "compared", shape);
   }
 }
