@@ -11,6 +11,8 @@
 #include "gradproof/harness/op.hpp"
 
 #include <functional>
+#include <stdexcept>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -59,6 +61,44 @@ struct IntoCase {
   harness::IntoCase into;
 };
 
+/// \brief One problem of an op as plain float64 data, for an oracle outside the catalog (libtorch,
+/// tests/torch/oracle.test.cpp): the inputs of \f$y = \mathrm{op}(\text{inputs}; \text{options})\f$,
+/// the weights \f$w\f$ of \f$L = \langle w, y\rangle\f$, our float64 gradients of \f$L\f$ from both
+/// backward passes, and the gradient of \f$L\f$ recomputed in long double. The oracle needs only the
+/// op's forward; it knows nothing else of the op.
+struct PlainProblem {
+  std::string op{};                  ///< the op's id, e.g. `rms`
+  std::string describe{};            ///< what the problem is, for the notes of its rows
+  std::vector<std::string> names{};  ///< the differentiable inputs, `x` first (gradient `<op>.d<name>`)
+  std::vector<TensorD> inputs;       ///< their values, in `names` order
+  /// The op's options with PyTorch's names (`eps`, `num_groups`, ...); shapes are given by their
+  /// number of trailing axes (`normalized_ndim`).
+  std::vector<std::pair<std::string, double>> options;
+  TensorD w;                         ///< the loss weights, shape of `y`
+  std::vector<TensorD> staged, fused;     ///< our float64 gradients of L, one per input
+  std::vector<Eigen::VectorXd> exact;     ///< the long-double gradients of L (complex step), one per input
+  std::vector<double> scale;              ///< per input: the magnitude of the terms of its gradient
+  /// The option `name`. \throws std::invalid_argument if the problem has none of that name.
+  double option(const std::string& name) const {
+    for (const auto& [k, v] : options)
+      if (k == name) return v;
+    throw std::invalid_argument("PlainProblem of " + op + ": no option '" + name + "'");
+  }
+  /// Whether the problem has the option `name`.
+  bool has(const std::string& name) const {
+    for (const auto& kv : options)
+      if (kv.first == name) return true;
+    return false;
+  }
+};
+
+/// The plain problems of one op (made on demand: the long-double gradients take a moment).
+struct PlainProblems {
+  std::string op;
+  std::vector<std::string> inputs;  ///< the names of its differentiable inputs, `x` first
+  std::function<std::vector<PlainProblem>()> make;
+};
+
 /// One op family as the list of ops (`catalog/ops.def`) names it.
 struct OpEntry {
   std::string id;      ///< formula-id prefix and top-level test suite, e.g. `rms`
@@ -78,6 +118,7 @@ struct Registry {
   std::vector<Sweep> sweeps;
   std::vector<BadInputCase> bad_inputs;
   std::vector<IntoCase> into_cases;
+  std::vector<PlainProblems> plain;  ///< each declared op's problems as plain data
 };
 
 /// The whole catalog (built once, on first use).

@@ -207,6 +207,10 @@ struct RMSNorm {
     return in;
   }
   static const TensorD& input(const Problem& p, std::size_t k) { return k == 0 ? p.x : p.gamma; }
+  // For the libtorch oracle: eps as used (None resolves to float64's machine epsilon).
+  static std::vector<std::pair<std::string, double>> options(const Problem& p) {
+    return {{"normalized_ndim", static_cast<double>(p.normalized.size())}, {"eps", p.eps_value()}};
+  }
   template <class S>
   static Tensor<S> forward(const Problem& p, const std::vector<Tensor<S>>& in) {
     return ops::rmsnorm_forward<S>(in[0], &in[1], p.cfg()).y;

@@ -74,6 +74,7 @@ struct Softmax {
     return in;
   }
   static const TensorD& input(const Problem& p, std::size_t) { return p.x; }
+  static std::vector<std::pair<std::string, double>> options(const Problem&) { return {{"dim", -1}}; }
   template <class S>
   static Tensor<S> forward(const Problem&, const std::vector<Tensor<S>>& in) {
     return ops::softmax_forward(in[0]).y;

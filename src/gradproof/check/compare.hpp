@@ -61,6 +61,16 @@ inline Tolerance tolerance_policy(const std::string& dtype, Oracle oracle, doubl
   return {k * scale, k};
 }
 
+/// \brief The tolerance against libtorch's float64 autograd (tests/torch/oracle.test.cpp).
+///
+/// Both sides are float64 evaluations of the same exact derivative, by different formulas and
+/// summation orders: each carries rounding of order \f$\log_2(M)\,u\f$ of the magnitude of the
+/// terms that cancel (`scale`), as the exact oracles do, so the exact oracles' factor applies:
+/// `rtol = k = 1e-12`, `atol = k·scale`. Where the two differ by more, neither is taken as the
+/// answer: the long-double gradient decides (gradproof passes if it is within the exact-oracle
+/// policy of it and no further from it than libtorch).
+inline Tolerance libtorch_policy(double scale) { return tolerance_policy("float64", Oracle::complex_step, scale); }
+
 /// The outcome of comparing an analytic vector with a numerical one.
 struct Comparison {
   double max_abs_err = 0;  ///< \f$\max_i |a_i - n_i|\f$

@@ -15,12 +15,15 @@
 /// - each ablated term: `<op>/negative_controls/<term>_drop_and_flip`, and the table itself,
 ///   under the one rule of ablation();
 /// - the declaration's bad inputs and `*_into` cases, which the test runner and the allocation
-///   binary turn into tests.
+///   binary turn into tests;
+/// - its Jacobian and projection problems as plain data (plain_problem()), which the libtorch
+///   oracle (tests/torch/oracle.test.cpp) compares with libtorch's autograd.
 #pragma once
 
 #include "gradproof/catalog/catalog.hpp"
 #include "gradproof/catalog/support.hpp"
 #include "gradproof/harness/op.hpp"
+#include "gradproof/harness/plain.hpp"
 
 #include <limits>
 #include <memory>
@@ -292,6 +295,33 @@ std::vector<ResultRow> over(const std::string& test, std::uint64_t salt, F&& f,
   return rows;
 }
 
+/// \brief Problem `p` of `D` as plain data: inputs, options (the declaration's optional
+/// `options(p)`, PyTorch's names), `w`, both passes' float64 gradients, the long-double gradients
+/// and the scales of their terms (`dx_scale`, `param_scale`).
+template <class D>
+catalog::PlainProblem plain_problem(const typename D::Problem& p) {
+  catalog::PlainProblem out;
+  out.op = D::op;
+  out.describe = D::describe(p);
+  for (std::size_t k = 0; k < D::inputs().size(); ++k) {
+    out.names.push_back(D::inputs()[k].name);
+    out.inputs.push_back(D::input(p, k));
+  }
+  if constexpr (requires { D::options(p); }) out.options = D::options(p);
+  out.w = p.w;
+  const auto pd = D::template prepare<double>(p);
+  out.staged = D::backward(*pd, p.w, Pass::staged);
+  out.fused = D::backward(*pd, p.w, Pass::fused);
+  for (std::size_t k = 0; k < out.inputs.size(); ++k) {
+    out.exact.push_back(exact_gradient([&p](const auto& in) { return D::forward(p, in); }, out.inputs, k, p.w));
+    if constexpr (requires { &D::param_scale; })
+      out.scale.push_back(k == 0 ? D::dx_scale(*pd, p, p.w) : D::param_scale(*pd, p, k));
+    else
+      out.scale.push_back(D::dx_scale(*pd, p, p.w));
+  }
+  return out;
+}
+
 /// Adds the op of declaration `D` to the catalog: its formulas, every generic check, the
 /// negative-control table, the bad-input and allocation cases, then the declaration's own checks.
 template <class D>
@@ -357,6 +387,14 @@ void register_op(catalog::Registry& r) {
     if (term.zero) table.zero_terms.push_back(tid);
   }
   r.ablations.push_back(table);
+  std::vector<std::string> input_names;
+  for (const auto& in : D::inputs()) input_names.push_back(in.name);
+  r.plain.push_back({D::op, input_names, [] {
+                       std::vector<catalog::PlainProblem> out;
+                       for (const auto* kind : {&D::cases().jacobian, &D::cases().projection})
+                         for (const auto& pc : *kind) out.push_back(plain_problem<D>(make<D>(pc, Salt::oracle)));
+                       return out;
+                     }});
   for (auto& b : D::bad_inputs()) r.bad_inputs.push_back({D::op, std::move(b)});
   for (auto& i : D::into_cases()) r.into_cases.push_back({D::op, std::move(i)});
   D::extra(c);

@@ -1,0 +1,366 @@
+// libtorch as a fifth oracle (issue 12): every op's gradients of L = <w, y>, both backward passes,
+// against libtorch 1.13's float64 autograd of the op's torch forward, on the catalog's own
+// problems (catalog::Registry::plain, made by the harness from each declaration). Where the two
+// differ beyond check::libtorch_policy(), the long-double gradient decides; its rows (oracle
+// `long_double`) say who is closer to it.
+//
+// Adding an op: one entry in torch_forwards(), the torch forward of the op on a plain problem.
+// Ops not yet declared through the harness (bn, ln, gn, in) get their problems from interim()
+// below, through their public API; once declared (with `options(p)`), the declaration's
+// problems replace these and interim() is to be deleted.
+#include "gradproof/catalog/catalog.hpp"
+#include "gradproof/catalog/support.hpp"
+#include "gradproof/harness/plain.hpp"
+#include "gradproof/ops/batchnorm.hpp"
+#include "gradproof/ops/groupnorm.hpp"
+#include "gradproof/ops/instancenorm.hpp"
+#include "gradproof/ops/layernorm.hpp"
+#include "support/record.hpp"
+
+#include <ATen/TensorOperators.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/batch_norm.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/group_norm.h>
+#include <ATen/ops/instance_norm.h>
+#include <ATen/ops/layer_norm.h>
+#include <ATen/ops/mean.h>
+#include <ATen/ops/rsqrt.h>
+#include <ATen/ops/softmax.h>
+#include <ATen/ops/sum.h>
+#include <torch/csrc/autograd/autograd.h>
+
+#include <boost/test/unit_test.hpp>
+
+#include <cstdlib>
+#include <functional>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+using namespace gradproof;
+using catalog::PlainProblem;
+
+namespace {
+
+namespace utf = boost::unit_test;
+
+std::vector<std::int64_t> dims_of(const Shape& s) { return std::vector<std::int64_t>(s.begin(), s.end()); }
+
+// The last `n` axes of x (normalized_shape, or the axes reduced over).
+std::vector<std::int64_t> trailing(const at::Tensor& x, std::int64_t n) {
+  std::vector<std::int64_t> out;
+  for (std::int64_t d = x.dim() - n; d < x.dim(); ++d) out.push_back(d);
+  return out;
+}
+
+// ---- The torch forward of every op: y from the inputs (x first, then the parameters). ---------
+using TorchForward = std::function<at::Tensor(const std::vector<at::Tensor>&, const PlainProblem&)>;
+
+const std::map<std::string, TorchForward>& torch_forwards() {
+  static const std::map<std::string, TorchForward> f = {
+      {"softmax", [](const auto& in, const PlainProblem& p) {
+         return at::softmax(in[0], static_cast<std::int64_t>(p.option("dim")));
+       }},
+      // libtorch 1.13 has no rms_norm (added in 2.4): the forward composed of its primitives.
+      {"rms", [](const auto& in, const PlainProblem& p) {
+         const auto axes = trailing(in[0], static_cast<std::int64_t>(p.option("normalized_ndim")));
+         return in[0] * at::rsqrt((in[0] * in[0]).mean(axes, true) + p.option("eps")) * in[1];
+       }},
+      {"bn", [](const auto& in, const PlainProblem& p) {
+         return at::batch_norm(in[0], in[1], in[2], {}, {}, true, 0.1, p.option("eps"), false);
+       }},
+      {"ln", [](const auto& in, const PlainProblem& p) {
+         const auto axes = trailing(in[0], static_cast<std::int64_t>(p.option("normalized_ndim")));
+         std::vector<std::int64_t> shape;
+         for (auto d : axes) shape.push_back(in[0].size(d));
+         return at::layer_norm(in[0], shape, in[1], in[2], p.option("eps"), false);
+       }},
+      {"gn", [](const auto& in, const PlainProblem& p) {
+         return at::group_norm(in[0], static_cast<std::int64_t>(p.option("num_groups")), in[1], in[2],
+                               p.option("eps"), false);
+       }},
+      {"in", [](const auto& in, const PlainProblem& p) {
+         return at::instance_norm(in[0], in[1], in[2], {}, {}, true, 0.1, p.option("eps"), false);
+       }},
+  };
+  return f;
+}
+
+// Ops of the list with no PyTorch counterpart, and why.
+const std::map<std::string, std::string>& no_torch_counterpart() {
+  static const std::map<std::string, std::string> m = {
+      {"norm", "the general normalization over a set is gradproof's own core, not a PyTorch function; "
+               "its members bn, ln, gn, in are compared"}};
+  return m;
+}
+
+// ---- Interim problems of the ops not yet declared through the harness ------------------------
+// The shapes of their catalog's Jacobian and projection cases (catalog/batchnorm.cpp,
+// catalog/normalization.cpp), inputs sampled as there (float-representable values), our
+// gradients from the public API. The scales of the terms, until the declarations give theirs:
+// dx: max |γ|·|w|·(1/σ) (each term of dx = (1/σ)(g − mean g − x̂ mean(g x̂)), g = γ dy, is of that
+// size or smaller; the values cancel, so max |dx| is not the scale); dγ: Σ |w x̂|, dβ: Σ |w| over
+// each parameter's elements.
+struct Interim {
+  std::vector<TensorD> grads;
+  double invstd = 0;  // the largest 1/σ of the forward
+  TensorD y;
+};
+
+template <class Fwd, class Bwd, class ParamOf>
+PlainProblem interim_problem(const std::string& op, const std::string& describe, const Shape& shape, const Shape& pshape,
+                             std::vector<std::pair<std::string, double>> options, std::uint64_t seed, const Fwd& fwd,
+                             const Bwd& bwd, const ParamOf& param_of) {
+  catalog::support::Rng rng(seed);
+  PlainProblem p;
+  p.op = op;
+  p.describe = describe;
+  p.names = {"x", "gamma", "beta"};
+  TensorD x = rng.normal_tensor(shape), g(pshape), b(pshape);
+  for (Index i = 0; i < x.size(); ++i) x[i] = rng.normal(0.5, 1.5);
+  for (Index k = 0; k < g.size(); ++k) g[k] = rng.signed_uniform(0.5, 1.5), b[k] = rng.normal();
+  p.inputs = {x, g, b};
+  p.options = std::move(options);
+  p.w = rng.normal_tensor(shape);
+  Interim st = bwd(p.inputs, p.w, true), fu = bwd(p.inputs, p.w, false);
+  p.staged = std::move(st.grads);
+  p.fused = std::move(fu.grads);
+  double gmax = 0, wmax = 0;
+  for (Index k = 0; k < g.size(); ++k) gmax = std::max(gmax, std::abs(g[k]));
+  Eigen::VectorXd dg = Eigen::VectorXd::Zero(g.size()), db = dg;
+  for (Index i = 0; i < x.size(); ++i) {
+    wmax = std::max(wmax, std::abs(p.w[i]));
+    const Index j = param_of(i);
+    dg[j] += std::abs(p.w[i] * (st.y[i] - b[j]) / g[j]);
+    db[j] += std::abs(p.w[i]);
+  }
+  p.scale = {gmax * wmax * st.invstd, dg.maxCoeff(), db.maxCoeff()};
+  for (std::size_t k = 0; k < 3; ++k) p.exact.push_back(harness::exact_gradient(fwd, p.inputs, k, p.w));
+  return p;
+}
+
+// Parameter of element i: its channel (bn, gn, in) or its position in normalized_shape (ln).
+std::function<Index(Index)> channel_of(const Shape& s) {
+  Index L = 1;
+  for (std::size_t d = 2; d < s.size(); ++d) L *= s[d];
+  const Index C = s[1];
+  return [L, C](Index i) { return (i / L) % C; };
+}
+
+template <class G, class F>
+Interim three(G g, const F& f) {
+  return {{std::move(g.dx), std::move(g.dgamma), std::move(g.dbeta)}, f.cache.invstd.flat().maxCoeff(), f.y};
+}
+
+std::vector<PlainProblem> interim(const std::string& op) {
+  using namespace ops;
+  std::vector<PlainProblem> out;
+  const double eps = 1e-5;
+  std::uint64_t seed = 12000;
+  if (op == "bn") {
+    for (const Shape& s : std::vector<Shape>{{4, 3}, {3, 2, 5}, {2, 3, 3, 2}, {5, 1, 3}, {2, 2}, {1, 2, 2, 1},
+                                            {8, 4, 16, 16}, {1, 2, 32, 48}, {16, 3, 37}}) {
+      const auto fwd = [](const auto& in) {
+        using S = std::decay_t<decltype(in[0][0])>;
+        return batchnorm_forward_train<S>(in[0], &in[1], &in[2], nullptr, {1e-5, 0.1}).y;
+      };
+      const auto bwd = [](const std::vector<TensorD>& in, const TensorD& w, bool staged) {
+        const auto f = batchnorm_forward_train<double>(in[0], &in[1], &in[2], nullptr, {1e-5, 0.1});
+        return three(staged ? batchnorm_backward_staged(w, in[0], &in[1], f.cache) : batchnorm_backward(w, in[0], &in[1], f.cache), f);
+      };
+      out.push_back(interim_problem(op, "training mode, batch statistics", s, {s[1]}, {{"eps", eps}}, ++seed, fwd, bwd, channel_of(s)));
+    }
+  } else if (op == "ln") {
+    for (const auto& [s, a] : std::vector<std::pair<Shape, Index>>{{{4, 6}, 1}, {{3, 2, 5}, 2}, {{2, 3, 2, 2}, 3}, {{2, 2}, 1},
+                                                                    {{2, 3, 4}, 1}, {{2, 3}, 2}, {{4, 1}, 1}, {{16, 128}, 1},
+                                                                    {{4, 8, 32}, 2}, {{2, 4, 8, 8}, 3}}) {
+      const Shape ns(s.end() - a, s.end());
+      const auto fwd = [ns](const auto& in) {
+        using S = std::decay_t<decltype(in[0][0])>;
+        return layernorm_forward<S>(in[0], &in[1], &in[2], {ns, 1e-5}).y;
+      };
+      const auto bwd = [ns](const std::vector<TensorD>& in, const TensorD& w, bool staged) {
+        const auto f = layernorm_forward<double>(in[0], &in[1], &in[2], {ns, 1e-5});
+        return three(staged ? layernorm_backward_staged(w, in[0], &in[1], f.cache) : layernorm_backward(w, in[0], &in[1], f.cache), f);
+      };
+      out.push_back(interim_problem(op, "normalized_shape " + to_string(ns), s, ns,
+                                    {{"normalized_ndim", static_cast<double>(a)}, {"eps", eps}}, ++seed, fwd, bwd,
+                                    [P = numel(ns)](Index i) { return i % P; }));
+    }
+  } else if (op == "gn") {
+    for (const auto& [s, G] : std::vector<std::pair<Shape, Index>>{{{4, 6}, 3}, {{3, 4, 5}, 2}, {{2, 6, 2, 2}, 3}, {{2, 4, 3}, 1},
+                                                                    {{3, 4, 2}, 4}, {{1, 4, 2, 2}, 2}, {{2, 3}, 3}, {{4, 8, 8, 8}, 4},
+                                                                    {{2, 6, 32}, 2}, {{1, 16, 16, 16}, 8}}) {
+      const auto fwd = [G](const auto& in) {
+        using S = std::decay_t<decltype(in[0][0])>;
+        return groupnorm_forward<S>(in[0], &in[1], &in[2], {G, 1e-5}).y;
+      };
+      const auto bwd = [G](const std::vector<TensorD>& in, const TensorD& w, bool staged) {
+        const auto f = groupnorm_forward<double>(in[0], &in[1], &in[2], {G, 1e-5});
+        return three(staged ? groupnorm_backward_staged(w, in[0], &in[1], f.cache) : groupnorm_backward(w, in[0], &in[1], f.cache), f);
+      };
+      out.push_back(interim_problem(op, "num_groups " + std::to_string(G), s, {s[1]},
+                                    {{"num_groups", static_cast<double>(G)}, {"eps", eps}}, ++seed, fwd, bwd, channel_of(s)));
+    }
+  } else if (op == "in") {
+    for (const Shape& s : std::vector<Shape>{{3, 2, 5}, {2, 3, 2, 2}, {4, 1, 3}, {2, 2, 2}, {1, 3, 2, 3},
+                                            {8, 4, 16, 16}, {1, 2, 32, 48}, {16, 3, 37}}) {
+      const auto fwd = [](const auto& in) {
+        using S = std::decay_t<decltype(in[0][0])>;
+        return instancenorm_forward_train<S>(in[0], &in[1], &in[2], nullptr, {1e-5, 0.1}).y;
+      };
+      const auto bwd = [](const std::vector<TensorD>& in, const TensorD& w, bool staged) {
+        const auto f = instancenorm_forward_train<double>(in[0], &in[1], &in[2], nullptr, {1e-5, 0.1});
+        return three(staged ? instancenorm_backward_staged(w, in[0], &in[1], f.cache)
+                            : instancenorm_backward(w, in[0], &in[1], f.cache), f);
+      };
+      out.push_back(interim_problem(op, "instance statistics, training mode", s, {s[1]}, {{"eps", eps}}, ++seed, fwd, bwd,
+                                    channel_of(s)));
+    }
+  }
+  return out;
+}
+
+// The inputs of `op`: its declaration's, else those of the interim ones.
+std::vector<std::string> input_names(const std::string& op) {
+  for (const auto& pp : catalog::registry().plain)
+    if (pp.op == op) return pp.inputs;
+  return {"x", "gamma", "beta"};
+}
+
+// The problems of `op`: its declaration's, else the interim ones.
+std::vector<PlainProblem> problems_of(const std::string& op) {
+  for (const auto& pp : catalog::registry().plain)
+    if (pp.op == op) return pp.make();
+  return interim(op);
+}
+
+// ---- The comparison -----------------------------------------------------------------------------
+at::Tensor to_torch(const TensorD& t) {
+  return at::from_blob(const_cast<double*>(t.data()), dims_of(t.shape()), at::TensorOptions().dtype(at::kDouble)).clone();
+}
+
+Eigen::VectorXd flat(const at::Tensor& t) {
+  const at::Tensor c = t.contiguous();
+  return Eigen::Map<const Eigen::VectorXd>(c.data_ptr<double>(), c.numel());
+}
+
+// libtorch's gradients of L = <w, y> in every input.
+std::vector<Eigen::VectorXd> torch_gradients(const PlainProblem& p, const TorchForward& fwd) {
+  std::vector<at::Tensor> in;
+  for (const auto& t : p.inputs) in.push_back(to_torch(t).set_requires_grad(true));
+  const at::Tensor loss = (fwd(in, p) * to_torch(p.w)).sum();
+  const auto grads = torch::autograd::grad({loss}, in);
+  std::vector<Eigen::VectorXd> out;
+  for (const auto& g : grads) out.push_back(flat(g));
+  return out;
+}
+
+std::string fmt(double v) {
+  std::ostringstream s;
+  s.precision(2);
+  s << v;
+  return s.str();
+}
+
+// Rows of input `k`, pass `staged`, for one problem: gradproof against libtorch, and gradproof
+// against the long-double gradient with libtorch's error against it in the note.
+void rows_of(std::vector<check::ResultRow>& rows, const std::string& formula, const std::string& test,
+             const PlainProblem& p, std::size_t k, bool staged, const Eigen::VectorXd& theirs) {
+  const Eigen::VectorXd ours = catalog::support::as_f64(staged ? p.staged[k] : p.fused[k]);
+  const Eigen::VectorXd& exact = p.exact[k];
+  const auto vs_torch = check::compare(ours, theirs, check::libtorch_policy(p.scale[k]));
+  const auto vs_exact = check::compare(ours, exact, check::tolerance_policy("float64", check::Oracle::complex_step, p.scale[k]));
+  const double ours_err = (ours - exact).cwiseAbs().maxCoeff(), theirs_err = (theirs - exact).cwiseAbs().maxCoeff();
+  const std::string what = "gradient of L = <w, y> in " + p.names[k] + " (" + (staged ? "staged" : "fused") +
+                           " backward, " + p.describe + ")";
+  const Shape& shape = p.inputs[0].shape();
+  check::ResultRow a{formula, test, "libtorch", "float64", "oracle", shape};
+  check::fill(a, vs_torch, p.inputs[k].shape());
+  // Beyond the policy, the long-double gradient decides.
+  a.passed = vs_torch.passed || (vs_exact.passed && ours_err <= theirs_err);
+  a.note = what + " against libtorch 1.13's float64 autograd" +
+           (vs_torch.passed ? "" : "; they differ beyond the policy and the long-double gradient decides");
+  rows.push_back(a);
+  const char* closer = ours_err < theirs_err ? "gradproof closer" : ours_err > theirs_err ? "libtorch closer" : "equally close";
+  check::ResultRow b{formula, test, "long_double", "float64", "oracle", shape};
+  check::fill(b, vs_exact, p.inputs[k].shape());
+  b.note = what + " against its long-double complex-step recomputation; largest error ÷ scale of the terms: gradproof " +
+           fmt(ours_err / p.scale[k]) + ", libtorch " + fmt(theirs_err / p.scale[k]) + " (" + closer + ")";
+  rows.push_back(b);
+}
+
+void record_and_check(const std::vector<check::ResultRow>& rows) {
+  BOOST_TEST_REQUIRE(!rows.empty(), "no result rows");
+  for (const auto& r : rows) {
+    testing::record(r);
+    BOOST_TEST(r.passed, check::describe(r));
+  }
+}
+
+// `<op>/libtorch/staged_dx_matches_libtorch` and `fused_dx_...` (x), `d<name>_matches_libtorch`
+// (each parameter, both passes).
+void register_op(const std::string& op) {
+  const auto it = torch_forwards().find(op);
+  auto* top = new utf::test_suite(op, __FILE__, __LINE__);
+  utf::framework::master_test_suite().add(top);
+  auto* suite = new utf::test_suite("libtorch", __FILE__, __LINE__);
+  top->add(suite);
+  if (it == torch_forwards().end()) {
+    suite->add(utf::make_test_case([op] { BOOST_ERROR("no torch forward for op '" << op << "' in torch_forwards()"); },
+                                   "has_a_torch_forward", __FILE__, __LINE__));
+    return;
+  }
+  // One run of the problems and of libtorch per op, shared by its tests.
+  struct Shared {
+    std::vector<PlainProblem> problems;
+    std::vector<std::vector<Eigen::VectorXd>> torch;
+  };
+  auto shared = std::make_shared<Shared>();
+  const auto get = [shared, op, fwd = it->second]() -> const Shared& {
+    if (shared->problems.empty()) {
+      shared->problems = problems_of(op);
+      for (const auto& p : shared->problems) shared->torch.push_back(torch_gradients(p, fwd));
+    }
+    return *shared;
+  };
+  const std::vector<std::string> names = input_names(op);
+  for (std::size_t k = 0; k < names.size(); ++k) {
+    for (int f = 0; f < (k == 0 ? 2 : 1); ++f) {
+      const bool staged_only = k == 0 && f == 0, fused_only = k == 0 && f == 1;
+      const std::string formula = op + "." + (k == 0 ? (fused_only ? "dx_fused" : "dx") : "d" + names[k]);
+      const std::string leaf = k == 0 ? (fused_only ? "fused_dx_matches_libtorch" : "staged_dx_matches_libtorch")
+                                      : "d" + names[k] + "_matches_libtorch";
+      const std::string test = op + "/libtorch/" + leaf;
+      auto* tc = utf::make_test_case(
+          [=] {
+            const Shared& s = get();
+            std::vector<check::ResultRow> rows;
+            for (std::size_t i = 0; i < s.problems.size(); ++i) {
+              if (!staged_only) rows_of(rows, formula, test, s.problems[i], k, false, s.torch[i][k]);
+              if (!fused_only) rows_of(rows, formula, test, s.problems[i], k, true, s.torch[i][k]);
+            }
+            record_and_check(rows);
+          },
+          leaf, __FILE__, __LINE__);
+      tc->add_label(formula);
+      suite->add(tc);
+    }
+  }
+}
+
+bool init() {
+  for (const auto& e : catalog::ops())
+    if (!no_torch_counterpart().count(e.id)) register_op(e.id);
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char* argv[]) {
+  const int status = utf::unit_test_main(&init, argc, argv);
+  if (const char* part = std::getenv("GRADPROOF_RESULTS_PART")) testing::write_part(part);
+  return status;
+}
