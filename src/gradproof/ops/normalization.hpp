@@ -468,8 +468,8 @@ void forward_rows(const NormSets& s, const Scalar* x, const Scalar* gamma, const
       } else if (beta) {
         kernels::map(yr, s.M, nontemporal, [=](auto xv, auto b) { return ((xv - mu) - lo) * is + b; }, xr, beta);
       } else {
-        const Scalar shift_y = kernels::minus_residual(Scalar(0), lo, is);  // no per-element cost without γ, β
-        kernels::map(yr, s.M, nontemporal, [=](auto xv) { return (xv - mu) * is + shift_y; }, xr);
+        // The same expression as with γ = 1, β = 0, so that both give the same bits.
+        kernels::map(yr, s.M, nontemporal, [=](auto xv) { return ((xv - mu) - lo) * is; }, xr);
       }
     }
     kernels::stream_fence();
