@@ -162,12 +162,12 @@ std::vector<PlainProblem> interim(const std::string& op) {
   if (op == "bn") {
     for (const Shape& s : std::vector<Shape>{{4, 3}, {3, 2, 5}, {2, 3, 3, 2}, {5, 1, 3}, {2, 2}, {1, 2, 2, 1},
                                             {8, 4, 16, 16}, {1, 2, 32, 48}, {16, 3, 37}}) {
-      const auto fwd = [](const auto& in) {
+      const auto fwd = [eps](const auto& in) {
         using S = std::decay_t<decltype(in[0][0])>;
-        return batchnorm_forward_train<S>(in[0], &in[1], &in[2], nullptr, {1e-5, 0.1}).y;
+        return batchnorm_forward_train<S>(in[0], &in[1], &in[2], nullptr, {eps, 0.1}).y;
       };
-      const auto bwd = [](const std::vector<TensorD>& in, const TensorD& w, bool staged) {
-        const auto f = batchnorm_forward_train<double>(in[0], &in[1], &in[2], nullptr, {1e-5, 0.1});
+      const auto bwd = [eps](const std::vector<TensorD>& in, const TensorD& w, bool staged) {
+        const auto f = batchnorm_forward_train<double>(in[0], &in[1], &in[2], nullptr, {eps, 0.1});
         return three(staged ? batchnorm_backward_staged(w, in[0], &in[1], f.cache) : batchnorm_backward(w, in[0], &in[1], f.cache), f);
       };
       out.push_back(interim_problem(op, "training mode, batch statistics", s, {s[1]}, {{"eps", eps}}, ++seed, fwd, bwd, channel_of(s)));
@@ -177,12 +177,12 @@ std::vector<PlainProblem> interim(const std::string& op) {
                                                                     {{2, 3, 4}, 1}, {{2, 3}, 2}, {{4, 1}, 1}, {{16, 128}, 1},
                                                                     {{4, 8, 32}, 2}, {{2, 4, 8, 8}, 3}}) {
       const Shape ns(s.end() - a, s.end());
-      const auto fwd = [ns](const auto& in) {
+      const auto fwd = [ns, eps](const auto& in) {
         using S = std::decay_t<decltype(in[0][0])>;
-        return layernorm_forward<S>(in[0], &in[1], &in[2], {ns, 1e-5}).y;
+        return layernorm_forward<S>(in[0], &in[1], &in[2], {ns, eps}).y;
       };
-      const auto bwd = [ns](const std::vector<TensorD>& in, const TensorD& w, bool staged) {
-        const auto f = layernorm_forward<double>(in[0], &in[1], &in[2], {ns, 1e-5});
+      const auto bwd = [ns, eps](const std::vector<TensorD>& in, const TensorD& w, bool staged) {
+        const auto f = layernorm_forward<double>(in[0], &in[1], &in[2], {ns, eps});
         return three(staged ? layernorm_backward_staged(w, in[0], &in[1], f.cache) : layernorm_backward(w, in[0], &in[1], f.cache), f);
       };
       out.push_back(interim_problem(op, "normalized_shape " + to_string(ns), s, ns,
@@ -193,12 +193,12 @@ std::vector<PlainProblem> interim(const std::string& op) {
     for (const auto& [s, G] : std::vector<std::pair<Shape, Index>>{{{4, 6}, 3}, {{3, 4, 5}, 2}, {{2, 6, 2, 2}, 3}, {{2, 4, 3}, 1},
                                                                     {{3, 4, 2}, 4}, {{1, 4, 2, 2}, 2}, {{2, 3}, 3}, {{4, 8, 8, 8}, 4},
                                                                     {{2, 6, 32}, 2}, {{1, 16, 16, 16}, 8}}) {
-      const auto fwd = [G](const auto& in) {
+      const auto fwd = [G, eps](const auto& in) {
         using S = std::decay_t<decltype(in[0][0])>;
-        return groupnorm_forward<S>(in[0], &in[1], &in[2], {G, 1e-5}).y;
+        return groupnorm_forward<S>(in[0], &in[1], &in[2], {G, eps}).y;
       };
-      const auto bwd = [G](const std::vector<TensorD>& in, const TensorD& w, bool staged) {
-        const auto f = groupnorm_forward<double>(in[0], &in[1], &in[2], {G, 1e-5});
+      const auto bwd = [G, eps](const std::vector<TensorD>& in, const TensorD& w, bool staged) {
+        const auto f = groupnorm_forward<double>(in[0], &in[1], &in[2], {G, eps});
         return three(staged ? groupnorm_backward_staged(w, in[0], &in[1], f.cache) : groupnorm_backward(w, in[0], &in[1], f.cache), f);
       };
       out.push_back(interim_problem(op, "num_groups " + std::to_string(G), s, {s[1]},
@@ -207,12 +207,12 @@ std::vector<PlainProblem> interim(const std::string& op) {
   } else if (op == "in") {
     for (const Shape& s : std::vector<Shape>{{3, 2, 5}, {2, 3, 2, 2}, {4, 1, 3}, {2, 2, 2}, {1, 3, 2, 3},
                                             {8, 4, 16, 16}, {1, 2, 32, 48}, {16, 3, 37}}) {
-      const auto fwd = [](const auto& in) {
+      const auto fwd = [eps](const auto& in) {
         using S = std::decay_t<decltype(in[0][0])>;
-        return instancenorm_forward_train<S>(in[0], &in[1], &in[2], nullptr, {1e-5, 0.1}).y;
+        return instancenorm_forward_train<S>(in[0], &in[1], &in[2], nullptr, {eps, 0.1}).y;
       };
-      const auto bwd = [](const std::vector<TensorD>& in, const TensorD& w, bool staged) {
-        const auto f = instancenorm_forward_train<double>(in[0], &in[1], &in[2], nullptr, {1e-5, 0.1});
+      const auto bwd = [eps](const std::vector<TensorD>& in, const TensorD& w, bool staged) {
+        const auto f = instancenorm_forward_train<double>(in[0], &in[1], &in[2], nullptr, {eps, 0.1});
         return three(staged ? instancenorm_backward_staged(w, in[0], &in[1], f.cache)
                             : instancenorm_backward(w, in[0], &in[1], f.cache), f);
       };
