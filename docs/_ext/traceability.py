@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gradproof_results as gr  # noqa: E402
 
-FORMULA_ID = re.compile(r"^[a-z][a-z0-9]*\.[a-z0-9_]+$")
+FORMULA_ID = re.compile(r"^[a-z][a-z0-9_]*\.[a-z0-9_]+$")
 TARGET_LINE = re.compile(r"^\(([^()\s]+)\)=\s*$")
 EQUATION_LABEL = re.compile(r"\$\$\s*\(([^()\s]+)\)\s*$")
 MARKER = re.compile(r"//!\s*\[([^\]\s]+)\]")

@@ -74,6 +74,9 @@ struct PlainProblem {
   /// The op's options with PyTorch's names (`eps`, `num_groups`, ...); shapes are given by their
   /// number of trailing axes (`normalized_ndim`).
   std::vector<std::pair<std::string, double>> options;
+  /// Non-differentiable tensor arguments (class-index targets, embedding indices, a dropout
+  /// mask), from the declaration's optional `constants(p)`; integers are held as exact doubles.
+  std::vector<std::pair<std::string, TensorD>> constants;
   TensorD w;                         ///< the loss weights, shape of `y`
   std::vector<TensorD> staged, fused;     ///< our float64 gradients of L, one per input
   std::vector<Eigen::VectorXd> exact;     ///< the long-double gradients of L (complex step), one per input
@@ -83,6 +86,12 @@ struct PlainProblem {
     for (const auto& [k, v] : options)
       if (k == name) return v;
     throw std::invalid_argument("PlainProblem of " + op + ": no option '" + name + "'");
+  }
+  /// The constant tensor `name`. \throws std::invalid_argument if the problem has none of that name.
+  const TensorD& constant(const std::string& name) const {
+    for (const auto& [k, v] : constants)
+      if (k == name) return v;
+    throw std::invalid_argument("PlainProblem of " + op + ": no constant '" + name + "'");
   }
   /// Whether the problem has the option `name`.
   bool has(const std::string& name) const {

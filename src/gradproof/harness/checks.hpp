@@ -105,7 +105,9 @@ using PreparedPtr = std::shared_ptr<const typename D::template Prepared<T>>;
 template <class D, class T>
 sup::Vjp vjp(PreparedPtr<D, T> pr, const typename D::Problem& p, Pass pass, std::size_t k) {
   return [pr, &p, pass, k](const Eigen::VectorXd& dy) {
-    return sup::as_f64(D::backward(*pr, sup::from_vec(p.shape, Eigen::VectorXd(dy)).template cast<T>(), pass)[k]);
+    // dy has the output's shape, which is the shape of the loss weights w (not always x's:
+    // linear changes the last axis, a reduced loss is a scalar).
+    return sup::as_f64(D::backward(*pr, sup::from_vec(p.w.shape(), Eigen::VectorXd(dy)).template cast<T>(), pass)[k]);
   };
 }
 
@@ -140,7 +142,7 @@ std::vector<ResultRow> dx_against_oracles(const std::string& formula, const std:
     if (float32_comparable<D>(p)) vjps.push_back({"float32", vjp<D>(pf, p, pass, 0)});
     sup::RowMeta meta{formula, test, "", "", "oracle", p.shape,
                       std::string("4 random projections v^T J u (") + name(pass) + " backward, " + D::describe(p) + ")"};
-    sup::projection_rows(rows, meta, y_of<D>(p, 0), sup::as_f64(D::input(p, 0)), D::input(p, 0).size(), vjps, 4,
+    sup::projection_rows(rows, meta, y_of<D>(p, 0), sup::as_f64(D::input(p, 0)), p.w.size(), vjps, 4,
                          D::seed(c) + Salt::projection,
                          [pd, &p](const Eigen::VectorXd& v, const Eigen::VectorXd& u) {
                            return D::projection_scale(*pd, p, v, u);
@@ -308,6 +310,7 @@ catalog::PlainProblem plain_problem(const typename D::Problem& p) {
     out.inputs.push_back(D::input(p, k));
   }
   if constexpr (requires { D::options(p); }) out.options = D::options(p);
+  if constexpr (requires { D::constants(p); }) out.constants = D::constants(p);
   out.w = p.w;
   const auto pd = D::template prepare<double>(p);
   out.staged = D::backward(*pd, p.w, Pass::staged);

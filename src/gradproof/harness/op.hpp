@@ -21,6 +21,8 @@
 /// | `output(pr)` | `y` of a prepared forward |
 /// | `backward(pr, dy, pass, terms)` | staged or fused backward: gradients of every input, in `inputs()` order |
 /// | `Terms`, `ablation()` | the term scales of the staged backward; `harness::Ablation<Terms>` |
+/// | `options(p)` (optional) | the op's options with PyTorch's names, for the libtorch oracle (`dim`, `eps`) |
+/// | `constants(p)` (optional) | non-differentiable tensor arguments (targets, indices, a mask), for the libtorch oracle |
 /// | `reference(p, scale)` | the forward recomputed in long double; `scale` receives its magnitude |
 /// | `jacobian_scale(p)`, `projection_scale(p, v, u)`, `dx_scale(p, dy)`, `param_scale(p, k)` | tolerance scales where terms cancel |
 /// | `bad_inputs()`, `into_cases()` | refused inputs; the `*_into` calls that must allocate nothing |
