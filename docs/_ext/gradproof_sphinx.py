@@ -1017,7 +1017,10 @@ def expand_ops(app: Sphinx, docname: str, source: list[str]) -> None:
         return
     ops = read_ops(Path(app.confdir).parent / "src" / "gradproof" / "catalog" / "ops.def")
     up = "../" * docname.count("/")
-    text = text.replace("@GRADPROOF_OPS_TOCTREE@", "\n".join(f"derivations/{o['page']}" for o in ops))
+    # Several ops may share a page (the activations, softmax with log-softmax and cross-entropy):
+    # each page once, at its first op's place.
+    pages = list(dict.fromkeys(o["page"] for o in ops))
+    text = text.replace("@GRADPROOF_OPS_TOCTREE@", "\n".join(f"derivations/{page}" for page in pages))
     text = text.replace("@GRADPROOF_OPS_TABLE@", "\n".join(
         f"| `{o['header']}` | {o['title']} (`{o['id']}.*`) | {{doc}}`{up}derivations/{o['page']}` |" for o in ops))
     source[0] = text
