@@ -24,6 +24,7 @@
 #include <ATen/ops/group_norm.h>
 #include <ATen/ops/instance_norm.h>
 #include <ATen/ops/layer_norm.h>
+#include <ATen/ops/linear.h>
 #include <ATen/ops/mean.h>
 #include <ATen/ops/rsqrt.h>
 #include <ATen/ops/softmax.h>
@@ -68,6 +69,7 @@ const std::map<std::string, TorchForward>& torch_forwards() {
          const auto axes = trailing(in[0], static_cast<std::int64_t>(p.option("normalized_ndim")));
          return in[0] * at::rsqrt((in[0] * in[0]).mean(axes, true) + p.option("eps")) * in[1];
        }},
+      {"linear", [](const auto& in, const PlainProblem&) { return at::linear(in[0], in[1], in[2]); }},
       {"bn", [](const auto& in, const PlainProblem& p) {
          return at::batch_norm(in[0], in[1], in[2], {}, {}, true, 0.1, p.option("eps"), false);
        }},

@@ -160,4 +160,7 @@ void register_normalization(Registry& r);
 /// Adds RMS normalization (`rms.*`) to a registry.
 void register_rmsnorm(Registry& r);
 
+/// Adds the linear layer (`linear.*`) to a registry.
+void register_linear(Registry& r);
+
 }  // namespace gradproof::catalog
