@@ -36,10 +36,15 @@ struct MatmulConfig {};
 /// What the backward passes need from the forward pass (the operands are passed again).
 template <class Scalar>
 struct MatmulCache {
-  Shape a_shape, b_shape, y_shape;  ///< shapes of the operands and the output
-  Index B = 1;                      ///< batch of the output (1 when both operands are 2-D)
-  Index Ba = 1, Bb = 1;             ///< batch of each operand (1 when 2-D or broadcast)
-  Index n = 0, k = 0, m = 0;        ///< `a` is `(n, k)` per batch, `b` is `(k, m)`
+  Shape a_shape;  ///< shape of `a`
+  Shape b_shape;  ///< shape of `b`
+  Shape y_shape;  ///< shape of the output
+  Index B = 1;    ///< batch of the output (1 when both operands are 2-D)
+  Index Ba = 1;   ///< batch of `a` (1 when 2-D or broadcast)
+  Index Bb = 1;   ///< batch of `b` (1 when 2-D or broadcast)
+  Index n = 0;    ///< rows of each `A_t`
+  Index k = 0;    ///< the inner extent
+  Index m = 0;    ///< columns of each `B_t`
 };
 
 /// Output of the forward pass: `y` and the cache for backward.
