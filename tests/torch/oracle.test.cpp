@@ -25,6 +25,7 @@
 #include <ATen/ops/instance_norm.h>
 #include <ATen/ops/layer_norm.h>
 #include <ATen/ops/linear.h>
+#include <ATen/ops/matmul.h>
 #include <ATen/ops/mean.h>
 #include <ATen/ops/rsqrt.h>
 #include <ATen/ops/softmax.h>
@@ -81,6 +82,7 @@ const std::map<std::string, TorchForward>& torch_forwards() {
       {"relu", [](const auto& in, const PlainProblem&) { return at::relu(in[0]); }},
       {"sigmoid", [](const auto& in, const PlainProblem&) { return at::sigmoid(in[0]); }},
       {"tanh", [](const auto& in, const PlainProblem&) { return at::tanh(in[0]); }},
+      {"matmul", [](const auto& in, const PlainProblem&) { return at::matmul(in[0], in[1]); }},
       {"bn", [](const auto& in, const PlainProblem& p) {
          return at::batch_norm(in[0], in[1], in[2], {}, {}, true, 0.1, p.option("eps"), false);
        }},
@@ -343,9 +345,12 @@ void register_op(const std::string& op) {
   for (std::size_t k = 0; k < names.size(); ++k) {
     for (int f = 0; f < (k == 0 ? 2 : 1); ++f) {
       const bool staged_only = k == 0 && f == 0, fused_only = k == 0 && f == 1;
-      const std::string formula = op + "." + (k == 0 ? (fused_only ? "dx_fused" : "dx") : "d" + names[k]);
-      const std::string leaf = k == 0 ? (fused_only ? "fused_dx_matches_libtorch" : "staged_dx_matches_libtorch")
-                                      : "d" + names[k] + "_matches_libtorch";
+      // The first input's gradient has a staged and a fused formula (`dx`, `dx_fused`; `dweight` for
+      // embedding), each parameter's one for both passes.
+      const std::string g = "d" + names[k];
+      const std::string formula = op + "." + (k == 0 && fused_only ? g + "_fused" : g);
+      const std::string leaf = k == 0 ? (fused_only ? "fused_" : "staged_") + g + "_matches_libtorch"
+                                      : g + "_matches_libtorch";
       const std::string test = op + "/libtorch/" + leaf;
       auto* tc = utf::make_test_case(
           [=] {

@@ -6,7 +6,8 @@
 /// What register_op() makes, with the test names it gives (`<op>` is `D::op`):
 /// - `<op>.forward`: `<op>/forward/matches_a_long_double_reference` (Jacobian and projection
 ///   cases) and `..._at_the_benchmark_shape(s)`, float64 and float32;
-/// - `<op>.dx`, `<op>.dx_fused`: `<op>/dx/staged_dx_matches_oracles`,
+/// - `<op>.dx`, `<op>.dx_fused` (`dx` is `d` and the name of the first input: `dweight` for
+///   embedding): `<op>/dx/staged_dx_matches_oracles`,
 ///   `<op>/dx_fused/fused_dx_matches_oracles`: full Jacobians (small cases) and random projections
 ///   (large cases) against all four oracles, float64 and float32;
 /// - `<op>.d<param>`: `<op>/params/d<param>_matches_oracles`, both passes;
@@ -56,6 +57,13 @@ std::string id(const std::string& term) {
 template <class D>
 std::string test_name(const std::string& rest) {
   return std::string(D::op) + "/" + rest;
+}
+/// The gradient of the first input, `d<name>`: `dx` for most ops, `dweight` for embedding (whose
+/// indices are not differentiable), `da` for matmul. Its formulas are `<op>.d<name>` (staged) and
+/// `<op>.d<name>_fused`.
+template <class D>
+std::string first_grad() {
+  return "d" + D::inputs().front().name;
 }
 
 /// A change made to a problem after it is sampled (e.g. a default hyper-parameter).
@@ -203,11 +211,12 @@ std::vector<ResultRow> staged_equals_fused_rows(const std::string& test, const t
   const Eigen::VectorXd fd = sup::as_f64(D::backward(*pd, p.w, Pass::fused)[0]);
   const Eigen::VectorXd ff = sup::as_f64(D::backward(*pf, p.w.template cast<float>(), Pass::fused)[0]);
   const double scale = D::dx_scale(*pd, p, p.w);
-  rows.push_back(sup::oracle_row({id<D>("dx_fused"), test, "staged_f64", "float64", "agreement", p.shape,
-                                  "fused dx against staged dx, both float64 (" + D::describe(p) + ")" + what},
+  const std::string g = first_grad<D>();
+  rows.push_back(sup::oracle_row({id<D>(g + "_fused"), test, "staged_f64", "float64", "agreement", p.shape,
+                                  "fused " + g + " against staged " + g + ", both float64 (" + D::describe(p) + ")" + what},
                                  check::Oracle::complex_step, fd, ref, {ref.size()}, scale));
-  rows.push_back(sup::oracle_row({id<D>("dx_fused"), test, "staged_f64", "float32", "agreement", p.shape,
-                                  "fused dx in float32 against staged dx in float64 (" + D::describe(p) + ")" + what},
+  rows.push_back(sup::oracle_row({id<D>(g + "_fused"), test, "staged_f64", "float32", "agreement", p.shape,
+                                  "fused " + g + " in float32 against staged " + g + " in float64 (" + D::describe(p) + ")" + what},
                                  check::Oracle::complex_step, ff, ref, {ref.size()}, scale));
   return rows;
 }
@@ -361,18 +370,19 @@ void register_op(catalog::Registry& r) {
             return rows;
           });
   }
-  c.add(id<D>("dx"), test_name<D>("dx/staged_dx_matches_oracles"),
-        [](const std::string& t) { return dx_against_oracles<D>(id<D>("dx"), t, Pass::staged); });
-  c.add(id<D>("dx_fused"), test_name<D>("dx_fused/fused_dx_matches_oracles"),
-        [](const std::string& t) { return dx_against_oracles<D>(id<D>("dx_fused"), t, Pass::fused); });
-  c.add(id<D>("dx_fused"), test_name<D>("dx_fused/fused_agrees_with_staged"), [&cases](const std::string& t) {
+  const std::string g = first_grad<D>(), gf = g + "_fused";
+  c.add(id<D>(g), test_name<D>(g + "/staged_" + g + "_matches_oracles"),
+        [g](const std::string& t) { return dx_against_oracles<D>(id<D>(g), t, Pass::staged); });
+  c.add(id<D>(gf), test_name<D>(gf + "/fused_" + g + "_matches_oracles"),
+        [gf](const std::string& t) { return dx_against_oracles<D>(id<D>(gf), t, Pass::fused); });
+  c.add(id<D>(gf), test_name<D>(gf + "/fused_agrees_with_staged"), [&cases](const std::string& t) {
     const auto f = [](const std::string& tt, const typename D::Problem& p) {
       return staged_equals_fused_rows<D>(tt, p, "");
     };
     return over<D>(t, Salt::agreement, f, {&cases.jacobian, &cases.projection});
   });
   if (!cases.benchmark.empty()) {
-    c.add(id<D>("dx_fused"), test_name<D>("dx_fused/fused_float32_matches_staged_float64" + benchmark_suffix<D>()),
+    c.add(id<D>(gf), test_name<D>(gf + "/fused_float32_matches_staged_float64" + benchmark_suffix<D>()),
           [&cases](const std::string& t) {
             std::vector<ResultRow> rows;
             for (const auto& bc : cases.benchmark) {
