@@ -126,7 +126,7 @@ std::vector<ResultRow> dx_against_oracles(const std::string& formula, const std:
     const typename D::Problem p = make<D>(c, Salt::oracle, modify);
     const auto pd = D::template prepare<double>(p);
     const auto pf = D::template prepare<float>(p);
-    const Index m = D::input(p, 0).size();
+    const Index m = p.w.size();  // outputs: y has the shape of w
     std::vector<sup::Analytic> analytic = {{"float64", sup::flat_rowmajor(sup::jacobian_from_vjp(m, vjp<D>(pd, p, pass, 0)))}};
     if (float32_comparable<D>(p))
       analytic.push_back({"float32", sup::flat_rowmajor(sup::jacobian_from_vjp(m, vjp<D>(pf, p, pass, 0)))});
@@ -213,12 +213,14 @@ std::vector<ResultRow> staged_equals_fused_rows(const std::string& test, const t
 }
 
 /// \brief The negative-control table, one rule for every op: each term of the staged backward is
-/// dropped (×0) and flipped (×−1) in turn, and the staged dx is compared with the complex-step
-/// gradient of \f$L = \langle w, y\rangle\f$ under the float64 exact-oracle policy
-/// (check::tolerance_policy(), scale \f$\max_i|n_i|\f$) on the ablation cases. A term must be
-/// caught (some element outside the tolerance), except a term derived to be zero, which must
-/// not be caught *and* must change dx by no more than a few units of float64 rounding of the
-/// largest dx (\f$8\epsilon\max|dx|\f$).
+/// dropped (×0) and flipped (×−1) in turn, and the staged gradient of every input (dx and each
+/// parameter's) is compared with the complex-step gradient of \f$L = \langle w, y\rangle\f$ in
+/// that input under the float64 exact-oracle policy (check::tolerance_policy(), scale
+/// \f$\max_i|n_i|\f$) on the ablation cases. A term must be caught (some element of some
+/// gradient outside the tolerance), except a term derived to be zero, which must not be caught
+/// *and* must change the gradients by no more than a few units of float64 rounding of their
+/// largest element (\f$8\epsilon\max|g|\f$). (A term of a parameter's gradient, such as linear's
+/// \f$dW\f$, is caught through that gradient; dx alone would not show it.)
 template <class D>
 std::vector<check::AblationRow> ablation() {
   std::vector<check::AblationRow> out;
@@ -235,25 +237,31 @@ std::vector<check::AblationRow> ablation() {
         const auto pd = D::template prepare<double>(p);
         typename D::Terms scales;
         scales.*(t.scale) = drop ? 0.0 : -1.0;
-        const Eigen::VectorXd dx = sup::as_f64(D::backward(*pd, p.w, Pass::staged, scales)[0]);
-        const Eigen::VectorXd ref = sup::as_f64(D::backward(*pd, p.w, Pass::staged)[0]);
-        const Eigen::VectorXd numeric =
-            check::jacobian(check::Oracle::complex_step, loss_of<D>(p, 0), sup::as_f64(D::input(p, 0))).row(0).transpose();
-        const auto cmp = check::compare(dx, numeric,
-                                        check::tolerance_policy("float64", check::Oracle::complex_step,
-                                                                numeric.cwiseAbs().maxCoeff()));
-        row.caught = row.caught || !cmp.passed;
-        row.max_abs_err = std::max(row.max_abs_err, cmp.max_abs_err);
-        max_change = std::max(max_change, (dx - ref).cwiseAbs().maxCoeff());
-        ref_scale = std::max(ref_scale, ref.cwiseAbs().maxCoeff());
+        const auto ablated = D::backward(*pd, p.w, Pass::staged, scales);
+        const auto correct = D::backward(*pd, p.w, Pass::staged);
+        for (std::size_t k = 0; k < D::inputs().size(); ++k) {
+          const Eigen::VectorXd g = sup::as_f64(ablated[k]), ref = sup::as_f64(correct[k]);
+          const Eigen::VectorXd numeric =
+              check::jacobian(check::Oracle::complex_step, loss_of<D>(p, k), sup::as_f64(D::input(p, k))).row(0).transpose();
+          const double scale = ref.size() ? ref.cwiseAbs().maxCoeff() : 0.0;
+          const auto cmp = check::compare(g, numeric,
+                                          check::tolerance_policy("float64", check::Oracle::complex_step,
+                                                                  numeric.cwiseAbs().maxCoeff()));
+          row.caught = row.caught || !cmp.passed;
+          row.max_abs_err = std::max(row.max_abs_err, cmp.max_abs_err);
+          max_change = std::max(max_change, (g - ref).cwiseAbs().maxCoeff());
+          ref_scale = std::max(ref_scale, scale);
+        }
       }
       row.max_rel_err = row.max_abs_err / ref_scale;
       const double rounding = 8 * std::numeric_limits<double>::epsilon() * ref_scale;
       std::ostringstream note;
-      note << "staged dx with the term " << (drop ? "set to 0" : "sign-flipped")
+      const std::string grads = D::inputs().size() == 1 ? "d" + D::inputs()[0].name : "gradients of every input";
+      note << "staged " << grads << " with the term " << (drop ? "set to 0" : "sign-flipped")
            << ", against the complex-step gradient of L = <w, y> on shapes " << shapes
-           << "; largest change of dx from the correct staged dx: " << max_change;
-      if (t.zero) note << " (must be at most " << rounding << ", 8 units of float64 rounding of the largest dx)";
+           << "; largest change from the correct staged backward: " << max_change;
+      if (t.zero)
+        note << " (must be at most " << rounding << ", 8 units of float64 rounding of the largest element)";
       row.note = note.str();
       row.passed = row.caught == row.expected_caught && (row.expected_caught || max_change <= rounding);
       out.push_back(row);
