@@ -83,6 +83,42 @@ std::int64_t reduction(const PlainProblem& p) { return static_cast<std::int64_t>
 // ---- The torch forward of every op: y from the inputs (x first, then the parameters). ---------
 using TorchForward = std::function<at::Tensor(const std::vector<at::Tensor>&, const PlainProblem&)>;
 
+// ---- The networks (catalog/networks.cpp): θ, one flat vector, cut into the layers' parameters
+// in state-dict order, and the network composed of libtorch's functions. ------------------------
+struct Slicer {
+  const at::Tensor& theta;
+  std::int64_t at = 0;
+  at::Tensor take(std::vector<std::int64_t> shape) {
+    std::int64_t n = 1;
+    for (auto d : shape) n *= d;
+    at::Tensor t = theta.narrow(0, at, n).view(shape);
+    at += n;
+    return t;
+  }
+};
+
+at::Tensor torch_network(const std::string& net, const std::vector<at::Tensor>& in, const PlainProblem& p) {
+  const auto H = static_cast<std::int64_t>(p.option("hidden")), O = static_cast<std::int64_t>(p.option("out"));
+  const std::int64_t I = in[0].size(1);
+  const double eps = p.option("eps");
+  Slicer s{in[1]};
+  const at::Tensor w1 = s.take({H, I}), b1 = s.take({H});
+  at::Tensor h;
+  if (net == "mlp_bn") {
+    const at::Tensor g = s.take({H}), b = s.take({H});
+    h = at::batch_norm(at::linear(in[0], w1, b1), g, b, {}, {}, true, 0.1, eps, false);
+  } else if (net == "mlp_ln") {
+    const at::Tensor g = s.take({H}), b = s.take({H});
+    h = at::layer_norm(at::linear(in[0], w1, b1), {H}, g, b, eps, false);
+  } else {  // resmlp: a + linear(layer_norm(a))
+    const at::Tensor g = s.take({H}), b = s.take({H}), wr = s.take({H, H}), br = s.take({H});
+    const at::Tensor a = at::linear(in[0], w1, b1);
+    h = a + at::linear(at::layer_norm(a, {H}, g, b, eps, false), wr, br);
+  }
+  const at::Tensor w2 = s.take({O, H}), b2 = s.take({O});
+  return at::linear(h, w2, b2);
+}
+
 const std::map<std::string, TorchForward>& torch_forwards() {
   static const std::map<std::string, TorchForward> f = {
       {"softmax", [](const auto& in, const PlainProblem& p) {
@@ -119,6 +155,9 @@ const std::map<std::string, TorchForward>& torch_forwards() {
       {"in", [](const auto& in, const PlainProblem& p) {
          return at::instance_norm(in[0], in[1], in[2], {}, {}, true, 0.1, p.option("eps"), false);
        }},
+      {"mlp_bn", [](const auto& in, const PlainProblem& p) { return torch_network("mlp_bn", in, p); }},
+      {"mlp_ln", [](const auto& in, const PlainProblem& p) { return torch_network("mlp_ln", in, p); }},
+      {"resmlp", [](const auto& in, const PlainProblem& p) { return torch_network("resmlp", in, p); }},
   };
   return f;
 }
