@@ -20,7 +20,6 @@
 #include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/batch_norm.h>
-#include <ATen/ops/binary_cross_entropy_with_logits.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/group_norm.h>
 #include <ATen/ops/instance_norm.h>
@@ -28,7 +27,6 @@
 #include <ATen/ops/linear.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/mean.h>
-#include <ATen/ops/mse_loss.h>
 #include <ATen/ops/rsqrt.h>
 #include <ATen/ops/softmax.h>
 #include <ATen/ops/relu.h>
@@ -66,19 +64,6 @@ std::vector<std::int64_t> trailing(const at::Tensor& x, std::int64_t n) {
   for (std::int64_t d = x.dim() - n; d < x.dim(); ++d) out.push_back(d);
   return out;
 }
-
-at::Tensor to_torch(const TensorD& t);
-
-// A non-differentiable tensor argument of the problem (a loss's weight), or an undefined tensor
-// (PyTorch's None) when the problem has none of that name.
-at::Tensor optional_constant(const PlainProblem& p, const std::string& name) {
-  for (const auto& [k, v] : p.constants)
-    if (k == name) return to_torch(v);
-  return {};
-}
-
-// The reduction of a loss's problem: at::Reduction's values (0 none, 1 mean, 2 sum).
-std::int64_t reduction(const PlainProblem& p) { return static_cast<std::int64_t>(p.option("reduction")); }
 
 // ---- The torch forward of every op: y from the inputs (x first, then the parameters). ---------
 using TorchForward = std::function<at::Tensor(const std::vector<at::Tensor>&, const PlainProblem&)>;
@@ -134,11 +119,6 @@ const std::map<std::string, TorchForward>& torch_forwards() {
       {"sigmoid", [](const auto& in, const PlainProblem&) { return at::sigmoid(in[0]); }},
       {"tanh", [](const auto& in, const PlainProblem&) { return at::tanh(in[0]); }},
       {"matmul", [](const auto& in, const PlainProblem&) { return at::matmul(in[0], in[1]); }},
-      {"mse_loss", [](const auto& in, const PlainProblem& p) { return at::mse_loss(in[0], in[1], reduction(p)); }},
-      {"bce_with_logits", [](const auto& in, const PlainProblem& p) {
-         return at::binary_cross_entropy_with_logits(in[0], in[1], optional_constant(p, "weight"),
-                                                     optional_constant(p, "pos_weight"), reduction(p));
-       }},
       {"bn", [](const auto& in, const PlainProblem& p) {
          return at::batch_norm(in[0], in[1], in[2], {}, {}, true, 0.1, p.option("eps"), false);
        }},
