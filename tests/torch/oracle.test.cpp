@@ -92,6 +92,11 @@ const std::map<std::string, TorchForward>& torch_forwards() {
                                                      constant_or_none(p, "pos_weight"),
                                                      static_cast<std::int64_t>(p.option("reduction")));
        }},
+      // libtorch's generator differs from gradproof's: the same mask, a constant, and PyTorch's scale.
+      {"dropout", [](const auto& in, const PlainProblem& p) {
+         const double q = p.option("p");
+         return in[0] * to_torch(p.constant("mask")) * (q == 1 ? 0.0 : 1.0 / (1.0 - q));
+       }},
       {"huber_loss", [](const auto& in, const PlainProblem& p) {
          return at::huber_loss(in[0], in[1], static_cast<std::int64_t>(p.option("reduction")), p.option("delta"));
        }},
