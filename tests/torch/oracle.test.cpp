@@ -20,14 +20,18 @@
 #include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/batch_norm.h>
+#include <ATen/ops/binary_cross_entropy_with_logits.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/group_norm.h>
+#include <ATen/ops/huber_loss.h>
 #include <ATen/ops/instance_norm.h>
 #include <ATen/ops/layer_norm.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/mean.h>
+#include <ATen/ops/mse_loss.h>
 #include <ATen/ops/rsqrt.h>
+#include <ATen/ops/smooth_l1_loss.h>
 #include <ATen/ops/softmax.h>
 #include <ATen/ops/relu.h>
 #include <ATen/ops/sigmoid.h>
@@ -66,6 +70,15 @@ std::vector<std::int64_t> trailing(const at::Tensor& x, std::int64_t n) {
 }
 
 // ---- The torch forward of every op: y from the inputs (x first, then the parameters). ---------
+at::Tensor to_torch(const TensorD& t);
+
+// A constant of the problem (weight, pos_weight) as a torch tensor, or an undefined one (None).
+c10::optional<at::Tensor> constant_or_none(const PlainProblem& p, const std::string& name) {
+  for (const auto& [k, v] : p.constants)
+    if (k == name) return to_torch(v);
+  return c10::nullopt;
+}
+
 using TorchForward = std::function<at::Tensor(const std::vector<at::Tensor>&, const PlainProblem&)>;
 
 // ---- The networks (catalog/networks.cpp): θ, one flat vector, cut into the layers' parameters
@@ -119,6 +132,26 @@ const std::map<std::string, TorchForward>& torch_forwards() {
       {"sigmoid", [](const auto& in, const PlainProblem&) { return at::sigmoid(in[0]); }},
       {"tanh", [](const auto& in, const PlainProblem&) { return at::tanh(in[0]); }},
       {"matmul", [](const auto& in, const PlainProblem&) { return at::matmul(in[0], in[1]); }},
+      // The losses: input and target are differentiable; weight and pos_weight are constants.
+      {"mse_loss", [](const auto& in, const PlainProblem& p) {
+         return at::mse_loss(in[0], in[1], static_cast<std::int64_t>(p.option("reduction")));
+       }},
+      {"bce_with_logits", [](const auto& in, const PlainProblem& p) {
+         return at::binary_cross_entropy_with_logits(in[0], in[1], constant_or_none(p, "weight"),
+                                                     constant_or_none(p, "pos_weight"),
+                                                     static_cast<std::int64_t>(p.option("reduction")));
+       }},
+      // libtorch's generator differs from gradproof's: the same mask, a constant, and PyTorch's scale.
+      {"dropout", [](const auto& in, const PlainProblem& p) {
+         const double q = p.option("p");
+         return in[0] * to_torch(p.constant("mask")) * (q == 1 ? 0.0 : 1.0 / (1.0 - q));
+       }},
+      {"huber_loss", [](const auto& in, const PlainProblem& p) {
+         return at::huber_loss(in[0], in[1], static_cast<std::int64_t>(p.option("reduction")), p.option("delta"));
+       }},
+      {"smooth_l1_loss", [](const auto& in, const PlainProblem& p) {
+         return at::smooth_l1_loss(in[0], in[1], static_cast<std::int64_t>(p.option("reduction")), p.option("beta"));
+       }},
       {"bn", [](const auto& in, const PlainProblem& p) {
          return at::batch_norm(in[0], in[1], in[2], {}, {}, true, 0.1, p.option("eps"), false);
        }},
