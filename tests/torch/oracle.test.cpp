@@ -11,6 +11,7 @@
 #include "gradproof/catalog/catalog.hpp"
 #include "gradproof/catalog/support.hpp"
 #include "gradproof/harness/plain.hpp"
+#include "gradproof/ops/activations.hpp"
 #include "gradproof/ops/batchnorm.hpp"
 #include "gradproof/ops/groupnorm.hpp"
 #include "gradproof/ops/instancenorm.hpp"
@@ -151,6 +152,14 @@ const std::map<std::string, TorchForward>& torch_forwards() {
        }},
       {"smooth_l1_loss", [](const auto& in, const PlainProblem& p) {
          return at::smooth_l1_loss(in[0], in[1], static_cast<std::int64_t>(p.option("reduction")), p.option("beta"));
+      {"leaky_relu", [](const auto& in, const PlainProblem& p) { return at::leaky_relu(in[0], p.option("negative_slope")); }},
+      {"elu", [](const auto& in, const PlainProblem& p) { return at::elu(in[0], p.option("alpha")); }},
+      {"gelu", [](const auto& in, const PlainProblem& p) {
+         return at::gelu(in[0], p.option("approximate_tanh") != 0 ? "tanh" : "none");
+       }},
+      {"silu", [](const auto& in, const PlainProblem&) { return at::silu(in[0]); }},
+      {"softplus", [](const auto& in, const PlainProblem& p) {
+         return at::softplus(in[0], p.option("beta"), p.option("threshold"));
        }},
       {"bn", [](const auto& in, const PlainProblem& p) {
          return at::batch_norm(in[0], in[1], in[2], {}, {}, true, 0.1, p.option("eps"), false);
@@ -387,6 +396,59 @@ void record_and_check(const std::vector<check::ResultRow>& rows) {
   }
 }
 
+// ---- The derivative used at a kink (derivations/activations.md): ours against libtorch's ---------
+// Both passes at x₀, dy = 1, against libtorch's autograd there, under libtorch_policy() (scale 1):
+// the same branch, up to rounding (softplus's σ(τ) is 1/(1 + e^{−τ}) here, z/(z + 1) in PyTorch).
+template <class Config>
+void kink_rows(std::vector<check::ResultRow>& rows, const std::string& op, const std::string& test, const Config& cfg,
+               double x0, std::vector<std::pair<std::string, double>> options) {
+  const TensorD x({1}, x0), dy({1}, 1.0);
+  const auto f = ops::activation_forward(x, cfg);
+  PlainProblem p;
+  p.op = op;
+  p.inputs = {x};
+  p.w = dy;
+  p.options = std::move(options);
+  const double theirs = torch_gradients(p, torch_forwards().at(op))[0][0];
+  for (const bool staged : {true, false}) {
+    const double ours = staged ? ops::activation_backward_staged(dy, x, f.cache).dx[0]
+                               : ops::activation_backward(dy, Config::saves_output ? f.y : x, f.cache).dx[0];
+    check::ResultRow r{op + (staged ? ".dx" : ".dx_fused"), test, "libtorch", "float64", "kink", {1}};
+    r.analytic = ours;
+    r.numeric = theirs;
+    r.max_abs_err = std::abs(ours - theirs);
+    r.rel_defined = false;
+    const check::Tolerance tol = check::libtorch_policy(1.0);
+    r.atol = tol.atol;
+    r.rtol = tol.rtol;
+    r.passed = r.max_abs_err <= tol.atol + tol.rtol * std::abs(theirs);
+    std::ostringstream note;
+    note.precision(17);
+    note << (staged ? "staged" : "fused") << " derivative at the kink x = " << x0 << ": " << ours
+         << "; libtorch 1.13's autograd: " << theirs << " (must agree within 1e-12: the same branch)";
+    r.note = note.str();
+    rows.push_back(r);
+  }
+}
+
+const std::map<std::string, std::function<void(std::vector<check::ResultRow>&, const std::string&)>>& kinks() {
+  static const std::map<std::string, std::function<void(std::vector<check::ResultRow>&, const std::string&)>> m = {
+      {"relu", [](auto& rows, const std::string& t) { kink_rows(rows, "relu", t, ops::ReluConfig{}, 0.0, {}); }},
+      {"leaky_relu",
+       [](auto& rows, const std::string& t) {
+         for (double s : {0.01, 0.2}) kink_rows(rows, "leaky_relu", t, ops::LeakyReluConfig{s}, 0.0, {{"negative_slope", s}});
+       }},
+      {"elu",
+       [](auto& rows, const std::string& t) {
+         for (double a : {1.0, 0.5}) kink_rows(rows, "elu", t, ops::EluConfig{a}, 0.0, {{"alpha", a}});
+       }},
+      {"softplus", [](auto& rows, const std::string& t) {
+         kink_rows(rows, "softplus", t, ops::SoftplusConfig{1, 20}, 20.0, {{"beta", 1}, {"threshold", 20}});
+         kink_rows(rows, "softplus", t, ops::SoftplusConfig{2, 5}, 2.5, {{"beta", 2}, {"threshold", 5}});
+       }}};
+  return m;
+}
+
 // `<op>/libtorch/staged_dx_matches_libtorch` and `fused_dx_...` (x), `d<name>_matches_libtorch`
 // (each parameter, both passes).
 void register_op(const std::string& op) {
@@ -438,6 +500,18 @@ void register_op(const std::string& op) {
       tc->add_label(formula);
       suite->add(tc);
     }
+  }
+  if (const auto k = kinks().find(op); k != kinks().end()) {
+    const std::string test = op + "/libtorch/kink_derivative_matches_libtorch";
+    auto* tc = utf::make_test_case(
+        [fn = k->second, test] {
+          std::vector<check::ResultRow> rows;
+          fn(rows, test);
+          record_and_check(rows);
+        },
+        "kink_derivative_matches_libtorch", __FILE__, __LINE__);
+    tc->add_label(op + ".dx");
+    suite->add(tc);
   }
 }
 

@@ -19,6 +19,12 @@ using harness::Pass;
 
 // Kept away from the kinks by construction: |x| ≥ 0.1, far beyond the largest difference step
 // (h ≈ 6e-6·max(1, |x|) for central differences, a few times that for Richardson).
+std::string num(double v) {
+  std::ostringstream o;
+  o << v;
+  return o.str();
+}
+
 double away_from_zero(Rng& rng) {
   const double v = rng.normal(0, 2);
   return v < 0 ? v - 0.1 : v + 0.1;
@@ -222,7 +228,7 @@ struct Activation {
 // h·max|f''|/2 (truncation, ≤ h·β/8 for softplus, 0 for the piecewise linear ones) plus
 // rounding (≈ 1e-19·|f|/h), so the interval is widened by h.
 template <class Tr>
-std::vector<ResultRow> check_kinks(const std::string& test) {
+std::vector<ResultRow> check_kinks(const std::string& test, Pass pass) {
   using A = Activation<Tr>;
   std::vector<ResultRow> rows;
   for (const auto& cfg : Tr::configs())
@@ -234,7 +240,7 @@ std::vector<ResultRow> check_kinks(const std::string& test) {
       const double lo = std::min(left, right) - 1e-6, hi = std::max(left, right) + 1e-6;
       typename A::Problem p{{1}, cfg, TensorD({1}, x0), TensorD({1}, 1.0)};
       const auto pd = A::template prepare<double>(p);
-      for (Pass pass : {Pass::staged, Pass::fused}) {
+      {
         const double v = A::backward(*pd, p.w, pass)[0][0];
         ResultRow row{Tr::op + std::string(pass == Pass::staged ? ".dx" : ".dx_fused"), test, "one_sided_quotients",
                       "float64", "kink", {1}};
@@ -297,9 +303,10 @@ template <class Tr>
 void Activation<Tr>::extra(harness::Checks<Activation>& c) {
   const std::string op_s = Tr::op;
   if constexpr (requires { Tr::kinks(Config{}); }) {
-    c.add(op_s + ".dx", op_s + "/kinks/derivative_lies_between_the_one_sided_quotients", check_kinks<Tr>);
+    c.add(op_s + ".dx", op_s + "/kinks/derivative_lies_between_the_one_sided_quotients",
+          [](const std::string& t) { return check_kinks<Tr>(t, Pass::staged); });
     c.add(op_s + ".dx_fused", op_s + "/kinks/fused_derivative_lies_between_the_one_sided_quotients",
-          check_kinks<Tr>);
+          [](const std::string& t) { return check_kinks<Tr>(t, Pass::fused); });
   }
   if constexpr (requires { Tr::edges(); }) c.add(op_s + ".forward", op_s + "/edges/match_exact_values", check_edges<Tr>);
 }
@@ -396,12 +403,164 @@ struct TanhTr {
       "the exact value 5.5e-87 is kept by the staged 1/cosh²x)";
 };
 
+struct LeakyReluTr {
+  using Config = ops::LeakyReluConfig;
+  static constexpr const char* op = "leaky_relu";
+  static constexpr const char* name = "leaky_relu";
+  static constexpr const char* forward_title = "leaky_relu forward: y = x for x > 0, else negative_slope · x";
+  static constexpr const char* fused_title = "leaky_relu fused dx = dy where x > 0, else negative_slope · dy";
+  static harness::Formulas terms() {
+    return {{"leaky_relu.dpos", "the identity branch: [x > 0]"},
+            {"leaky_relu.dneg", "the negative branch: negative_slope · [x ≤ 0]; the kink x = 0 included"}};
+  }
+  static const TermsOf<Config>& ablation() {
+    static const TermsOf<Config> a = {{"leaky_relu.dpos", &Config::Terms::dpos}, {"leaky_relu.dneg", &Config::Terms::dneg}};
+    return a;
+  }
+  static constexpr const char* ablation_summary = "Both branches are caught: the samples have values on each side of 0.";
+  static std::vector<Config> configs() { return {{}, {0.2}}; }
+  static std::uint64_t variant(const Config& c) { return static_cast<std::uint64_t>(c.negative_slope * 1e6); }
+  static double sample(Rng& rng, const Config&, Index) { return away_from_zero(rng); }
+  static std::string describe(const Config& c) { return "leaky_relu(negative_slope=" + num(c.negative_slope) + ")"; }
+  static std::vector<std::pair<std::string, double>> options(const Config& c) { return {{"negative_slope", c.negative_slope}}; }
+  static std::vector<double> kinks(const Config&) { return {0.0}; }
+};
+
+struct EluTr {
+  using Config = ops::EluConfig;
+  static constexpr const char* op = "elu";
+  static constexpr const char* name = "elu";
+  static constexpr const char* forward_title = "elu forward: y = x for x > 0, else alpha · (exp(x) − 1)";
+  static constexpr const char* fused_title = "elu fused dx = dy where x > 0, else dy · alpha · exp(x)";
+  static harness::Formulas terms() {
+    return {{"elu.dpos", "the identity branch: [x > 0]"},
+            {"elu.dneg", "the exponential branch: alpha · exp(x) · [x ≤ 0]; x = 0 included"}};
+  }
+  static const TermsOf<Config>& ablation() {
+    static const TermsOf<Config> a = {{"elu.dpos", &Config::Terms::dpos}, {"elu.dneg", &Config::Terms::dneg}};
+    return a;
+  }
+  static constexpr const char* ablation_summary = "Both branches are caught: the samples have values on each side of 0.";
+  static std::vector<Config> configs() { return {{}, {0.5}}; }
+  static std::uint64_t variant(const Config& c) { return static_cast<std::uint64_t>(c.alpha * 1e6); }
+  static double sample(Rng& rng, const Config&, Index) { return away_from_zero(rng); }
+  static std::string describe(const Config& c) { return "elu(alpha=" + num(c.alpha) + ")"; }
+  static std::vector<std::pair<std::string, double>> options(const Config& c) { return {{"alpha", c.alpha}}; }
+  static std::vector<double> kinks(const Config&) { return {0.0}; }
+};
+
+struct GeluTr {
+  using Config = ops::GeluConfig;
+  static constexpr const char* op = "gelu";
+  static constexpr const char* name = "gelu";
+  static constexpr const char* forward_title = "gelu forward: y = x Φ(x) (approximate none), or ½x(1 + tanh(√(2/π)(x + 0.044715x³)))";
+  static constexpr const char* fused_title = "gelu fused dx = dy · (c(x) + x c'(x)) in one vectorized expression";
+  static harness::Formulas terms() {
+    return {{"gelu.dcdf", "the factor c held: Φ(x), or ½(1 + tanh u)"},
+            {"gelu.dpdf", "x · c'(x): x φ(x), or ½x(1 − tanh²u)·√(2/π)(1 + 3·0.044715x²)"}};
+  }
+  static const TermsOf<Config>& ablation() {
+    static const TermsOf<Config> a = {{"gelu.dcdf", &Config::Terms::dcdf}, {"gelu.dpdf", &Config::Terms::dpdf}};
+    return a;
+  }
+  static constexpr const char* ablation_summary = "Both terms are caught, in both forms (approximate none and tanh).";
+  static std::vector<Config> configs() { return {{"none"}, {"tanh"}}; }
+  static std::uint64_t variant(const Config& c) { return c.tanh_form() ? 1 : 0; }
+  static double sample(Rng& rng, const Config&, Index) { return rng.normal(0, 2); }
+  static std::string describe(const Config& c) { return "gelu(approximate='" + c.approximate + "')"; }
+  static std::vector<std::pair<std::string, double>> options(const Config& c) {
+    return {{"approximate_tanh", c.tanh_form() ? 1.0 : 0.0}};
+  }
+  static std::vector<harness::BadInput> bad_inputs() {
+    return {{"approximate_other_than_none_or_tanh_is_refused", "gelu.forward",
+             [] { ops::activation_forward(TensorD({2, 3}), ops::GeluConfig{"erf"}); },
+             {"approximate must be 'none' or 'tanh'", "got 'erf'"}}};
+  }
+};
+
+struct SiluTr {
+  using Config = ops::SiluConfig;
+  static constexpr const char* op = "silu";
+  static constexpr const char* name = "silu";
+  static constexpr const char* forward_title = "silu forward: y = x σ(x)";
+  static constexpr const char* fused_title = "silu fused dx = dy · σ(x)(1 + x(1 − σ(x)))";
+  static harness::Formulas terms() {
+    return {{"silu.dsig", "the factor x held: σ(x)"}, {"silu.dxsig", "x σ'(x) = x σ(x)σ(−x)"}};
+  }
+  static const TermsOf<Config>& ablation() {
+    static const TermsOf<Config> a = {{"silu.dsig", &Config::Terms::dsig}, {"silu.dxsig", &Config::Terms::dxsig}};
+    return a;
+  }
+  static constexpr const char* ablation_summary = "Both terms are caught.";
+  static std::vector<Config> configs() { return {{}}; }
+  static std::uint64_t variant(const Config&) { return 0; }
+  static double sample(Rng& rng, const Config&, Index) { return rng.normal(0, 2); }
+  static std::string describe(const Config&) { return "silu"; }
+  static std::vector<std::pair<std::string, double>> options(const Config&) { return {}; }
+};
+
+struct SoftplusTr {
+  using Config = ops::SoftplusConfig;
+  static constexpr const char* op = "softplus";
+  static constexpr const char* name = "softplus";
+  static constexpr const char* forward_title = "softplus forward: y = log(1 + exp(βx))/β, and y = x where βx > threshold";
+  static constexpr const char* fused_title = "softplus fused dx = dy where βx > threshold, else dy · σ(βx)";
+  static harness::Formulas terms() {
+    return {{"softplus.dsigmoid", "σ(βx) where βx ≤ threshold (the threshold itself included)"},
+            {"softplus.didentity", "1 where βx > threshold"}};
+  }
+  static const TermsOf<Config>& ablation() {
+    static const TermsOf<Config> a = {{"softplus.dsigmoid", &Config::Terms::dsigmoid},
+                                      {"softplus.didentity", &Config::Terms::didentity}};
+    return a;
+  }
+  static constexpr const char* ablation_summary =
+      "Both branches are caught: every fourth sample lies above the threshold.";
+  static std::vector<Config> configs() { return {{}, {2.0, 5.0}}; }
+  static std::uint64_t variant(const Config& c) { return static_cast<std::uint64_t>(c.beta * 1e3 + c.threshold * 1e6); }
+  // Every fourth value on the identity branch (βx in threshold + [1, 5]); all at least 0.5/β
+  // from the threshold.
+  static double sample(Rng& rng, const Config& c, Index i) {
+    const double x0 = c.threshold / c.beta;
+    if (i % 4 == 3) return rng.uniform(x0 + 1 / c.beta, x0 + 5 / c.beta);
+    double v = rng.normal(0, 2);
+    if (std::abs(c.beta * v - c.threshold) < 0.5) v = x0 - 0.5 / c.beta;
+    return v;
+  }
+  static std::string describe(const Config& c) {
+    return "softplus(beta=" + num(c.beta) + ", threshold=" + num(c.threshold) + ")";
+  }
+  static std::vector<std::pair<std::string, double>> options(const Config& c) {
+    return {{"beta", c.beta}, {"threshold", c.threshold}};
+  }
+  static std::vector<double> kinks(const Config& c) { return {c.threshold / c.beta}; }
+  static std::vector<double> edges() {
+    return {std::nextafter(20.0, 0.0), 20.0, std::nextafter(20.0, 40.0), 19.5, 20.5};
+  }
+  static long double exact_derivative(const Config& c, long double x) {
+    return c.beta * x > c.threshold ? 1.0L : 1 / (1 + std::exp(-c.beta * x));
+  }
+  static Eigen::VectorXd fused_expectation(const Eigen::VectorXd& exact, const Eigen::VectorXd&) { return exact; }
+  static constexpr const char* fused_edge_note =
+      "the long-double derivative: σ(x) at and just below the threshold 20, exactly 1 just above";
+  static std::vector<harness::BadInput> bad_inputs() {
+    return {{"beta_zero_is_refused", "softplus.forward",
+             [] { ops::activation_forward(TensorD({2, 3}), ops::SoftplusConfig{0.0, 20.0}); },
+             {"beta must be finite and nonzero", "got beta 0"}}};
+  }
+};
+
 }  // namespace
 
 void register_activations(Registry& r) {
   harness::register_op<Activation<ReluTr>>(r);
   harness::register_op<Activation<SigmoidTr>>(r);
   harness::register_op<Activation<TanhTr>>(r);
+  harness::register_op<Activation<LeakyReluTr>>(r);
+  harness::register_op<Activation<EluTr>>(r);
+  harness::register_op<Activation<GeluTr>>(r);
+  harness::register_op<Activation<SiluTr>>(r);
+  harness::register_op<Activation<SoftplusTr>>(r);
 }
 
 }  // namespace gradproof::catalog

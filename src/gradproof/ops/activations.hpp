@@ -1,5 +1,5 @@
 /// \file
-/// \brief Element-wise activations: relu, sigmoid, tanh;
+/// \brief Element-wise activations: relu, leaky_relu, elu, gelu, silu, sigmoid, tanh, softplus;
 /// forward, staged and fused backward, with PyTorch's semantics, names and defaults.
 ///
 /// Each activation is a config struct (PyTorch's parameter names and defaults) that also holds
@@ -229,6 +229,293 @@ struct TanhConfig {
     //! [tanh.dx_fused]
     dx = dy * (T(1) - y * y);  // from the output, as PyTorch's tanh_backward
     //! [tanh.dx_fused]
+  }
+};
+
+/// \brief `torch.nn.functional.leaky_relu`: \f$y = x\f$ for \f$x > 0\f$, else \f$s\,x\f$ with
+/// \f$s\f$ = `negative_slope`. Kink at 0: \f$f'(0) = s\f$ (PyTorch: \f$x > 0 \Rightarrow dy\f$,
+/// else \f$s\,dy\f$).
+struct LeakyReluConfig {
+  static constexpr const char* name = "leaky_relu";  ///< the op's name in messages
+  static constexpr bool saves_output = false;        ///< the fused backward reads `x`
+  double negative_slope = 0.01;                      ///< \f$s\f$: the slope for \f$x \le 0\f$
+  /// Term scales of the staged backward.
+  struct Terms {
+    double dpos = 1;  ///< leaky_relu.dpos: \f$[x > 0]\f$
+    double dneg = 1;  ///< leaky_relu.dneg: \f$s\,[x \le 0]\f$
+  };
+  /// Nothing to check: PyTorch takes any slope.
+  void validate() const {}
+  /// The forward on one scalar.
+  template <class S>
+  S value(const S& x) const {
+    //! [leaky_relu.forward]
+    return detail::act::real_value(x) > 0 ? x : x * S(negative_slope);
+    //! [leaky_relu.forward]
+  }
+  /// The forward on an Eigen array \f$x\f$ (n) into \f$y\f$ (n).
+  template <class A, class O>
+  void array(const A& x, O&& y) const {
+    using T = typename A::Scalar;
+    y = (x > T(0)).select(x, x * T(negative_slope));
+  }
+  /// The staged derivative times `dy` at one value.
+  template <class S>
+  S staged(const S& x, const S& dy, const Terms& t) const {
+    //! [leaky_relu.dpos]
+    const S pos = S(t.dpos) * (x > S(0) ? S(1) : S(0));  // the identity branch, x > 0
+    //! [leaky_relu.dpos]
+    //! [leaky_relu.dneg]
+    const S neg = S(t.dneg) * (x > S(0) ? S(0) : S(negative_slope));  // x ≤ 0, the kink included
+    //! [leaky_relu.dneg]
+    //! [leaky_relu.dx]
+    return dy * (pos + neg);
+    //! [leaky_relu.dx]
+  }
+  /// The fused backward on Eigen arrays: `dy` (n), `x` (n) into `dx` (n).
+  template <class A, class B, class O>
+  void fused(const A& dy, const B& x, O&& dx) const {
+    using T = typename A::Scalar;
+    //! [leaky_relu.dx_fused]
+    dx = (x > T(0)).select(dy, dy * T(negative_slope));
+    //! [leaky_relu.dx_fused]
+  }
+};
+
+/// \brief `torch.nn.functional.elu`: \f$y = x\f$ for \f$x > 0\f$, else
+/// \f$\alpha(e^x - 1)\f$. At 0, \f$f'(0) = \alpha\f$ (PyTorch's \f$x \le 0\f$ branch); a kink
+/// unless \f$\alpha = 1\f$.
+struct EluConfig {
+  static constexpr const char* name = "elu";   ///< the op's name in messages
+  static constexpr bool saves_output = false;  ///< the fused backward reads `x`
+  double alpha = 1.0;                          ///< \f$\alpha\f$: the scale of the negative branch
+  /// Term scales of the staged backward.
+  struct Terms {
+    double dpos = 1;  ///< elu.dpos: \f$[x > 0]\f$
+    double dneg = 1;  ///< elu.dneg: \f$\alpha e^x [x \le 0]\f$
+  };
+  /// Nothing to check: PyTorch takes any alpha.
+  void validate() const {}
+  /// The forward on one scalar.
+  template <class S>
+  S value(const S& x) const {
+    //! [elu.forward]
+    return detail::act::real_value(x) > 0 ? x : S(alpha) * detail::act::expm1(x);  // expm1: no cancellation
+    //! [elu.forward]
+  }
+  /// The forward on an Eigen array \f$x\f$ (n) into \f$y\f$ (n).
+  template <class A, class O>
+  void array(const A& x, O&& y) const {
+    using T = typename A::Scalar;
+    y = (x > T(0)).select(x, T(alpha) * x.expm1());
+  }
+  /// The staged derivative times `dy` at one value.
+  template <class S>
+  S staged(const S& x, const S& dy, const Terms& t) const {
+    using std::exp;
+    //! [elu.dpos]
+    const S pos = S(t.dpos) * (x > S(0) ? S(1) : S(0));
+    //! [elu.dpos]
+    //! [elu.dneg]
+    const S neg = S(t.dneg) * (x > S(0) ? S(0) : S(alpha) * exp(x));  // x ≤ 0, the kink included
+    //! [elu.dneg]
+    //! [elu.dx]
+    return dy * (pos + neg);
+    //! [elu.dx]
+  }
+  /// The fused backward on Eigen arrays: `dy` (n), `x` (n) into `dx` (n).
+  template <class A, class B, class O>
+  void fused(const A& dy, const B& x, O&& dx) const {
+    using T = typename A::Scalar;
+    //! [elu.dx_fused]
+    dx = (x > T(0)).select(dy, dy * T(alpha) * x.exp());
+    //! [elu.dx_fused]
+  }
+};
+
+/// \brief `torch.nn.functional.gelu`: \f$y = x\,\Phi(x)\f$ with the normal CDF
+/// \f$\Phi(x) = \tfrac12(1 + \operatorname{erf}(x/\sqrt2))\f$ (`approximate = "none"`), or
+/// \f$y = \tfrac12 x (1 + \tanh u)\f$, \f$u = \sqrt{2/\pi}\,(x + 0.044715 x^3)\f$
+/// (`approximate = "tanh"`).
+struct GeluConfig {
+  static constexpr const char* name = "gelu";  ///< the op's name in messages
+  static constexpr bool saves_output = false;  ///< the fused backward reads `x`
+  std::string approximate = "none";            ///< `"none"` (erf) or `"tanh"`
+  /// Term scales of the staged backward.
+  struct Terms {
+    double dcdf = 1;  ///< gelu.dcdf: \f$\Phi(x)\f$, or \f$\tfrac12(1 + \tanh u)\f$
+    double dpdf = 1;  ///< gelu.dpdf: \f$x\varphi(x)\f$, or \f$\tfrac12 x (1 - \tanh^2 u)\,u'\f$
+  };
+  static constexpr double kBeta = M_SQRT2 * M_2_SQRTPI * 0.5;  ///< \f$\sqrt{2/\pi}\f$
+  static constexpr double kKappa = 0.044715;                    ///< the cubic coefficient
+  /// True for `"tanh"`.
+  bool tanh_form() const { return approximate == "tanh"; }
+  /// \throws InvalidArgument unless `approximate` is `"none"` or `"tanh"` (as PyTorch).
+  void validate() const {
+    if (approximate != "none" && approximate != "tanh")
+      throw InvalidArgument("gelu: approximate must be 'none' or 'tanh'; got '" + approximate + "'");
+  }
+  /// The forward on one scalar.
+  template <class S>
+  S value(const S& x) const {
+    using std::tanh;
+    //! [gelu.forward]
+    if (tanh_form()) return S(0.5) * x * (S(1) + tanh(S(kBeta) * (x + S(kKappa) * x * x * x)));
+    return x * S(0.5) * (S(1) + detail::act::erf<S>(x * S(M_SQRT1_2)));  // x Φ(x)
+    //! [gelu.forward]
+  }
+  /// The forward on an Eigen array \f$x\f$ (n) into \f$y\f$ (n).
+  template <class A, class O>
+  void array(const A& x, O&& y) const {
+    using T = typename A::Scalar;
+    if (tanh_form()) y = T(0.5) * x * (T(1) + (T(kBeta) * (x + T(kKappa) * x * x * x)).tanh());
+    else y = x * T(0.5) * (T(1) + (x * T(M_SQRT1_2)).erf());
+  }
+  /// The staged derivative times `dy` at one value.
+  template <class S>
+  S staged(const S& x, const S& dy, const Terms& t) const {
+    using std::erf;
+    using std::exp;
+    using std::tanh;
+    const S th = tanh_form() ? tanh(S(kBeta) * (x + S(kKappa) * x * x * x)) : S(0);
+    //! [gelu.dcdf]
+    // ∂/∂x of x·c(x) = c(x) + x·c'(x); this is c: Φ(x) = ½(1 + erf(x/√2)), or ½(1 + tanh u)
+    const S cdf = S(t.dcdf) * (tanh_form() ? S(0.5) * (S(1) + th) : S(0.5) * (S(1) + erf(x * S(M_SQRT1_2))));
+    //! [gelu.dcdf]
+    //! [gelu.dpdf]
+    // and this is x·c'(x): x φ(x) = x exp(−x²/2)/√(2π), or ½x (1 − tanh²u) u', u' = √(2/π)(1 + 3κx²)
+    const S pdf = S(t.dpdf) * (tanh_form() ? S(0.5) * x * (S(1) - th * th) * S(kBeta) * (S(1) + S(3 * kKappa) * x * x)
+                                           : x * exp(S(-0.5) * x * x) * S(0.5 * M_2_SQRTPI * M_SQRT1_2));
+    //! [gelu.dpdf]
+    //! [gelu.dx]
+    return dy * (cdf + pdf);
+    //! [gelu.dx]
+  }
+  /// The fused backward on Eigen arrays: `dy` (n), `x` (n) into `dx` (n).
+  template <class A, class B, class O>
+  void fused(const A& dy, const B& x, O&& dx) const {
+    using T = typename A::Scalar;
+    //! [gelu.dx_fused]
+    if (tanh_form()) {
+      const auto th = (T(kBeta) * (x + T(kKappa) * x * x * x)).tanh();
+      dx = dy * (T(0.5) * (T(1) + th) + T(0.5 * kBeta) * x * (T(1) - th * th) * (T(1) + T(3 * kKappa) * x * x));
+    } else {
+      dx = dy * (T(0.5) * (T(1) + (x * T(M_SQRT1_2)).erf()) + T(0.5 * M_2_SQRTPI * M_SQRT1_2) * x * (T(-0.5) * x * x).exp());
+    }
+    //! [gelu.dx_fused]
+  }
+};
+
+/// \brief `torch.nn.functional.silu`: \f$y = x\,\sigma(x)\f$.
+struct SiluConfig {
+  static constexpr const char* name = "silu";  ///< the op's name in messages
+  static constexpr bool saves_output = false;  ///< the fused backward reads `x`
+  /// Term scales of the staged backward.
+  struct Terms {
+    double dsig = 1;   ///< silu.dsig: \f$\sigma(x)\f$
+    double dxsig = 1;  ///< silu.dxsig: \f$x\,\sigma(x)(1 - \sigma(x))\f$
+  };
+  /// Nothing to check.
+  void validate() const {}
+  /// The forward on one scalar.
+  template <class S>
+  S value(const S& x) const {
+    //! [silu.forward]
+    return x * detail::act::sigmoid(x);
+    //! [silu.forward]
+  }
+  /// The forward on an Eigen array \f$x\f$ (n) into \f$y\f$ (n).
+  template <class A, class O>
+  void array(const A& x, O&& y) const {
+    using T = typename A::Scalar;
+    y = x / (T(1) + (-x).exp());
+  }
+  /// The staged derivative times `dy` at one value.
+  template <class S>
+  S staged(const S& x, const S& dy, const Terms& t) const {
+    const S s = detail::act::sigmoid(x);
+    //! [silu.dsig]
+    const S direct = S(t.dsig) * s;  // the factor x held fixed: ∂(x σ)/∂x ⊃ σ(x)
+    //! [silu.dsig]
+    //! [silu.dxsig]
+    const S through = S(t.dxsig) * x * s * detail::act::sigmoid(-x);  // x σ'(x) = x σ(x)σ(−x)
+    //! [silu.dxsig]
+    //! [silu.dx]
+    return dy * (direct + through);
+    //! [silu.dx]
+  }
+  /// The fused backward on Eigen arrays: `dy` (n), `x` (n) into `dx` (n).
+  template <class A, class B, class O>
+  void fused(const A& dy, const B& x, O&& dx) const {
+    using T = typename A::Scalar;
+    //! [silu.dx_fused]
+    const auto s = T(1) / (T(1) + (-x).exp());
+    dx = dy * s * (T(1) + x * (T(1) - s));  // PyTorch's silu_backward
+    //! [silu.dx_fused]
+  }
+};
+
+/// \brief `torch.nn.functional.softplus`: \f$y = \tfrac1\beta\log(1 + e^{\beta x})\f$, and
+/// \f$y = x\f$ where \f$\beta x >\f$ `threshold` (PyTorch's switch to the identity, which the
+/// derivative follows: 1 there, \f$\sigma(\beta x)\f$ elsewhere).
+struct SoftplusConfig {
+  static constexpr const char* name = "softplus";  ///< the op's name in messages
+  static constexpr bool saves_output = false;      ///< the fused backward reads `x`
+  double beta = 1.0;                               ///< \f$\beta\f$
+  double threshold = 20.0;                         ///< the identity where \f$\beta x\f$ exceeds it
+  /// Term scales of the staged backward.
+  struct Terms {
+    double dsigmoid = 1;   ///< softplus.dsigmoid: \f$\sigma(\beta x)\f$ where \f$\beta x \le\f$ threshold
+    double didentity = 1;  ///< softplus.didentity: 1 where \f$\beta x >\f$ threshold
+  };
+  /// \throws InvalidArgument if `beta` is 0 or not finite, or `threshold` is NaN (meaningless:
+  /// \f$1/\beta\f$, and a comparison that is always false).
+  void validate() const {
+    if (!std::isfinite(beta) || beta == 0 || std::isnan(threshold)) {
+      std::ostringstream msg;
+      msg << "softplus: beta must be finite and nonzero and threshold not NaN; got beta " << beta << ", threshold "
+          << threshold;
+      throw InvalidArgument(msg.str());
+    }
+  }
+  /// The forward on one scalar.
+  template <class S>
+  S value(const S& x) const {
+    //! [softplus.forward]
+    const S bx = x * S(beta);
+    if (detail::act::real_value(bx) > threshold) return x;  // the identity above the threshold
+    return detail::act::log1p_exp(bx) / S(beta);
+    //! [softplus.forward]
+  }
+  /// The forward on an Eigen array \f$x\f$ (n) into \f$y\f$ (n).
+  template <class A, class O>
+  void array(const A& x, O&& y) const {
+    using T = typename A::Scalar;
+    y = (x * T(beta) > T(threshold)).select(x, (x * T(beta)).exp().log1p() / T(beta));
+  }
+  /// The staged derivative times `dy` at one value.
+  template <class S>
+  S staged(const S& x, const S& dy, const Terms& t) const {
+    const bool identity = x * S(beta) > S(threshold);
+    //! [softplus.dsigmoid]
+    // d/dx log(1 + e^{βx})/β = e^{βx}/(1 + e^{βx}) = σ(βx), on βx ≤ threshold (the kink included)
+    const S soft = S(t.dsigmoid) * (identity ? S(0) : detail::act::sigmoid(x * S(beta)));
+    //! [softplus.dsigmoid]
+    //! [softplus.didentity]
+    const S ident = S(t.didentity) * (identity ? S(1) : S(0));  // d/dx x = 1 on βx > threshold
+    //! [softplus.didentity]
+    //! [softplus.dx]
+    return dy * (soft + ident);
+    //! [softplus.dx]
+  }
+  /// The fused backward on Eigen arrays: `dy` (n), `x` (n) into `dx` (n).
+  template <class A, class B, class O>
+  void fused(const A& dy, const B& x, O&& dx) const {
+    using T = typename A::Scalar;
+    //! [softplus.dx_fused]
+    // σ(βx) as 1/(1 + e^{−βx}): no inf/inf where e^{βx} overflows (PyTorch's z/(z + 1) would)
+    dx = (x * T(beta) > T(threshold)).select(dy, dy / (T(1) + (x * T(-beta)).exp()));
+    //! [softplus.dx_fused]
   }
 };
 
