@@ -1,6 +1,7 @@
 // `gradproof check OP`: a framework's gradients against gradproof's float64 ones (see check.hpp).
 #include "gradproof/cli/check.hpp"
 
+#include "gradproof/catalog/catalog.hpp"
 #include "gradproof/check/results.hpp"
 #include "gradproof/ops/batchnorm.hpp"
 #include "gradproof/ops/groupnorm.hpp"
@@ -182,6 +183,40 @@ void norm_into(const Loaded& in, const NormReference& r, std::map<std::string, T
   diag = std::move(d);
 }
 
+// An op declared through the harness: its inputs (--<name>, --d<name>) and options (--<name>,
+// with '-' for '_') come from the declaration; no code here is particular to the op.
+std::string flag_of(const std::string& option) {
+  std::string f = option;
+  std::replace(f.begin(), f.end(), '_', '-');
+  return f;
+}
+
+Adapter declared_adapter(const catalog::FromArrays& decl) {
+  Adapter a;
+  a.op = decl.op;
+  for (const auto& e : catalog::ops())
+    if (e.id == decl.op) a.title = e.title + " (declared through the harness)";
+  a.inputs = decl.inputs;
+  a.required = decl.inputs;
+  a.required.push_back("dy");
+  for (const auto& o : decl.options) a.options.push_back(flag_of(o));
+  a.reference = [decl](const Loaded& in, CheckReport& rep, auto& ref, auto& scale, auto&) {
+    catalog::UserArrays ua;
+    for (const auto& n : decl.inputs) ua.inputs.push_back(in[n]);
+    ua.dy = in["dy"];
+    for (const auto& o : decl.options)
+      if (in.args->values.count(flag_of(o))) ua.options.emplace_back(o, in.number(flag_of(o), 0));
+    const catalog::UserGradients g = decl.run(ua);
+    for (std::size_t k = 0; k < decl.inputs.size(); ++k) {
+      ref["d" + decl.inputs[k]] = g.grads[k];
+      scale["d" + decl.inputs[k]] = g.scale[k];
+    }
+    rep.setting = g.describe;
+    rep.diagnosis_note = "no diagnosis for " + decl.op + " (the span{1, x̂} diagnosis is for the normalizations with a mean)";
+  };
+  return a;
+}
+
 const std::vector<Adapter>& adapters() {
   static const std::vector<Adapter> all = {
       {"bn", "batch normalization, x (N, C[, L | H, W]), γ and β (C)", {"x", "gamma", "beta"}, {"x", "dy"},
@@ -240,7 +275,12 @@ const std::vector<Adapter>& adapters() {
          norm_into(in, r, ref, scale, diag, rep);
        }},
   };
-  return all;
+  static const std::vector<Adapter> with_declared = [] {
+    std::vector<Adapter> out = all;
+    for (const auto& decl : catalog::registry().from_arrays) out.push_back(declared_adapter(decl));
+    return out;
+  }();
+  return with_declared;
 }
 
 int precision_rank(io::NpyDtype d) {
