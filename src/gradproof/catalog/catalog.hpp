@@ -118,6 +118,7 @@ struct UserArrays {
 
 /// gradproof's float64 gradients on user arrays, with the scales of their terms.
 struct UserGradients {
+  TensorD y;                   ///< the forward output, float64
   std::vector<TensorD> grads;  ///< one per input (fused backward, float64)
   std::vector<double> scale;   ///< per input: the magnitude of the terms of its gradient
   std::string describe;        ///< what the problem is

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iomanip>
@@ -53,7 +54,7 @@ struct Loaded {
 
 // The reference of a normalization: the gradients and how elements map to sets and parameters.
 struct NormReference {
-  TensorD dx, dgamma, dbeta;
+  TensorD y, dx, dgamma, dbeta;
   std::vector<Index> set_of, param_of;  // per element; param_of empty without γ/β
   std::vector<double> mean, invstd;     // per set, as the forward used them
   bool training = true;
@@ -118,7 +119,7 @@ NormReference bn_reference(const Loaded& in, std::string& setting) {
     fwd = ops::batchnorm_forward_eval<double>(x, in.opt("gamma"), in.opt("beta"), run, cfg);
   }
   const auto g = ops::batchnorm_backward<double>(in["dy"], x, in.opt("gamma"), fwd.cache);
-  NormReference r{g.dx, g.dgamma, g.dbeta, {}, {}, {}, {}, in.training(), cfg.eps};
+  NormReference r{fwd.y, g.dx, g.dgamma, g.dbeta, {}, {}, {}, {}, in.training(), cfg.eps};
   const ops::NCL d = fwd.cache.dims;
   r.set_of.resize(static_cast<std::size_t>(x.size()));
   for (Index i = 0; i < x.size(); ++i) r.set_of[i] = (i / d.L) % d.C;
@@ -133,7 +134,7 @@ template <class Fwd>
 NormReference family_reference(const Loaded& in, const Fwd& fwd_and_grads, double eps) {
   const TensorD& x = in["x"];
   const auto [fwd, g] = fwd_and_grads();
-  NormReference r{g.dx, g.dgamma, g.dbeta, {}, {}, {}, {}, fwd.cache.training, eps};
+  NormReference r{fwd.y, g.dx, g.dgamma, g.dbeta, {}, {}, {}, {}, fwd.cache.training, eps};
   const auto& s = fwd.cache.sets;
   r.set_of.resize(static_cast<std::size_t>(x.size()));
   if (in.has("gamma") || in.has("beta")) r.param_of.resize(r.set_of.size());
@@ -168,6 +169,7 @@ Index as_count(const Loaded& in, const std::string& name) {
 // Fills the report's reference gradients, scales and diagnosis sets from a norm reference.
 void norm_into(const Loaded& in, const NormReference& r, std::map<std::string, TensorD>& ref,
                std::map<std::string, double>& scale, std::optional<DiagSets>& diag, CheckReport& rep) {
+  ref["y"] = r.y;
   ref["dx"] = r.dx;
   if (r.dgamma.size()) ref["dgamma"] = r.dgamma;
   if (r.dbeta.size()) ref["dbeta"] = r.dbeta;
@@ -207,6 +209,7 @@ Adapter declared_adapter(const catalog::FromArrays& decl) {
     for (const auto& o : decl.options)
       if (in.args->values.count(flag_of(o))) ua.options.emplace_back(o, in.number(flag_of(o), 0));
     const catalog::UserGradients g = decl.run(ua);
+    ref["y"] = g.y;
     for (std::size_t k = 0; k < decl.inputs.size(); ++k) {
       ref["d" + decl.inputs[k]] = g.grads[k];
       scale["d" + decl.inputs[k]] = g.scale[k];
@@ -503,6 +506,123 @@ int check_main(const std::vector<std::string>& words) {
     if (json.fail()) throw UsageError("check " + args.op + ": cannot write " + *args.json);
   }
   return rep.passed() ? 0 : 1;
+}
+
+namespace {
+
+// The inputs of the known-answer vectors of each op: a fixed shape, deterministic values (sin and
+// cos of the index: no generator whose sequence could change), PyTorch's default options.
+struct VectorCase {
+  std::map<std::string, TensorD> arrays;  // x, dy and the parameters
+  std::map<std::string, std::string> options;
+};
+
+TensorD wave(const Shape& s, double a, double b, double offset, double spread) {
+  TensorD t(s);
+  for (Index i = 0; i < t.size(); ++i)
+    t[i] = offset + spread * std::sin(a * static_cast<double>(i) + b) + 0.1 * std::cos(3.1 * static_cast<double>(i));
+  return t;
+}
+
+VectorCase vector_case(const std::string& op) {
+  VectorCase c;
+  Shape xs{4, 3, 5}, ps{3};
+  if (op == "ln") ps = {5}, c.options["normalized-shape"] = "5";
+  if (op == "gn") xs = {2, 4, 3}, ps = {4}, c.options["groups"] = "2";
+  if (op == "rms" || op == "softmax") xs = {4, 6}, ps = {6};
+  c.arrays["x"] = wave(xs, 0.9, 0.3, 1.0, 2.0);
+  c.arrays["dy"] = wave(xs, 1.7, 1.1, 0.0, 1.0);
+  if (op != "softmax") c.arrays["gamma"] = wave(ps, 2.3, 0.5, 1.0, 0.5);
+  if (op == "bn" || op == "ln" || op == "gn" || op == "in") c.arrays["beta"] = wave(ps, 1.3, 0.2, 0.0, 0.3);
+  if (op == "rms") c.options["eps"] = "1e-06";
+  return c;
+}
+
+}  // namespace
+
+int vectors_main(const std::vector<std::string>& words) {
+  if (words.size() != 2) throw UsageError("vectors: needs OP and DIR (vectors OP DIR)");
+  const std::string& op = words[0];
+  const std::filesystem::path dir = words[1];
+  const auto it = std::find_if(adapters().begin(), adapters().end(), [&](const Adapter& a) { return a.op == op; });
+  if (it == adapters().end()) {
+    std::string known;
+    for (const auto& a : adapters()) known += (known.empty() ? "" : ", ") + a.op;
+    throw UsageError("vectors: unknown op '" + op + "' (vectors knows " + known + ")");
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) throw UsageError("vectors: cannot create " + dir.string() + ": " + ec.message());
+  const VectorCase vc = vector_case(op);
+  std::ostringstream manifest;
+  manifest << "{\"op\": ";
+  check::json::string(manifest, op);
+  manifest << ", \"generator\": \"gradproof vectors\", \"options\": {";
+  bool first = true;
+  for (const auto& [k, v] : vc.options) {
+    manifest << (first ? "" : ", ");
+    check::json::string(manifest, k);
+    manifest << ": ";
+    check::json::string(manifest, v);
+    first = false;
+  }
+  manifest << "}, \"sets\": [";
+  std::size_t files = 0;
+  for (const io::NpyDtype dtype : {io::NpyDtype::float64, io::NpyDtype::float32}) {
+    // The inputs rounded to the dtype; the answers computed in float64 from those exact values
+    // (then rounded to the dtype): the float32 answers are what an exact float32 implementation
+    // rounds to, to be compared with the float32 tolerance policy.
+    CheckArgs args;
+    args.op = op;
+    args.values = vc.options;
+    Loaded in;
+    in.args = &args;
+    for (const auto& [k, t] : vc.arrays) {
+      TensorD rounded = dtype == io::NpyDtype::float32 ? t.cast<float>().cast<double>() : t;
+      in.arrays.emplace(k, io::NpyArray{std::move(rounded), dtype, false, 1});
+      args.values[k] = "";
+    }
+    CheckReport rep;
+    std::map<std::string, TensorD> ref;
+    std::map<std::string, double> scale;
+    std::optional<DiagSets> diag;
+    it->reference(in, rep, ref, scale, diag);
+    const std::string dt = io::name(dtype);
+    manifest << (dtype == io::NpyDtype::float64 ? "" : ", ") << "{\"dtype\": \"" << dt << "\", \"setting\": ";
+    check::json::string(manifest, rep.setting);
+    manifest << ", \"tolerance_k\": ";
+    check::json::number(manifest, check::framework_factor(dt));
+    manifest << ", \"files\": {";
+    bool f1 = true;
+    const auto put = [&](const std::string& name, const TensorD& t, const char* role) {
+      const std::string file = name + "." + dt + ".npy";
+      io::write_npy((dir / file).string(), t, dtype);
+      manifest << (f1 ? "" : ", ");
+      check::json::string(manifest, name);
+      manifest << ": {\"file\": ";
+      check::json::string(manifest, file);
+      manifest << ", \"role\": \"" << role << "\", \"shape\": [";
+      for (std::size_t j = 0; j < t.shape().size(); ++j) manifest << (j ? ", " : "") << t.shape()[j];
+      manifest << "]";
+      if (scale.count(name)) {
+        manifest << ", \"scale\": ";
+        check::json::number(manifest, scale.at(name));
+      }
+      manifest << "}";
+      f1 = false;
+      ++files;
+    };
+    for (const auto& [k, t] : in.arrays) put(k, t.values, k == "dy" ? "upstream gradient" : "input");
+    for (const auto& [k, t] : ref) put(k, t, k == "y" ? "output" : "gradient");
+    manifest << "}}";
+  }
+  manifest << "]}\n";
+  std::ofstream m(dir / "manifest.json");
+  m << manifest.str();
+  m.close();
+  if (m.fail()) throw UsageError("vectors: cannot write " + (dir / "manifest.json").string());
+  std::cout << "wrote " << files << " arrays and manifest.json to " << dir.string() << "\n";
+  return 0;
 }
 
 }  // namespace gradproof::cli

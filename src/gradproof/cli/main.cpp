@@ -44,6 +44,8 @@ constexpr const char* kUsage =
     "                               recomputed in float64 on your inputs; the tolerance follows\n"
     "                               the dtype of your arrays; a wrong dx of the normalizations\n"
     "                               is diagnosed (which path of the derivation is wrong)\n"
+    "  vectors OP DIR               known-answer test vectors: inputs, dy, y and gradients,\n"
+    "                               float64 and float32, as .npy with DIR/manifest.json\n"
     "\n"
     "exit status:\n"
     "  0  success: every check passed, every negative control behaved as derived, every row\n"
@@ -347,9 +349,10 @@ int run(const std::vector<std::string>& args) {
     return args.size() == 3 ? cmd_collect(args[1], args[2]) : usage_error("collect: needs PARTS_DIR and OUT.json");
   }
   if (command == "sweep") return args.size() == 2 ? cmd_sweep(args[1]) : usage_error("sweep: needs OUT.json");
-  if (command == "check") {
+  if (command == "check" || command == "vectors") {
     try {
-      return cli::check_main(std::vector<std::string>(args.begin() + 1, args.end()));
+      const std::vector<std::string> rest(args.begin() + 1, args.end());
+      return command == "check" ? cli::check_main(rest) : cli::vectors_main(rest);
     } catch (const cli::UsageError& e) {
       return usage_error(e.what());
     }

@@ -405,7 +405,7 @@ void register_op(catalog::Registry& r) {
     r.from_arrays.push_back({D::op, input_names, option_names, [](const catalog::UserArrays& ua) {
                                const typename D::Problem p = D::from_arrays(ua.inputs, ua.dy, ua.options);
                                const auto pd = D::template prepare<double>(p);
-                               catalog::UserGradients g{D::backward(*pd, p.w, Pass::fused), {}, D::describe(p)};
+                               catalog::UserGradients g{D::output(*pd), D::backward(*pd, p.w, Pass::fused), {}, D::describe(p)};
                                for (std::size_t k = 0; k < g.grads.size(); ++k) {
                                  if constexpr (requires { &D::param_scale; })
                                    g.scale.push_back(k == 0 ? D::dx_scale(*pd, p, p.w) : D::param_scale(*pd, p, k));
