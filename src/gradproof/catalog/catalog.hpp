@@ -108,6 +108,32 @@ struct PlainProblems {
   std::function<std::vector<PlainProblem>()> make;
 };
 
+/// \brief Arrays given from outside (`gradproof check`): the op's differentiable inputs in
+/// `inputs()` order, the upstream gradient and the options the user set (PyTorch's names).
+struct UserArrays {
+  std::vector<TensorD> inputs;                 ///< `x` first, then the parameters
+  TensorD dy;                                  ///< the upstream gradient, shape of `y`
+  std::vector<std::pair<std::string, double>> options;  ///< only those given
+};
+
+/// gradproof's float64 gradients on user arrays, with the scales of their terms.
+struct UserGradients {
+  TensorD y;                   ///< the forward output, float64
+  std::vector<TensorD> grads;  ///< one per input (fused backward, float64)
+  std::vector<double> scale;   ///< per input: the magnitude of the terms of its gradient
+  std::string describe;        ///< what the problem is
+};
+
+/// A declared op that `gradproof check` can recompute on user arrays (the declaration's optional
+/// `from_arrays(inputs, dy, options)`): the names of its inputs and options come from the
+/// declaration, so a new declared op needs no code in the command.
+struct FromArrays {
+  std::string op;
+  std::vector<std::string> inputs;   ///< differentiable inputs, `x` first
+  std::vector<std::string> options;  ///< the option names of `options(p)`
+  std::function<UserGradients(const UserArrays&)> run;
+};
+
 /// One op family as the list of ops (`catalog/ops.def`) names it.
 struct OpEntry {
   std::string id;      ///< formula-id prefix and top-level test suite, e.g. `rms`
@@ -128,6 +154,7 @@ struct Registry {
   std::vector<BadInputCase> bad_inputs;
   std::vector<IntoCase> into_cases;
   std::vector<PlainProblems> plain;  ///< each declared op's problems as plain data
+  std::vector<FromArrays> from_arrays;  ///< the declared ops `gradproof check` recomputes
 };
 
 /// The whole catalog (built once, on first use).

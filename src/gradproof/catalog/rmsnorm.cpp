@@ -211,6 +211,36 @@ struct RMSNorm {
   static std::vector<std::pair<std::string, double>> options(const Problem& p) {
     return {{"normalized_ndim", static_cast<double>(p.normalized.size())}, {"eps", p.eps_value()}};
   }
+  // gradproof check: normalized_ndim trailing axes (default 1), eps (default None, as PyTorch:
+  // the machine epsilon of the reference's dtype, float64).
+  static Problem from_arrays(const std::vector<TensorD>& in, const TensorD& dy,
+                             const std::vector<std::pair<std::string, double>>& options) {
+    Problem p;
+    p.x = in.at(0);
+    p.gamma = in.at(1);
+    p.w = dy;
+    p.shape = p.x.shape();
+    p.eps = std::nullopt;
+    Index axes = 1;
+    for (const auto& [k, v] : options) {
+      if (k == "eps") p.eps = v;
+      if (k == "normalized_ndim") {
+        if (v != std::floor(v) || v < 1 || v > static_cast<double>(p.x.rank()))
+          throw InvalidArgument("rmsnorm: normalized_ndim must be an integer in [1, rank of x = " +
+                                std::to_string(p.x.rank()) + "]; got " + std::to_string(v));
+        axes = static_cast<Index>(v);
+      }
+    }
+    if (p.x.rank() < static_cast<Index>(axes)) throw InvalidArgument("rmsnorm: x has rank " + std::to_string(p.x.rank()));
+    p.normalized = Shape(p.shape.end() - axes, p.shape.end());
+    p.sets = ops::norm::detail::layernorm_sets(p.shape, p.normalized, "rmsnorm");
+    if (p.gamma.shape() != p.normalized)
+      throw InvalidArgument("rmsnorm: gamma must have the normalized shape " + to_string(p.normalized) + "; got " +
+                            to_string(p.gamma.shape()));
+    if (dy.shape() != p.shape)
+      throw InvalidArgument("rmsnorm: dy must have the shape of x " + to_string(p.shape) + "; got " + to_string(dy.shape()));
+    return p;
+  }
   template <class S>
   static Tensor<S> forward(const Problem& p, const std::vector<Tensor<S>>& in) {
     return ops::rmsnorm_forward<S>(in[0], &in[1], p.cfg()).y;

@@ -75,6 +75,19 @@ struct Softmax {
   }
   static const TensorD& input(const Problem& p, std::size_t) { return p.x; }
   static std::vector<std::pair<std::string, double>> options(const Problem&) { return {{"dim", -1}}; }
+  // gradproof check: softmax over the last axis only (dim = -1 or rank - 1).
+  static Problem from_arrays(const std::vector<TensorD>& in, const TensorD& dy,
+                             const std::vector<std::pair<std::string, double>>& options) {
+    const TensorD& x = in.at(0);
+    for (const auto& [k, v] : options)
+      if (k == "dim" && v != -1 && v != static_cast<double>(x.rank() - 1))
+        throw InvalidArgument("softmax: dim must be the last axis (-1 or " + std::to_string(x.rank() - 1) +
+                              "); got " + std::to_string(static_cast<long long>(v)));
+    if (x.rank() < 1 || x.empty()) throw InvalidArgument("softmax: x must not be empty; got shape " + to_string(x.shape()));
+    if (dy.shape() != x.shape())
+      throw InvalidArgument("softmax: dy must have the shape of x " + to_string(x.shape()) + "; got " + to_string(dy.shape()));
+    return Problem{x.shape(), x, dy};
+  }
   template <class S>
   static Tensor<S> forward(const Problem&, const std::vector<Tensor<S>>& in) {
     return ops::softmax_forward(in[0]).y;

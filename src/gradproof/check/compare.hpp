@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <limits>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -70,6 +71,38 @@ inline Tolerance tolerance_policy(const std::string& dtype, Oracle oracle, doubl
 /// answer: the long-double gradient decides (gradproof passes if it is within the exact-oracle
 /// policy of it and no further from it than libtorch).
 inline Tolerance libtorch_policy(double scale) { return tolerance_policy("float64", Oracle::complex_step, scale); }
+
+/// \brief The tolerance of `gradproof check`: a framework's gradients, in the dtype of its arrays,
+/// against gradproof's float64 gradients on the same (exactly read) inputs.
+///
+/// `atol = k · scale`, `rtol = k`, where `scale` is the magnitude of the terms that cancel in the
+/// gradient (as for the oracles) and `k` is one factor per dtype, with its argument (\f$u\f$ is the
+/// unit roundoff of the dtype; a framework's backward carries about ten rounded operations per
+/// element plus a reduction over the set, \f$(10 + \log_2 M)\,u\f$, which is at most \f$20u\f$ for
+/// \f$M \le 2^{10}\f$ and grows only with \f$\log_2 M\f$; the float64 reference's own error,
+/// \f$10^{-12}\f$, is added):
+/// - float64, \f$u = 2^{-53}\f$: `k = 1e-12`, the exact oracles' and libtorch's factor (both sides
+///   float64 evaluations of the same derivative by different summation orders).
+/// - float32, \f$u = 2^{-24}\f$: `k = 1e-5`, the float32 policy of tolerance_policy().
+/// - float16, \f$u = 2^{-11} \approx 4.9\cdot10^{-4}\f$: `k = 1e-2` (\f$20u\f$).
+/// - bfloat16, \f$u = 2^{-8} \approx 3.9\cdot10^{-3}\f$: `k = 8e-2` (\f$20u\f$).
+/// \param dtype  `float64`, `float32`, `float16` or `bfloat16`
+/// \throws std::invalid_argument for another dtype.
+inline double framework_factor(const std::string& dtype) {
+  if (dtype == "float64") return 1e-12;
+  if (dtype == "float32") return 1e-5 + 1e-12;
+  if (dtype == "float16") return 1e-2 + 1e-12;
+  if (dtype == "bfloat16") return 8e-2 + 1e-12;
+  throw std::invalid_argument("framework_factor: no tolerance policy for dtype '" + dtype + "'");
+}
+
+/// The tolerance of framework_factor() for gradients whose terms have magnitude `scale`.
+/// \param dtype  as framework_factor()
+/// \param scale  the magnitude of the terms that cancel in the compared gradient
+inline Tolerance framework_policy(const std::string& dtype, double scale) {
+  const double k = framework_factor(dtype);
+  return {k * scale, k};
+}
 
 /// The outcome of comparing an analytic vector with a numerical one.
 struct Comparison {

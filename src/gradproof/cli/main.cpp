@@ -1,6 +1,7 @@
 // gradproof: list the formula catalog, run its checks, print the negative-control table, and
 // merge the result parts of a test run into results.json.
 #include "gradproof/catalog/catalog.hpp"
+#include "gradproof/cli/check.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -37,13 +38,21 @@ constexpr const char* kUsage =
     "  ablate OP                    the negative-control table of an op\n"
     "  collect PARTS_DIR OUT.json   merge a test run's result parts into results.json\n"
     "  sweep OUT.json               error against step size of every op's oracles (float64)\n"
+    "  check OP --x X.npy --dy DY.npy --dx DX.npy [--gamma G.npy --dgamma DG.npy ...]\n"
+    "        [--eps V] [--training|--eval] [--json FILE]\n"
+    "                               your framework's gradients (.npy) against gradproof's,\n"
+    "                               recomputed in float64 on your inputs; the tolerance follows\n"
+    "                               the dtype of your arrays; a wrong dx of the normalizations\n"
+    "                               is diagnosed (which path of the derivation is wrong)\n"
+    "  vectors OP DIR               known-answer test vectors: inputs, dy, y and gradients,\n"
+    "                               float64 and float32, as .npy with DIR/manifest.json\n"
     "\n"
     "exit status:\n"
     "  0  success: every check passed, every negative control behaved as derived, every row\n"
     "     collected passed\n"
     "  1  the command ran, and a check failed (verify), a negative control did not behave as\n"
-    "     derived (ablate), a collected row had failed (collect), or an oracle exceeded its\n"
-    "     float64 tolerance at the chosen step (sweep)\n"
+    "     derived (ablate), a collected row had failed (collect), an oracle exceeded its\n"
+    "     float64 tolerance at the chosen step (sweep), or a gradient failed (check)\n"
     "  2  usage or I/O error: unknown command or option, missing or repeated option value,\n"
     "     unknown op, no result parts, an output that cannot be written (nothing is reported\n"
     "     as written unless every byte was)\n";
@@ -53,6 +62,7 @@ std::string usage() {
   std::ostringstream out;
   out << kUsage << "\nops (OP):\n";
   for (const auto& op : catalog::ops()) out << "  " << std::left << std::setw(29) << op.id << op.title << '\n';
+  out << "\ncheck OP: the arrays and options of each op\n" << cli::check_usage();
   return out.str();
 }
 
@@ -339,6 +349,14 @@ int run(const std::vector<std::string>& args) {
     return args.size() == 3 ? cmd_collect(args[1], args[2]) : usage_error("collect: needs PARTS_DIR and OUT.json");
   }
   if (command == "sweep") return args.size() == 2 ? cmd_sweep(args[1]) : usage_error("sweep: needs OUT.json");
+  if (command == "check" || command == "vectors") {
+    try {
+      const std::vector<std::string> rest(args.begin() + 1, args.end());
+      return command == "check" ? cli::check_main(rest) : cli::vectors_main(rest);
+    } catch (const cli::UsageError& e) {
+      return usage_error(e.what());
+    }
+  }
   return usage_error("unknown command '" + command + "'");
 }
 

@@ -416,6 +416,23 @@ void register_op(catalog::Registry& r) {
                          for (const auto& pc : *kind) out.push_back(plain_problem<D>(make<D>(pc, Salt::oracle)));
                        return out;
                      }});
+  if constexpr (requires(const catalog::UserArrays& ua) { D::from_arrays(ua.inputs, ua.dy, ua.options); }) {
+    std::vector<std::string> option_names;
+    if constexpr (requires(const typename D::Problem& p) { D::options(p); })
+      for (const auto& kv : D::options(make<D>(D::cases().jacobian.front(), Salt::oracle))) option_names.push_back(kv.first);
+    r.from_arrays.push_back({D::op, input_names, option_names, [](const catalog::UserArrays& ua) {
+                               const typename D::Problem p = D::from_arrays(ua.inputs, ua.dy, ua.options);
+                               const auto pd = D::template prepare<double>(p);
+                               catalog::UserGradients g{D::output(*pd), D::backward(*pd, p.w, Pass::fused), {}, D::describe(p)};
+                               for (std::size_t k = 0; k < g.grads.size(); ++k) {
+                                 if constexpr (requires { &D::param_scale; })
+                                   g.scale.push_back(k == 0 ? D::dx_scale(*pd, p, p.w) : D::param_scale(*pd, p, k));
+                                 else
+                                   g.scale.push_back(D::dx_scale(*pd, p, p.w));
+                               }
+                               return g;
+                             }});
+  }
   for (auto& b : D::bad_inputs()) r.bad_inputs.push_back({D::op, std::move(b)});
   for (auto& i : D::into_cases()) r.into_cases.push_back({D::op, std::move(i)});
   D::extra(c);
