@@ -29,6 +29,14 @@
 #include <ATen/ops/mean.h>
 #include <ATen/ops/rsqrt.h>
 #include <ATen/ops/softmax.h>
+#include <ATen/ops/relu.h>
+#include <ATen/ops/sigmoid.h>
+#include <ATen/ops/tanh.h>
+#include <ATen/ops/leaky_relu.h>
+#include <ATen/ops/elu.h>
+#include <ATen/ops/gelu.h>
+#include <ATen/ops/silu.h>
+#include <ATen/ops/softplus.h>
 #include <ATen/ops/sum.h>
 #include <torch/csrc/autograd/autograd.h>
 
@@ -72,6 +80,9 @@ const std::map<std::string, TorchForward>& torch_forwards() {
        }},
       {"linear", [](const auto& in, const PlainProblem&) { return at::linear(in[0], in[1], in[2]); }},
       {"matmul", [](const auto& in, const PlainProblem&) { return at::matmul(in[0], in[1]); }},
+      {"relu", [](const auto& in, const PlainProblem&) { return at::relu(in[0]); }},
+      {"sigmoid", [](const auto& in, const PlainProblem&) { return at::sigmoid(in[0]); }},
+      {"tanh", [](const auto& in, const PlainProblem&) { return at::tanh(in[0]); }},
       {"bn", [](const auto& in, const PlainProblem& p) {
          return at::batch_norm(in[0], in[1], in[2], {}, {}, true, 0.1, p.option("eps"), false);
        }},
