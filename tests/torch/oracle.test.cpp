@@ -23,6 +23,7 @@
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/group_norm.h>
 #include <ATen/ops/instance_norm.h>
+#include <ATen/ops/embedding.h>
 #include <ATen/ops/layer_norm.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/matmul.h>
@@ -80,6 +81,14 @@ const std::map<std::string, TorchForward>& torch_forwards() {
        }},
       {"linear", [](const auto& in, const PlainProblem&) { return at::linear(in[0], in[1], in[2]); }},
       {"matmul", [](const auto& in, const PlainProblem&) { return at::matmul(in[0], in[1]); }},
+      // The indices are a constant of the problem (exact doubles), as int64 for at::embedding.
+      {"embedding", [](const auto& in, const PlainProblem& p) {
+         const TensorD& idx = p.constant("indices");
+         std::vector<std::int64_t> v(idx.data(), idx.data() + idx.size());
+         const at::Tensor indices =
+             at::from_blob(v.data(), dims_of(idx.shape()), at::TensorOptions().dtype(at::kLong)).clone();
+         return at::embedding(in[0], indices, static_cast<std::int64_t>(p.option("padding_idx")));
+       }},
       {"relu", [](const auto& in, const PlainProblem&) { return at::relu(in[0]); }},
       {"sigmoid", [](const auto& in, const PlainProblem&) { return at::sigmoid(in[0]); }},
       {"tanh", [](const auto& in, const PlainProblem&) { return at::tanh(in[0]); }},
