@@ -26,6 +26,7 @@
 #include <ATen/ops/group_norm.h>
 #include <ATen/ops/huber_loss.h>
 #include <ATen/ops/instance_norm.h>
+#include <ATen/ops/embedding.h>
 #include <ATen/ops/layer_norm.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/matmul.h>
@@ -160,6 +161,14 @@ const std::map<std::string, TorchForward>& torch_forwards() {
       {"silu", [](const auto& in, const PlainProblem&) { return at::silu(in[0]); }},
       {"softplus", [](const auto& in, const PlainProblem& p) {
          return at::softplus(in[0], p.option("beta"), p.option("threshold"));
+       }},
+      // The indices are a constant of the problem (exact doubles), as int64 for at::embedding.
+      {"embedding", [](const auto& in, const PlainProblem& p) {
+         const TensorD& idx = p.constant("indices");
+         std::vector<std::int64_t> v(idx.data(), idx.data() + idx.size());
+         const at::Tensor indices =
+             at::from_blob(v.data(), dims_of(idx.shape()), at::TensorOptions().dtype(at::kLong)).clone();
+         return at::embedding(in[0], indices, static_cast<std::int64_t>(p.option("padding_idx")));
        }},
       {"bn", [](const auto& in, const PlainProblem& p) {
          return at::batch_norm(in[0], in[1], in[2], {}, {}, true, 0.1, p.option("eps"), false);

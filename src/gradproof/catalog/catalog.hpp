@@ -193,4 +193,7 @@ void register_linear(Registry& r);
 /// Adds the matrix product (`matmul.*`) to a registry.
 void register_matmul(Registry& r);
 
+/// Adds the embedding lookup (`embedding.*`) to a registry.
+void register_embedding(Registry& r);
+
 }  // namespace gradproof::catalog
