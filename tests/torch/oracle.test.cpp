@@ -24,6 +24,7 @@
 #include <ATen/ops/group_norm.h>
 #include <ATen/ops/instance_norm.h>
 #include <ATen/ops/layer_norm.h>
+#include <ATen/ops/log_softmax.h>
 #include <ATen/ops/mean.h>
 #include <ATen/ops/rsqrt.h>
 #include <ATen/ops/softmax.h>
@@ -62,6 +63,9 @@ const std::map<std::string, TorchForward>& torch_forwards() {
   static const std::map<std::string, TorchForward> f = {
       {"softmax", [](const auto& in, const PlainProblem& p) {
          return at::softmax(in[0], static_cast<std::int64_t>(p.option("dim")));
+       }},
+      {"log_softmax", [](const auto& in, const PlainProblem& p) {
+         return at::log_softmax(in[0], static_cast<std::int64_t>(p.option("dim")));
        }},
       // libtorch 1.13 has no rms_norm (added in 2.4): the forward composed of its primitives.
       {"rms", [](const auto& in, const PlainProblem& p) {
