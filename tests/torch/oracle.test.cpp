@@ -20,12 +20,14 @@
 #include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/batch_norm.h>
+#include <ATen/ops/cross_entropy_loss.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/group_norm.h>
 #include <ATen/ops/instance_norm.h>
 #include <ATen/ops/layer_norm.h>
 #include <ATen/ops/log_softmax.h>
 #include <ATen/ops/mean.h>
+#include <ATen/ops/nll_loss_nd.h>
 #include <ATen/ops/rsqrt.h>
 #include <ATen/ops/softmax.h>
 #include <ATen/ops/sum.h>
@@ -56,6 +58,18 @@ std::vector<std::int64_t> trailing(const at::Tensor& x, std::int64_t n) {
   return out;
 }
 
+at::Tensor to_torch(const TensorD& t);
+
+// The class-index or class-probability target of a loss (its constant "target"), and its weight.
+at::Tensor target_of(const PlainProblem& p) {
+  const at::Tensor t = to_torch(p.constant("target"));
+  return p.option("probabilities") != 0 ? t : t.to(at::kLong);
+}
+c10::optional<at::Tensor> weight_of(const PlainProblem& p) {
+  if (p.option("weighted") == 0) return c10::nullopt;
+  return to_torch(p.constant("weight"));
+}
+
 // ---- The torch forward of every op: y from the inputs (x first, then the parameters). ---------
 using TorchForward = std::function<at::Tensor(const std::vector<at::Tensor>&, const PlainProblem&)>;
 
@@ -66,6 +80,15 @@ const std::map<std::string, TorchForward>& torch_forwards() {
        }},
       {"log_softmax", [](const auto& in, const PlainProblem& p) {
          return at::log_softmax(in[0], static_cast<std::int64_t>(p.option("dim")));
+       }},
+      // reduction: at::Reduction's values (none 0, mean 1, sum 2), as gradproof's ops::Reduction.
+      {"nll_loss", [](const auto& in, const PlainProblem& p) {
+         return at::nll_loss_nd(in[0], target_of(p), weight_of(p), static_cast<std::int64_t>(p.option("reduction")),
+                                static_cast<std::int64_t>(p.option("ignore_index")));
+       }},
+      {"cross_entropy", [](const auto& in, const PlainProblem& p) {
+         return at::cross_entropy_loss(in[0], target_of(p), weight_of(p), static_cast<std::int64_t>(p.option("reduction")),
+                                       static_cast<std::int64_t>(p.option("ignore_index")), p.option("label_smoothing"));
        }},
       // libtorch 1.13 has no rms_norm (added in 2.4): the forward composed of its primitives.
       {"rms", [](const auto& in, const PlainProblem& p) {

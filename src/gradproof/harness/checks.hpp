@@ -126,7 +126,7 @@ std::vector<ResultRow> dx_against_oracles(const std::string& formula, const std:
     const typename D::Problem p = make<D>(c, Salt::oracle, modify);
     const auto pd = D::template prepare<double>(p);
     const auto pf = D::template prepare<float>(p);
-    const Index m = D::input(p, 0).size();
+    const Index m = p.w.size();  // outputs: y has the shape of w
     std::vector<sup::Analytic> analytic = {{"float64", sup::flat_rowmajor(sup::jacobian_from_vjp(m, vjp<D>(pd, p, pass, 0)))}};
     if (float32_comparable<D>(p))
       analytic.push_back({"float32", sup::flat_rowmajor(sup::jacobian_from_vjp(m, vjp<D>(pf, p, pass, 0)))});
