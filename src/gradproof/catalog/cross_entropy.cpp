@@ -522,6 +522,40 @@ std::vector<ResultRow> check_equals_nll_of_log_softmax(const std::string& test) 
   return rows;
 }
 
+// The term ∂L/∂z of the staged chain against the oracles: L as a function of z = x − m with the
+// shift m held fixed (the forward at z, since log_softmax(z + m) = log_softmax(z)).
+std::vector<ResultRow> check_dz(const std::string& test) {
+  std::vector<ResultRow> rows;
+  for (const auto& c : CrossEntropy::cases().ablation) {
+    const Problem p = CrossEntropy::problem(c, CrossEntropy::seed(c) + 1);
+    const auto pd = CrossEntropy::prepare<double>(p);
+    const auto pf = CrossEntropy::prepare<float>(p);
+    ops::CrossEntropyStagedTrace<double> td;
+    ops::CrossEntropyStagedTrace<float> tf;
+    const auto run = [&](const auto& pr, const auto& dy, auto* trace) {
+      if (p.c.probs) ops::cross_entropy_backward_staged(dy, pr->x, pr->probs, pr->wp(), p.ce(), pr->fwd.cache, {}, trace);
+      else ops::cross_entropy_backward_staged(dy, pr->x, p.target, pr->wp(), p.ce(), pr->fwd.cache, {}, trace);
+    };
+    run(pd, p.w, &td);
+    run(pf, p.w.cast<float>(), &tf);
+    const ops::AxisRows a = p.rows();
+    Eigen::VectorXd z(p.x.size());
+    for (Index i = 0; i < z.size(); ++i) z[i] = p.x[i] - pd->fwd.cache.max[a.row_of(i)];
+    const auto f = [&p](const auto& zv) {
+      using S = typename std::decay_t<decltype(zv)>::Scalar;
+      const Tensor<S> y = CrossEntropy::forward(p, std::vector<Tensor<S>>{from_vec(p.shape, Vec<S>(zv))});
+      Vec<S> out = Vec<S>::Zero(1);
+      for (Index i = 0; i < y.size(); ++i) out[0] += S(p.w[i]) * y[i];
+      return out;
+    };
+    jacobian_rows(rows,
+                  {"cross_entropy.dz", test, "", "", "oracle", p.shape,
+                   "gradient of L in z = x − m with m held fixed (" + CrossEntropy::describe(p) + ")"},
+                  f, z, {{"float64", as_f64(td.dz)}, {"float32", as_f64(tf.dz)}}, CrossEntropy::dx_scale(*pd, p, p.w));
+  }
+  return rows;
+}
+
 void NllLoss::extra(harness::Checks<NllLoss>& c) {
   c.add("nll_loss.forward", "nll_loss/edges/a_single_class",
         [](const std::string& t) { return check_single_class<NllLoss>("nll_loss.forward", t); });
@@ -530,6 +564,7 @@ void NllLoss::extra(harness::Checks<NllLoss>& c) {
 }
 
 void CrossEntropy::extra(harness::Checks<CrossEntropy>& c) {
+  c.add("cross_entropy.dz", "cross_entropy/terms/dz_matches_oracles", check_dz);
   c.add("cross_entropy.forward", "cross_entropy/edges/logits_1e4_give_a_finite_loss_and_gradient", check_huge_logits);
   c.add("cross_entropy.forward", "cross_entropy/edges/a_single_class_gives_zero_loss_and_gradient",
         [](const std::string& t) { return check_single_class<CrossEntropy>("cross_entropy.forward", t); });
