@@ -534,24 +534,51 @@ def check_links(results: list[PageResult], base: str, root: Path) -> None:
                     r.problems.append(("link", f"link to {page}#{fragment}: no such anchor"))
 
 
-def check_site(browser: Browser, root: Path, pages: list[str], modes=("http", "file"),
+def check_site(browsers: list[Browser], root: Path, pages: list[str], modes=("http", "file"),
                shots: dict | None = None, screenshot_page: str | None = None,
                cache: "Cache | None" = None) -> list[PageResult]:
-    results = []
+    """Checks every (mode, page), the browsers taking the next unchecked one as each gets free;
+    the results come back in (mode, page) order, whatever browser checked which."""
+    work = [(mode, page) for mode in modes for page in pages]
+    results: list[PageResult | None] = [None] * len(work)
+    lock = threading.Lock()
+    next_item = iter(range(len(work)))
+    errors: list[BaseException] = []
     with Server(root) as server:
-        for mode in modes:
-            for i, page in enumerate(pages):
-                t = time.monotonic()
-                res = cache.get(page, mode, server.base) if cache else None
-                if res is None:
-                    res = check_page(browser, server.base, page, mode, root,
-                                     shots if mode == "http" and page == screenshot_page else None)
-                    if cache:
-                        cache.put(res, server.base)
-                results.append(res)
-                print(f"browser test: {mode} {i + 1}/{len(pages)} ({len(pages) - i - 1} left) {page}: "
-                      f"{'unchanged since a clean check' if getattr(res, 'cached', False) else f'{time.monotonic() - t:.1f} s'}",
-                      file=sys.stderr, flush=True)
+        def run(browser: Browser) -> None:
+            try:
+                while True:
+                    with lock:
+                        k = next(next_item, None)
+                    if k is None or errors:
+                        return
+                    mode, page = work[k]
+                    t = time.monotonic()
+                    res = cache.get(page, mode, server.base) if cache else None
+                    if res is None:
+                        res = check_page(browser, server.base, page, mode, root,
+                                         shots if mode == "http" and page == screenshot_page else None)
+                    with lock:
+                        if cache and not getattr(res, "cached", False):
+                            cache.put(res, server.base)
+                        results[k] = res
+                        done = sum(r is not None for r in results)
+                        took = ("unchanged since a clean check" if getattr(res, "cached", False)
+                                else f"{time.monotonic() - t:.1f} s")
+                        print(f"browser test: {mode} {done}/{len(work)} ({len(work) - done} left) {page}: {took}",
+                              file=sys.stderr, flush=True)
+            except BaseException as e:  # noqa: BLE001 -- re-raised in the main thread
+                with lock:
+                    errors.append(e)
+
+        threads = [threading.Thread(target=run, args=(b,)) for b in browsers[1:]]
+        for th in threads:
+            th.start()
+        run(browsers[0])
+        for th in threads:
+            th.join()
+        if errors:
+            raise errors[0]
         check_links(results, server.base, root)  # always over every page, cached or not
     return results
 
@@ -652,7 +679,7 @@ def self_test(browser: Browser, site: Path) -> list[str]:
         for page in EXPECTED:
             text = (HERE / "fixtures" / page).read_text(encoding="utf-8")
             (root / page).write_text(text.replace("<!--MATHJAX-CONFIG-->", config.group(0)), encoding="utf-8")
-        results = check_site(browser, root, sorted(EXPECTED))
+        results = check_site([browser], root, sorted(EXPECTED))
     wrong = []
     for r in results:
         got = {c for c, _ in r.problems}
@@ -670,6 +697,8 @@ def main(argv=None) -> int:
     ap.add_argument("--screenshot", default="derivations/batchnorm.html")
     ap.add_argument("--self-test-only", action="store_true", help="only the fixture pages (to work on the checks)")
     ap.add_argument("--no-cache", action="store_true", help="check every page, even those unchanged since a clean check")
+    ap.add_argument("--jobs", type=int, default=max(1, min(2, os.cpu_count() or 1)),
+                    help="browsers checking pages at once (default: 2, or 1 on a single core)")
     args = ap.parse_args(argv)
     site = args.site.resolve()
     pages = site_pages(site)
@@ -687,11 +716,33 @@ def main(argv=None) -> int:
               "Install libnss-myhostname (packages.txt, group site) or give the machine an /etc/hosts",
               file=sys.stderr)
         return 1
-    try:
-        browser = Browser()
-    except WebDriverException as e:
-        print(f"browser test: cannot start Chromium: {e.msg}", file=sys.stderr)
+    # Each page is typeset by MathJax in its browser's renderer, one core each: on two cores two
+    # browsers check the pages in about half the time of one. They start side by side.
+    browsers: list[Browser] = []
+    failed: list[str] = []
+    starting = threading.Lock()
+
+    def start() -> None:
+        try:
+            b = Browser()
+        except WebDriverException as e:
+            with starting:
+                failed.append(e.msg)
+            return
+        with starting:
+            browsers.append(b)
+
+    starters = [threading.Thread(target=start) for _ in range(max(1, args.jobs))]
+    for th in starters:
+        th.start()
+    for th in starters:
+        th.join()
+    if failed:
+        for b in browsers:
+            b.close()
+        print(f"browser test: cannot start Chromium: {failed[0]}", file=sys.stderr)
         return 1
+    browser = browsers[0]
     try:
         cache = None if args.no_cache or args.self_test_only else Cache(args.artifacts / "browser-cache.json", site)
         if cache and cache.self_test_passed():
@@ -709,7 +760,7 @@ def main(argv=None) -> int:
         if args.self_test_only:
             return 1 if wrong else 0
         shots: dict[str, str] = {}  # the screenshot page, served, full height, in each theme
-        results = check_site(browser, site, pages, shots=shots, screenshot_page=args.screenshot, cache=cache)
+        results = check_site(browsers, site, pages, shots=shots, screenshot_page=args.screenshot, cache=cache)
         if cache:
             cache.save(not wrong)
         args.artifacts.mkdir(parents=True, exist_ok=True)
@@ -718,12 +769,13 @@ def main(argv=None) -> int:
             saved.append(args.artifacts / f"{Path(args.screenshot).stem}-{scheme}.png")
             saved[-1].write_bytes(base64.b64decode(data))
     finally:
-        browser.close()
+        for b in browsers:
+            b.close()
     failures = [(r, c, d) for r in results for c, d in r.problems]
     for r, c, d in failures:
         print(f"FAIL [{c}] {r.page} ({r.mode}): {d}", file=sys.stderr)
     n_links = sum(len(r.links) for r in results)
-    print(f"browser test: {len(pages)} pages x 2 modes (http, file), {n_links} links followed, "
+    print(f"browser test: {len(pages)} pages x 2 modes (http, file), {len(browsers)} browsers, {n_links} links followed, "
           f"{len(failures)} problems, {time.monotonic() - t0:.1f} s; screenshots {', '.join(map(str, saved))}")
     return 1 if failures or wrong else 0
 

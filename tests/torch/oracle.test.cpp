@@ -20,16 +20,28 @@
 #include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/batch_norm.h>
+#include <ATen/ops/binary_cross_entropy_with_logits.h>
 #include <ATen/ops/cross_entropy_loss.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/group_norm.h>
 #include <ATen/ops/instance_norm.h>
 #include <ATen/ops/layer_norm.h>
+#include <ATen/ops/linear.h>
 #include <ATen/ops/log_softmax.h>
+#include <ATen/ops/matmul.h>
 #include <ATen/ops/mean.h>
+#include <ATen/ops/mse_loss.h>
 #include <ATen/ops/nll_loss_nd.h>
 #include <ATen/ops/rsqrt.h>
 #include <ATen/ops/softmax.h>
+#include <ATen/ops/relu.h>
+#include <ATen/ops/sigmoid.h>
+#include <ATen/ops/tanh.h>
+#include <ATen/ops/leaky_relu.h>
+#include <ATen/ops/elu.h>
+#include <ATen/ops/gelu.h>
+#include <ATen/ops/silu.h>
+#include <ATen/ops/softplus.h>
 #include <ATen/ops/sum.h>
 #include <torch/csrc/autograd/autograd.h>
 
@@ -70,8 +82,55 @@ c10::optional<at::Tensor> weight_of(const PlainProblem& p) {
   return to_torch(p.constant("weight"));
 }
 
+// A non-differentiable tensor argument of the problem (a loss's weight), or an undefined tensor
+// (PyTorch's None) when the problem has none of that name.
+at::Tensor optional_constant(const PlainProblem& p, const std::string& name) {
+  for (const auto& [k, v] : p.constants)
+    if (k == name) return to_torch(v);
+  return {};
+}
+
+// The reduction of a loss's problem: at::Reduction's values (0 none, 1 mean, 2 sum).
+std::int64_t reduction(const PlainProblem& p) { return static_cast<std::int64_t>(p.option("reduction")); }
+
 // ---- The torch forward of every op: y from the inputs (x first, then the parameters). ---------
 using TorchForward = std::function<at::Tensor(const std::vector<at::Tensor>&, const PlainProblem&)>;
+
+// ---- The networks (catalog/networks.cpp): θ, one flat vector, cut into the layers' parameters
+// in state-dict order, and the network composed of libtorch's functions. ------------------------
+struct Slicer {
+  const at::Tensor& theta;
+  std::int64_t at = 0;
+  at::Tensor take(std::vector<std::int64_t> shape) {
+    std::int64_t n = 1;
+    for (auto d : shape) n *= d;
+    at::Tensor t = theta.narrow(0, at, n).view(shape);
+    at += n;
+    return t;
+  }
+};
+
+at::Tensor torch_network(const std::string& net, const std::vector<at::Tensor>& in, const PlainProblem& p) {
+  const auto H = static_cast<std::int64_t>(p.option("hidden")), O = static_cast<std::int64_t>(p.option("out"));
+  const std::int64_t I = in[0].size(1);
+  const double eps = p.option("eps");
+  Slicer s{in[1]};
+  const at::Tensor w1 = s.take({H, I}), b1 = s.take({H});
+  at::Tensor h;
+  if (net == "mlp_bn") {
+    const at::Tensor g = s.take({H}), b = s.take({H});
+    h = at::batch_norm(at::linear(in[0], w1, b1), g, b, {}, {}, true, 0.1, eps, false);
+  } else if (net == "mlp_ln") {
+    const at::Tensor g = s.take({H}), b = s.take({H});
+    h = at::layer_norm(at::linear(in[0], w1, b1), {H}, g, b, eps, false);
+  } else {  // resmlp: a + linear(layer_norm(a))
+    const at::Tensor g = s.take({H}), b = s.take({H}), wr = s.take({H, H}), br = s.take({H});
+    const at::Tensor a = at::linear(in[0], w1, b1);
+    h = a + at::linear(at::layer_norm(a, {H}, g, b, eps, false), wr, br);
+  }
+  const at::Tensor w2 = s.take({O, H}), b2 = s.take({O});
+  return at::linear(h, w2, b2);
+}
 
 const std::map<std::string, TorchForward>& torch_forwards() {
   static const std::map<std::string, TorchForward> f = {
@@ -95,6 +154,16 @@ const std::map<std::string, TorchForward>& torch_forwards() {
          const auto axes = trailing(in[0], static_cast<std::int64_t>(p.option("normalized_ndim")));
          return in[0] * at::rsqrt((in[0] * in[0]).mean(axes, true) + p.option("eps")) * in[1];
        }},
+      {"linear", [](const auto& in, const PlainProblem&) { return at::linear(in[0], in[1], in[2]); }},
+      {"relu", [](const auto& in, const PlainProblem&) { return at::relu(in[0]); }},
+      {"sigmoid", [](const auto& in, const PlainProblem&) { return at::sigmoid(in[0]); }},
+      {"tanh", [](const auto& in, const PlainProblem&) { return at::tanh(in[0]); }},
+      {"matmul", [](const auto& in, const PlainProblem&) { return at::matmul(in[0], in[1]); }},
+      {"mse_loss", [](const auto& in, const PlainProblem& p) { return at::mse_loss(in[0], in[1], reduction(p)); }},
+      {"bce_with_logits", [](const auto& in, const PlainProblem& p) {
+         return at::binary_cross_entropy_with_logits(in[0], in[1], optional_constant(p, "weight"),
+                                                     optional_constant(p, "pos_weight"), reduction(p));
+       }},
       {"bn", [](const auto& in, const PlainProblem& p) {
          return at::batch_norm(in[0], in[1], in[2], {}, {}, true, 0.1, p.option("eps"), false);
        }},
@@ -111,6 +180,9 @@ const std::map<std::string, TorchForward>& torch_forwards() {
       {"in", [](const auto& in, const PlainProblem& p) {
          return at::instance_norm(in[0], in[1], in[2], {}, {}, true, 0.1, p.option("eps"), false);
        }},
+      {"mlp_bn", [](const auto& in, const PlainProblem& p) { return torch_network("mlp_bn", in, p); }},
+      {"mlp_ln", [](const auto& in, const PlainProblem& p) { return torch_network("mlp_ln", in, p); }},
+      {"resmlp", [](const auto& in, const PlainProblem& p) { return torch_network("resmlp", in, p); }},
   };
   return f;
 }
@@ -357,9 +429,12 @@ void register_op(const std::string& op) {
   for (std::size_t k = 0; k < names.size(); ++k) {
     for (int f = 0; f < (k == 0 ? 2 : 1); ++f) {
       const bool staged_only = k == 0 && f == 0, fused_only = k == 0 && f == 1;
-      const std::string formula = op + "." + (k == 0 ? (fused_only ? "dx_fused" : "dx") : "d" + names[k]);
-      const std::string leaf = k == 0 ? (fused_only ? "fused_dx_matches_libtorch" : "staged_dx_matches_libtorch")
-                                      : "d" + names[k] + "_matches_libtorch";
+      // The first input's gradient has a staged and a fused formula (`dx`, `dx_fused`; `dweight` for
+      // embedding), each parameter's one for both passes.
+      const std::string g = "d" + names[k];
+      const std::string formula = op + "." + (k == 0 && fused_only ? g + "_fused" : g);
+      const std::string leaf = k == 0 ? (fused_only ? "fused_" : "staged_") + g + "_matches_libtorch"
+                                      : g + "_matches_libtorch";
       const std::string test = op + "/libtorch/" + leaf;
       auto* tc = utf::make_test_case(
           [=] {

@@ -160,4 +160,10 @@ void register_normalization(Registry& r);
 /// Adds RMS normalization (`rms.*`) to a registry.
 void register_rmsnorm(Registry& r);
 
+/// Adds the linear layer (`linear.*`) to a registry.
+void register_linear(Registry& r);
+
+/// Adds the matrix product (`matmul.*`) to a registry.
+void register_matmul(Registry& r);
+
 }  // namespace gradproof::catalog

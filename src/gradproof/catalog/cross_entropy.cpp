@@ -207,7 +207,7 @@ template <class T>
 struct Prepared {
   Tensor<T> x, probs, weight;
   const Problem* p;
-  ops::LossForward<T> fwd;
+  ops::ClassLossForward<T> fwd;
   const Tensor<T>* wp() const { return p->c.weighted ? &weight : nullptr; }
 };
 
@@ -647,7 +647,7 @@ harness::IntoCase into_case(const std::string& name, bool backward, Fwd fwd, Bwd
             struct State {
               Tensor<T> x{Shape{64, 100}}, dx{Shape{64, 100}}, loss{Shape{}}, dy{Shape{}, T(1)}, weight{Shape{100}, T(1.5)};
               Tensor<Index> target{Shape{64}};
-              ops::LossCache<T> cache;
+              ops::ClassLossCache<T> cache;
             };
             auto st = std::make_shared<State>();
             for (Index i = 0; i < st->x.size(); ++i) st->x[i] = T(static_cast<double>(i % 97) / 32);

@@ -183,6 +183,26 @@ inline check::ResultRow naive_moment_zero_row(const std::string& formula, const 
   return row;
 }
 
+/// One unit of float32 rounding, \f$u_{32} = 2^{-24}\f$: the allowances of the float32 rows below.
+inline constexpr double kU32 = 0x1p-24;
+
+/// \brief A float32 result on data with a large mean (the float32 mean kept as value + residual)
+/// against float64 on the same float32 input, within `units`·u32 of `scale`.
+/// \param got, want  the float32 result (as float64) and the float64 one, flat
+/// \param scale      the magnitude the allowance is a fraction of (max|y|, or dx's term scale)
+/// \param what       what is compared and on what data, e.g. "fused dx ... set means 1e4, ..."
+inline check::ResultRow large_mean_row(const std::string& formula, const std::string& test, const Shape& shape,
+                                       const Eigen::VectorXd& got, const Eigen::VectorXd& want, double scale,
+                                       double units, const std::string& what) {
+  check::ResultRow row{formula, test, "reference", "float32", "pitfall", i64(shape)};
+  check::fill(row, check::compare(got, want, check::Tolerance{units * kU32 * scale, 0.0}), {got.size()});
+  std::ostringstream note;
+  note << what << ": max abs error " << row.max_abs_err << " (scale " << scale
+       << "); the mean is kept as float32 value + residual";
+  row.note = note.str();
+  return row;
+}
+
 /// \brief The summary row of an ε-moment pitfall: `per_eps[k]` is \f$\max_c|\sum_i dx_i\hat x_i|/\varepsilon\f$
 /// for \f$\varepsilon = 10^{-1}, 10^{-3}, 10^{-5}\f$. The moment is proportional to ε while ε ≪ σ²
 /// (the test data have σ² ≥ 0.25), so the last two ratios agree within 1%; the first, where ε is

@@ -6,7 +6,8 @@
 /// What register_op() makes, with the test names it gives (`<op>` is `D::op`):
 /// - `<op>.forward`: `<op>/forward/matches_a_long_double_reference` (Jacobian and projection
 ///   cases) and `..._at_the_benchmark_shape(s)`, float64 and float32;
-/// - `<op>.dx`, `<op>.dx_fused`: `<op>/dx/staged_dx_matches_oracles`,
+/// - `<op>.dx`, `<op>.dx_fused` (`dx` is `d` and the name of the first input: `dweight` for
+///   embedding): `<op>/dx/staged_dx_matches_oracles`,
 ///   `<op>/dx_fused/fused_dx_matches_oracles`: full Jacobians (small cases) and random projections
 ///   (large cases) against all four oracles, float64 and float32;
 /// - `<op>.d<param>`: `<op>/params/d<param>_matches_oracles`, both passes;
@@ -56,6 +57,13 @@ std::string id(const std::string& term) {
 template <class D>
 std::string test_name(const std::string& rest) {
   return std::string(D::op) + "/" + rest;
+}
+/// The gradient of the first input, `d<name>`: `dx` for most ops, `dweight` for embedding (whose
+/// indices are not differentiable), `da` for matmul. Its formulas are `<op>.d<name>` (staged) and
+/// `<op>.d<name>_fused`.
+template <class D>
+std::string first_grad() {
+  return "d" + D::inputs().front().name;
 }
 
 /// A change made to a problem after it is sampled (e.g. a default hyper-parameter).
@@ -203,22 +211,25 @@ std::vector<ResultRow> staged_equals_fused_rows(const std::string& test, const t
   const Eigen::VectorXd fd = sup::as_f64(D::backward(*pd, p.w, Pass::fused)[0]);
   const Eigen::VectorXd ff = sup::as_f64(D::backward(*pf, p.w.template cast<float>(), Pass::fused)[0]);
   const double scale = D::dx_scale(*pd, p, p.w);
-  rows.push_back(sup::oracle_row({id<D>("dx_fused"), test, "staged_f64", "float64", "agreement", p.shape,
-                                  "fused dx against staged dx, both float64 (" + D::describe(p) + ")" + what},
+  const std::string g = first_grad<D>();
+  rows.push_back(sup::oracle_row({id<D>(g + "_fused"), test, "staged_f64", "float64", "agreement", p.shape,
+                                  "fused " + g + " against staged " + g + ", both float64 (" + D::describe(p) + ")" + what},
                                  check::Oracle::complex_step, fd, ref, {ref.size()}, scale));
-  rows.push_back(sup::oracle_row({id<D>("dx_fused"), test, "staged_f64", "float32", "agreement", p.shape,
-                                  "fused dx in float32 against staged dx in float64 (" + D::describe(p) + ")" + what},
+  rows.push_back(sup::oracle_row({id<D>(g + "_fused"), test, "staged_f64", "float32", "agreement", p.shape,
+                                  "fused " + g + " in float32 against staged " + g + " in float64 (" + D::describe(p) + ")" + what},
                                  check::Oracle::complex_step, ff, ref, {ref.size()}, scale));
   return rows;
 }
 
 /// \brief The negative-control table, one rule for every op: each term of the staged backward is
-/// dropped (×0) and flipped (×−1) in turn, and the staged dx is compared with the complex-step
-/// gradient of \f$L = \langle w, y\rangle\f$ under the float64 exact-oracle policy
-/// (check::tolerance_policy(), scale \f$\max_i|n_i|\f$) on the ablation cases. A term must be
-/// caught (some element outside the tolerance), except a term derived to be zero, which must
-/// not be caught *and* must change dx by no more than a few units of float64 rounding of the
-/// largest dx (\f$8\epsilon\max|dx|\f$).
+/// dropped (×0) and flipped (×−1) in turn, and the staged gradient of every input (dx and each
+/// parameter's) is compared with the complex-step gradient of \f$L = \langle w, y\rangle\f$ in
+/// that input under the float64 exact-oracle policy (check::tolerance_policy(), scale
+/// \f$\max_i|n_i|\f$) on the ablation cases. A term must be caught (some element of some
+/// gradient outside the tolerance), except a term derived to be zero, which must not be caught
+/// *and* must change the gradients by no more than a few units of float64 rounding of their
+/// largest element (\f$8\epsilon\max|g|\f$). (A term of a parameter's gradient, such as linear's
+/// \f$dW\f$, is caught through that gradient; dx alone would not show it.)
 template <class D>
 std::vector<check::AblationRow> ablation() {
   std::vector<check::AblationRow> out;
@@ -235,25 +246,31 @@ std::vector<check::AblationRow> ablation() {
         const auto pd = D::template prepare<double>(p);
         typename D::Terms scales;
         scales.*(t.scale) = drop ? 0.0 : -1.0;
-        const Eigen::VectorXd dx = sup::as_f64(D::backward(*pd, p.w, Pass::staged, scales)[0]);
-        const Eigen::VectorXd ref = sup::as_f64(D::backward(*pd, p.w, Pass::staged)[0]);
-        const Eigen::VectorXd numeric =
-            check::jacobian(check::Oracle::complex_step, loss_of<D>(p, 0), sup::as_f64(D::input(p, 0))).row(0).transpose();
-        const auto cmp = check::compare(dx, numeric,
-                                        check::tolerance_policy("float64", check::Oracle::complex_step,
-                                                                numeric.cwiseAbs().maxCoeff()));
-        row.caught = row.caught || !cmp.passed;
-        row.max_abs_err = std::max(row.max_abs_err, cmp.max_abs_err);
-        max_change = std::max(max_change, (dx - ref).cwiseAbs().maxCoeff());
-        ref_scale = std::max(ref_scale, ref.cwiseAbs().maxCoeff());
+        const auto ablated = D::backward(*pd, p.w, Pass::staged, scales);
+        const auto correct = D::backward(*pd, p.w, Pass::staged);
+        for (std::size_t k = 0; k < D::inputs().size(); ++k) {
+          const Eigen::VectorXd g = sup::as_f64(ablated[k]), ref = sup::as_f64(correct[k]);
+          const Eigen::VectorXd numeric =
+              check::jacobian(check::Oracle::complex_step, loss_of<D>(p, k), sup::as_f64(D::input(p, k))).row(0).transpose();
+          const double scale = ref.size() ? ref.cwiseAbs().maxCoeff() : 0.0;
+          const auto cmp = check::compare(g, numeric,
+                                          check::tolerance_policy("float64", check::Oracle::complex_step,
+                                                                  numeric.cwiseAbs().maxCoeff()));
+          row.caught = row.caught || !cmp.passed;
+          row.max_abs_err = std::max(row.max_abs_err, cmp.max_abs_err);
+          max_change = std::max(max_change, (g - ref).cwiseAbs().maxCoeff());
+          ref_scale = std::max(ref_scale, scale);
+        }
       }
       row.max_rel_err = row.max_abs_err / ref_scale;
       const double rounding = 8 * std::numeric_limits<double>::epsilon() * ref_scale;
       std::ostringstream note;
-      note << "staged dx with the term " << (drop ? "set to 0" : "sign-flipped")
+      const std::string grads = D::inputs().size() == 1 ? "d" + D::inputs()[0].name : "gradients of every input";
+      note << "staged " << grads << " with the term " << (drop ? "set to 0" : "sign-flipped")
            << ", against the complex-step gradient of L = <w, y> on shapes " << shapes
-           << "; largest change of dx from the correct staged dx: " << max_change;
-      if (t.zero) note << " (must be at most " << rounding << ", 8 units of float64 rounding of the largest dx)";
+           << "; largest change from the correct staged backward: " << max_change;
+      if (t.zero)
+        note << " (must be at most " << rounding << ", 8 units of float64 rounding of the largest element)";
       row.note = note.str();
       row.passed = row.caught == row.expected_caught && (row.expected_caught || max_change <= rounding);
       out.push_back(row);
@@ -353,18 +370,19 @@ void register_op(catalog::Registry& r) {
             return rows;
           });
   }
-  c.add(id<D>("dx"), test_name<D>("dx/staged_dx_matches_oracles"),
-        [](const std::string& t) { return dx_against_oracles<D>(id<D>("dx"), t, Pass::staged); });
-  c.add(id<D>("dx_fused"), test_name<D>("dx_fused/fused_dx_matches_oracles"),
-        [](const std::string& t) { return dx_against_oracles<D>(id<D>("dx_fused"), t, Pass::fused); });
-  c.add(id<D>("dx_fused"), test_name<D>("dx_fused/fused_agrees_with_staged"), [&cases](const std::string& t) {
+  const std::string g = first_grad<D>(), gf = g + "_fused";
+  c.add(id<D>(g), test_name<D>(g + "/staged_" + g + "_matches_oracles"),
+        [g](const std::string& t) { return dx_against_oracles<D>(id<D>(g), t, Pass::staged); });
+  c.add(id<D>(gf), test_name<D>(gf + "/fused_" + g + "_matches_oracles"),
+        [gf](const std::string& t) { return dx_against_oracles<D>(id<D>(gf), t, Pass::fused); });
+  c.add(id<D>(gf), test_name<D>(gf + "/fused_agrees_with_staged"), [&cases](const std::string& t) {
     const auto f = [](const std::string& tt, const typename D::Problem& p) {
       return staged_equals_fused_rows<D>(tt, p, "");
     };
     return over<D>(t, Salt::agreement, f, {&cases.jacobian, &cases.projection});
   });
   if (!cases.benchmark.empty()) {
-    c.add(id<D>("dx_fused"), test_name<D>("dx_fused/fused_float32_matches_staged_float64" + benchmark_suffix<D>()),
+    c.add(id<D>(gf), test_name<D>(gf + "/fused_float32_matches_staged_float64" + benchmark_suffix<D>()),
           [&cases](const std::string& t) {
             std::vector<ResultRow> rows;
             for (const auto& bc : cases.benchmark) {

@@ -27,6 +27,7 @@
 #pragma once
 
 #include "gradproof/ops/log_softmax.hpp"
+#include "gradproof/ops/losses.hpp"
 
 #include <cmath>
 #include <limits>
@@ -35,8 +36,7 @@
 
 namespace gradproof::ops {
 
-/// How the per-sample losses are reduced (PyTorch's `reduction`; the values of `at::Reduction`).
-enum class Reduction { none = 0, mean = 1, sum = 2 };
+// Reduction (none, mean, sum: the values 0, 1, 2 of `at::Reduction`) is the losses' (ops/losses.hpp).
 
 /// Hyper-parameters of nll_loss (PyTorch's names and defaults).
 struct NllLossConfig {
@@ -53,7 +53,7 @@ struct CrossEntropyConfig {
 
 /// What the backward passes need from the forward pass (both losses).
 template <class Scalar>
-struct LossCache {
+struct ClassLossCache {
   Shape shape;            ///< shape of the input
   AxisRows rows;          ///< the samples: rows along the class axis
   Tensor<Scalar> max;     ///< `(R)`: cross-entropy's shift \f$m_r\f$ (empty for NLL)
@@ -66,14 +66,14 @@ struct LossCache {
 
 /// Output of a forward pass: the loss and the cache for backward.
 template <class Scalar>
-struct LossForward {
+struct ClassLossForward {
   Tensor<Scalar> loss;      ///< `()` for mean and sum, the target's shape for none
-  LossCache<Scalar> cache;  ///< per-sample statistics
+  ClassLossCache<Scalar> cache;  ///< per-sample statistics
 };
 
 /// Gradient of the loss with respect to the input (targets and weights are constants).
 template <class Scalar>
-struct LossGrads {
+struct ClassLossGrads {
   Tensor<Scalar> dx;  ///< shape of the input
 };
 
@@ -209,7 +209,7 @@ inline Shape loss_shape(const Shape& target_shape, Reduction red) {
 
 /// The reduction of the per-sample losses ℓ into `loss`, and the divisor D into the cache.
 template <class Scalar, class Ell>
-void reduce(const Targets<Scalar>& t, Reduction red, const Ell& ell, Tensor<Scalar>& loss, LossCache<Scalar>& cache) {
+void reduce(const Targets<Scalar>& t, Reduction red, const Ell& ell, Tensor<Scalar>& loss, ClassLossCache<Scalar>& cache) {
   const Index R = t.rows.R();
   cache.reduction = red;
   if (red == Reduction::none) {
@@ -225,7 +225,7 @@ void reduce(const Targets<Scalar>& t, Reduction red, const Ell& ell, Tensor<Scal
 }
 
 template <class Scalar>
-void prepare_cache(LossCache<Scalar>& cache, const Shape& shape, const AxisRows& rows, bool softmax) {
+void prepare_cache(ClassLossCache<Scalar>& cache, const Shape& shape, const AxisRows& rows, bool softmax) {
   const Index R = rows.R();
   if (!same_shape(cache.shape, shape)) cache.shape = shape;
   cache.rows = rows;
@@ -240,7 +240,7 @@ void prepare_cache(LossCache<Scalar>& cache, const Shape& shape, const AxisRows&
 /// g_r = ∂L/∂ℓ_r: dy_r (none), dy (sum), dy / D (mean); 0 for an ignored sample (whose ℓ_r is a
 /// constant 0, so that 0/0 at D = 0 gives a zero gradient, as PyTorch's).
 template <class Scalar>
-Scalar upstream(const Tensor<Scalar>& dy, const LossCache<Scalar>& cache, const Targets<Scalar>& t, Index r) {
+Scalar upstream(const Tensor<Scalar>& dy, const ClassLossCache<Scalar>& cache, const Targets<Scalar>& t, Index r) {
   if (t.ignored(r)) return Scalar(0);
   if (cache.reduction == Reduction::none) return dy[r];
   return cache.reduction == Reduction::mean ? dy[0] / cache.divisor : dy[0];
@@ -253,7 +253,7 @@ void check_loss(const Tensor<Scalar>& loss, const Shape& in, Reduction red, cons
 }
 
 template <class Scalar>
-void check_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, const LossCache<Scalar>& cache, const char* op) {
+void check_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, const ClassLossCache<Scalar>& cache, const char* op) {
   if (!same_shape(x.shape(), cache.shape) || cache.qsum.size() != cache.rows.R()) {
     std::ostringstream msg;
     msg << op << ": cache was made for an input of shape " << to_string(cache.shape) << " but input has shape "
@@ -279,7 +279,7 @@ void check_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, const Los
 ///         not of shape `(C)`, or `loss` of the wrong shape.
 template <class Scalar>
 void nll_loss_forward_into(const Tensor<Scalar>& input, const Tensor<Index>& target, Opt<const Tensor<Scalar>> weight,
-                           const NllLossConfig& cfg, Tensor<Scalar>& loss, LossCache<Scalar>& cache) {
+                           const NllLossConfig& cfg, Tensor<Scalar>& loss, ClassLossCache<Scalar>& cache) {
   const auto t = detail::xent::index_targets<Scalar>(input.shape(), target, weight, cfg.ignore_index, 0.0, "nll_loss");
   detail::xent::check_loss(loss, input.shape(), cfg.reduction, "nll_loss");
   detail::xent::prepare_cache(cache, input.shape(), t.rows, false);
@@ -295,9 +295,9 @@ void nll_loss_forward_into(const Tensor<Scalar>& input, const Tensor<Index>& tar
 
 /// \brief NLL forward (allocating wrapper of nll_loss_forward_into()).
 template <class Scalar>
-LossForward<Scalar> nll_loss_forward(const Tensor<Scalar>& input, const Tensor<Index>& target,
+ClassLossForward<Scalar> nll_loss_forward(const Tensor<Scalar>& input, const Tensor<Index>& target,
                                      Opt<const Tensor<Scalar>> weight = nullptr, const NllLossConfig& cfg = {}) {
-  LossForward<Scalar> out{Tensor<Scalar>(detail::xent::loss_shape(target.shape(), cfg.reduction)), {}};
+  ClassLossForward<Scalar> out{Tensor<Scalar>(detail::xent::loss_shape(target.shape(), cfg.reduction)), {}};
   nll_loss_forward_into(input, target, weight, cfg, out.loss, out.cache);
   return out;
 }
@@ -311,13 +311,13 @@ LossForward<Scalar> nll_loss_forward(const Tensor<Scalar>& input, const Tensor<I
 /// \param scales  term scales for negative controls
 /// \throws InvalidArgument if an argument does not match the forward's.
 template <class Scalar>
-LossGrads<Scalar> nll_loss_backward_staged(const Tensor<Scalar>& dy, const Tensor<Scalar>& input,
+ClassLossGrads<Scalar> nll_loss_backward_staged(const Tensor<Scalar>& dy, const Tensor<Scalar>& input,
                                            const Tensor<Index>& target, Opt<const Tensor<Scalar>> weight,
-                                           const LossCache<Scalar>& cache, Index ignore_index = -100,
+                                           const ClassLossCache<Scalar>& cache, Index ignore_index = -100,
                                            const NllLossTermScales& scales = {}) {
   detail::xent::check_backward(dy, input, cache, "nll_loss");
   const auto t = detail::xent::index_targets<Scalar>(input.shape(), target, weight, ignore_index, 0.0, "nll_loss");
-  LossGrads<Scalar> g{Tensor<Scalar>(input.shape(), Scalar(0))};
+  ClassLossGrads<Scalar> g{Tensor<Scalar>(input.shape(), Scalar(0))};
   for (Index r = 0; r < t.rows.R(); ++r) {
     // Step 1. The reduction: ℓ_r reaches L with weight 1 (none, sum) or 1/D (mean).
     //! [nll_loss.dreduce]
@@ -350,7 +350,7 @@ LossGrads<Scalar> nll_loss_backward_staged(const Tensor<Scalar>& dy, const Tenso
 /// \throws InvalidArgument on mismatched shapes.
 template <class Scalar>
 void nll_loss_backward_into(const Tensor<Scalar>& dy, const Tensor<Index>& target, Opt<const Tensor<Scalar>> weight,
-                            const LossCache<Scalar>& cache, Tensor<Scalar>& dx, Index ignore_index = -100) {
+                            const ClassLossCache<Scalar>& cache, Tensor<Scalar>& dx, Index ignore_index = -100) {
   detail::xent::check_backward(dy, dx, cache, "nll_loss");
   const auto t = detail::xent::index_targets<Scalar>(cache.shape, target, weight, ignore_index, 0.0, "nll_loss");
   std::fill(dx.data(), dx.data() + dx.size(), Scalar(0));
@@ -365,10 +365,10 @@ void nll_loss_backward_into(const Tensor<Scalar>& dy, const Tensor<Index>& targe
 
 /// \brief NLL fused backward (allocating wrapper of nll_loss_backward_into()).
 template <class Scalar>
-LossGrads<Scalar> nll_loss_backward(const Tensor<Scalar>& dy, const Tensor<Index>& target,
-                                    Opt<const Tensor<Scalar>> weight, const LossCache<Scalar>& cache,
+ClassLossGrads<Scalar> nll_loss_backward(const Tensor<Scalar>& dy, const Tensor<Index>& target,
+                                    Opt<const Tensor<Scalar>> weight, const ClassLossCache<Scalar>& cache,
                                     Index ignore_index = -100) {
-  LossGrads<Scalar> g{Tensor<Scalar>(cache.shape)};
+  ClassLossGrads<Scalar> g{Tensor<Scalar>(cache.shape)};
   nll_loss_backward_into(dy, target, weight, cache, g.dx, ignore_index);
   return g;
 }
@@ -406,7 +406,7 @@ Targets<Scalar> prob_targets(const Shape& shape, const Tensor<Scalar>& target, O
 /// The forward of cross-entropy for either kind of target.
 template <class Scalar>
 void ce_forward(const Tensor<Scalar>& x, const Targets<Scalar>& t, Reduction red, Tensor<Scalar>& loss,
-                LossCache<Scalar>& cache) {
+                ClassLossCache<Scalar>& cache) {
   using detail::softmax::real_value;
   using std::exp;
   using std::log;
@@ -442,14 +442,14 @@ void ce_forward(const Tensor<Scalar>& x, const Targets<Scalar>& t, Reduction red
 }
 
 template <class Scalar>
-LossGrads<Scalar> ce_backward_staged(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, const Targets<Scalar>& t,
-                                     const LossCache<Scalar>& cache, const CrossEntropyTermScales& scales,
+ClassLossGrads<Scalar> ce_backward_staged(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, const Targets<Scalar>& t,
+                                     const ClassLossCache<Scalar>& cache, const CrossEntropyTermScales& scales,
                                      CrossEntropyStagedTrace<Scalar>* trace) {
   using std::exp;
   check_backward(dy, x, cache, "cross_entropy");
   const AxisRows& a = cache.rows;
   const Index R = a.R(), C = a.M;
-  LossGrads<Scalar> g{Tensor<Scalar>(x.shape())};
+  ClassLossGrads<Scalar> g{Tensor<Scalar>(x.shape())};
   CrossEntropyStagedTrace<Scalar> tr{Tensor<Scalar>({R}), Tensor<Scalar>(x.shape()), Tensor<Scalar>({R}),
                                      Tensor<Scalar>(x.shape()), Tensor<Scalar>({R})};
   for (Index r = 0; r < R; ++r) {
@@ -501,7 +501,7 @@ LossGrads<Scalar> ce_backward_staged(const Tensor<Scalar>& dy, const Tensor<Scal
 
 template <class Scalar>
 void ce_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, const Targets<Scalar>& t,
-                      const LossCache<Scalar>& cache, Tensor<Scalar>& dx) {
+                      const ClassLossCache<Scalar>& cache, Tensor<Scalar>& dx) {
   using std::exp;
   check_backward(dy, x, cache, "cross_entropy");
   require_shape(dx, cache.shape, "cross_entropy", "dx (output)");
@@ -540,7 +540,7 @@ void ce_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, const T
 template <class Scalar>
 void cross_entropy_forward_into(const Tensor<Scalar>& input, const Tensor<Index>& target,
                                 Opt<const Tensor<Scalar>> weight, const CrossEntropyConfig& cfg,
-                                Tensor<Scalar>& loss, LossCache<Scalar>& cache) {
+                                Tensor<Scalar>& loss, ClassLossCache<Scalar>& cache) {
   detail::xent::check_smoothing(cfg.label_smoothing);
   const auto t = detail::xent::index_targets<Scalar>(input.shape(), target, weight, cfg.ignore_index,
                                                      cfg.label_smoothing, "cross_entropy");
@@ -560,7 +560,7 @@ void cross_entropy_forward_into(const Tensor<Scalar>& input, const Tensor<Index>
 template <class Scalar>
 void cross_entropy_forward_into(const Tensor<Scalar>& input, const Tensor<Scalar>& target,
                                 Opt<const Tensor<Scalar>> weight, const CrossEntropyConfig& cfg,
-                                Tensor<Scalar>& loss, LossCache<Scalar>& cache) {
+                                Tensor<Scalar>& loss, ClassLossCache<Scalar>& cache) {
   const auto t = detail::xent::prob_targets<Scalar>(input.shape(), target, weight, cfg);
   detail::xent::check_loss(loss, input.shape(), cfg.reduction, "cross_entropy");
   detail::xent::ce_forward(input, t, cfg.reduction, loss, cache);
@@ -569,10 +569,10 @@ void cross_entropy_forward_into(const Tensor<Scalar>& input, const Tensor<Scalar
 /// \brief Cross-entropy forward (allocating wrapper); `Target` is `Tensor<Index>` (class indices)
 /// or `Tensor<Scalar>` (class probabilities).
 template <class Scalar, class Target>
-LossForward<Scalar> cross_entropy_forward(const Tensor<Scalar>& input, const Target& target,
+ClassLossForward<Scalar> cross_entropy_forward(const Tensor<Scalar>& input, const Target& target,
                                           Opt<const Tensor<Scalar>> weight = nullptr,
                                           const CrossEntropyConfig& cfg = {}) {
-  LossForward<Scalar> out{Tensor<Scalar>(detail::xent::loss_shape(detail::xent::target_shape(input.shape()), cfg.reduction)), {}};
+  ClassLossForward<Scalar> out{Tensor<Scalar>(detail::xent::loss_shape(detail::xent::target_shape(input.shape()), cfg.reduction)), {}};
   cross_entropy_forward_into(input, target, weight, cfg, out.loss, out.cache);
   return out;
 }
@@ -602,9 +602,9 @@ Targets<Scalar> targets_of(const Tensor<Scalar>& input, const Tensor<Scalar>& ta
 /// \param trace   if not `nullptr`, receives the intermediate terms
 /// \throws InvalidArgument if an argument does not match the forward's.
 template <class Scalar, class Target>
-LossGrads<Scalar> cross_entropy_backward_staged(const Tensor<Scalar>& dy, const Tensor<Scalar>& input,
+ClassLossGrads<Scalar> cross_entropy_backward_staged(const Tensor<Scalar>& dy, const Tensor<Scalar>& input,
                                                 const Target& target, Opt<const Tensor<Scalar>> weight,
-                                                const CrossEntropyConfig& cfg, const LossCache<Scalar>& cache,
+                                                const CrossEntropyConfig& cfg, const ClassLossCache<Scalar>& cache,
                                                 const CrossEntropyTermScales& scales = {},
                                                 CrossEntropyStagedTrace<Scalar>* trace = nullptr) {
   return detail::xent::ce_backward_staged(dy, input, detail::xent::targets_of(input, target, weight, cfg), cache,
@@ -624,16 +624,16 @@ LossGrads<Scalar> cross_entropy_backward_staged(const Tensor<Scalar>& dy, const 
 template <class Scalar, class Target>
 void cross_entropy_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& input, const Target& target,
                                  Opt<const Tensor<Scalar>> weight, const CrossEntropyConfig& cfg,
-                                 const LossCache<Scalar>& cache, Tensor<Scalar>& dx) {
+                                 const ClassLossCache<Scalar>& cache, Tensor<Scalar>& dx) {
   detail::xent::ce_backward_into(dy, input, detail::xent::targets_of(input, target, weight, cfg), cache, dx);
 }
 
 /// \brief Cross-entropy fused backward (allocating wrapper of cross_entropy_backward_into()).
 template <class Scalar, class Target>
-LossGrads<Scalar> cross_entropy_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& input, const Target& target,
+ClassLossGrads<Scalar> cross_entropy_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& input, const Target& target,
                                          Opt<const Tensor<Scalar>> weight, const CrossEntropyConfig& cfg,
-                                         const LossCache<Scalar>& cache) {
-  LossGrads<Scalar> g{Tensor<Scalar>(input.shape())};
+                                         const ClassLossCache<Scalar>& cache) {
+  ClassLossGrads<Scalar> g{Tensor<Scalar>(input.shape())};
   cross_entropy_backward_into(dy, input, target, weight, cfg, cache, g.dx);
   return g;
 }
