@@ -22,6 +22,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/batch_norm.h>
 #include <ATen/ops/binary_cross_entropy_with_logits.h>
+#include <ATen/ops/cross_entropy_loss.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/group_norm.h>
 #include <ATen/ops/huber_loss.h>
@@ -29,9 +30,11 @@
 #include <ATen/ops/embedding.h>
 #include <ATen/ops/layer_norm.h>
 #include <ATen/ops/linear.h>
+#include <ATen/ops/log_softmax.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/mean.h>
 #include <ATen/ops/mse_loss.h>
+#include <ATen/ops/nll_loss_nd.h>
 #include <ATen/ops/rsqrt.h>
 #include <ATen/ops/smooth_l1_loss.h>
 #include <ATen/ops/softmax.h>
@@ -73,6 +76,17 @@ std::vector<std::int64_t> trailing(const at::Tensor& x, std::int64_t n) {
 
 // ---- The torch forward of every op: y from the inputs (x first, then the parameters). ---------
 at::Tensor to_torch(const TensorD& t);
+
+// The class-index or class-probability target of a loss (its constant "target").
+at::Tensor target_of(const PlainProblem& p) {
+  const at::Tensor t = to_torch(p.constant("target"));
+  return p.option("probabilities") != 0 ? t : t.to(at::kLong);
+}
+// The class weights of a cross-entropy or NLL problem, or None when it has none.
+c10::optional<at::Tensor> weight_of(const PlainProblem& p) {
+  if (p.option("weighted") == 0) return c10::nullopt;
+  return to_torch(p.constant("weight"));
+}
 
 // A constant of the problem (weight, pos_weight) as a torch tensor, or an undefined one (None).
 c10::optional<at::Tensor> constant_or_none(const PlainProblem& p, const std::string& name) {
@@ -124,6 +138,18 @@ const std::map<std::string, TorchForward>& torch_forwards() {
       {"softmax", [](const auto& in, const PlainProblem& p) {
          return at::softmax(in[0], static_cast<std::int64_t>(p.option("dim")));
        }},
+      {"log_softmax", [](const auto& in, const PlainProblem& p) {
+         return at::log_softmax(in[0], static_cast<std::int64_t>(p.option("dim")));
+       }},
+      // reduction: at::Reduction's values (none 0, mean 1, sum 2), as gradproof's ops::Reduction.
+      {"nll_loss", [](const auto& in, const PlainProblem& p) {
+         return at::nll_loss_nd(in[0], target_of(p), weight_of(p), static_cast<std::int64_t>(p.option("reduction")),
+                                static_cast<std::int64_t>(p.option("ignore_index")));
+       }},
+      {"cross_entropy", [](const auto& in, const PlainProblem& p) {
+         return at::cross_entropy_loss(in[0], target_of(p), weight_of(p), static_cast<std::int64_t>(p.option("reduction")),
+                                       static_cast<std::int64_t>(p.option("ignore_index")), p.option("label_smoothing"));
+       }},
       // libtorch 1.13 has no rms_norm (added in 2.4): the forward composed of its primitives.
       {"rms", [](const auto& in, const PlainProblem& p) {
          const auto axes = trailing(in[0], static_cast<std::int64_t>(p.option("normalized_ndim")));
@@ -153,6 +179,7 @@ const std::map<std::string, TorchForward>& torch_forwards() {
        }},
       {"smooth_l1_loss", [](const auto& in, const PlainProblem& p) {
          return at::smooth_l1_loss(in[0], in[1], static_cast<std::int64_t>(p.option("reduction")), p.option("beta"));
+       }},
       {"leaky_relu", [](const auto& in, const PlainProblem& p) { return at::leaky_relu(in[0], p.option("negative_slope")); }},
       {"elu", [](const auto& in, const PlainProblem& p) { return at::elu(in[0], p.option("alpha")); }},
       {"gelu", [](const auto& in, const PlainProblem& p) {

@@ -19,7 +19,7 @@ struct Softmax {
   static constexpr const char* op = "softmax";
   static const harness::Formulas& formulas() {
     static const harness::Formulas f = {
-        {"softmax.forward", "Softmax forward: y = exp(x − m) / Σ exp(x − m) over the last axis, m = max x"},
+        {"softmax.forward", "Softmax forward: y = exp(x − m) / Σ exp(x − m) along dim, m = max x"},
         {"softmax.dl_de", "∂L/∂eⱼ (direct edge, s held fixed) = dyⱼ / s"},
         {"softmax.dl_ds", "∂L/∂s = −Σⱼ dyⱼ eⱼ / s²"},
         {"softmax.dl_dz", "∂L/∂zⱼ = eⱼ (∂L/∂eⱼ + ∂L/∂s), z = x − m"},
@@ -31,22 +31,28 @@ struct Softmax {
 
   struct Case {
     Shape shape;
+    Index dim = -1;
   };
   static const harness::Cases<Case>& cases() {
-    static const harness::Cases<Case> c = {.jacobian = {{{4, 6}}, {{3, 2, 5}}, {{1, 7}}, {{2, 1}}, {{5, 2}}},
-                                           .projection = {{{16, 128}}, {{4, 8, 32}}},
-                                           .ablation = {{{4, 6}}, {{3, 2, 5}}, {{1, 7}}},
+    static const harness::Cases<Case> c = {.jacobian = {{{4, 6}}, {{3, 2, 5}}, {{1, 7}}, {{2, 1}}, {{5, 2}},
+                                                        {{3, 4, 2}, 1}, {{4, 3}, 0}, {{2, 3, 4}, -3}},
+                                           .projection = {{{16, 128}}, {{4, 8, 32}}, {{8, 32, 6}, -2}},
+                                           .ablation = {{{4, 6}}, {{3, 2, 5}}, {{1, 7}}, {{3, 4, 2}, 1}},
                                            .benchmark = {{{4096, 1024}}}};
     return c;
   }
   struct Problem {
     Shape shape;
+    Index dim;
     TensorD x, w;
-    Index M() const { return shape.back(); }
+    ops::AxisRows rows() const { return ops::axis_rows(shape, dim, "softmax", "x"); }
+    Index M() const { return rows().M; }
+    Index R() const { return rows().R(); }
   };
   static std::uint64_t seed(const Case& c) {
     std::uint64_t h = 1469598103934665603ull;
     for (Index v : c.shape) h = (h ^ static_cast<std::uint64_t>(v)) * 1099511628211ull;
+    if (c.dim != -1) h = (h ^ static_cast<std::uint64_t>(c.dim + 64)) * 1099511628211ull;
     return h;
   }
   static constexpr std::uint64_t benchmark_seed = 4096;
@@ -55,18 +61,18 @@ struct Softmax {
   // (StepPolicy), but softmax's features have size one at any offset (y is shift-invariant), so at
   // x ≈ 50 Richardson's h⁴ error is 7e-9, above its 1.4e-9 allowance. Far rows are the pitfall's.
   static Problem problem(const Case& c, std::uint64_t seed) {
-    Problem p{c.shape, TensorD(c.shape), TensorD(c.shape)};
+    Problem p{c.shape, c.dim, TensorD(c.shape), TensorD(c.shape)};
     Rng rng(seed);
-    const Index M = p.M();
-    for (Index r = 0; r < p.x.size() / M; ++r) {
+    const ops::AxisRows a = p.rows();
+    for (Index r = 0; r < a.R(); ++r) {
       const double offset = r % 3 == 1 ? rng.uniform(3, 6) : rng.uniform(-3, 3);
-      for (Index j = 0; j < M; ++j) p.x[r * M + j] = rng.normal(offset, 1.5);
+      for (Index j = 0; j < a.M; ++j) p.x[a.at(r, j)] = rng.normal(offset, 1.5);
     }
     p.w = rng.normal_tensor(c.shape);
     return p;
   }
   static std::string describe(const Problem& p) {
-    return "softmax over the last axis, " + std::to_string(p.x.size() / p.M()) + " rows of " + std::to_string(p.M());
+    return "softmax over dim " + std::to_string(p.dim) + ", " + std::to_string(p.R()) + " rows of " + std::to_string(p.M());
   }
 
   static const harness::Inputs& inputs() {
@@ -74,23 +80,29 @@ struct Softmax {
     return in;
   }
   static const TensorD& input(const Problem& p, std::size_t) { return p.x; }
-  static std::vector<std::pair<std::string, double>> options(const Problem&) { return {{"dim", -1}}; }
-  // gradproof check: softmax over the last axis only (dim = -1 or rank - 1).
+  static std::vector<std::pair<std::string, double>> options(const Problem& p) {
+    return {{"dim", static_cast<double>(p.dim)}};
+  }
+  // gradproof check: softmax over any axis dim in [-rank, rank), as PyTorch (default -1).
   static Problem from_arrays(const std::vector<TensorD>& in, const TensorD& dy,
                              const std::vector<std::pair<std::string, double>>& options) {
     const TensorD& x = in.at(0);
+    Index dim = -1;
     for (const auto& [k, v] : options)
-      if (k == "dim" && v != -1 && v != static_cast<double>(x.rank() - 1))
-        throw InvalidArgument("softmax: dim must be the last axis (-1 or " + std::to_string(x.rank() - 1) +
-                              "); got " + std::to_string(static_cast<long long>(v)));
+      if (k == "dim") {
+        if (v != std::floor(v)) throw InvalidArgument("softmax: dim must be an integer; got " + std::to_string(v));
+        dim = static_cast<Index>(v);
+      }
     if (x.rank() < 1 || x.empty()) throw InvalidArgument("softmax: x must not be empty; got shape " + to_string(x.shape()));
     if (dy.shape() != x.shape())
       throw InvalidArgument("softmax: dy must have the shape of x " + to_string(x.shape()) + "; got " + to_string(dy.shape()));
-    return Problem{x.shape(), x, dy};
+    Problem p{x.shape(), dim, x, dy};
+    p.rows();  // refuses a dim outside [-rank, rank), naming it
+    return p;
   }
   template <class S>
-  static Tensor<S> forward(const Problem&, const std::vector<Tensor<S>>& in) {
-    return ops::softmax_forward(in[0]).y;
+  static Tensor<S> forward(const Problem& p, const std::vector<Tensor<S>>& in) {
+    return ops::softmax_forward(in[0], {p.dim}).y;
   }
   template <class T>
   struct Prepared {
@@ -100,7 +112,7 @@ struct Softmax {
   template <class T>
   static std::shared_ptr<const Prepared<T>> prepare(const Problem& p) {
     Tensor<T> x = p.x.cast<T>();
-    auto fwd = ops::softmax_forward(x);
+    auto fwd = ops::softmax_forward(x, {p.dim});
     return std::make_shared<const Prepared<T>>(Prepared<T>{std::move(x), std::move(fwd)});
   }
   template <class T>
@@ -127,12 +139,13 @@ struct Softmax {
   // Per row, y in long double (a ratio of positive sums: no cancellation, so its scale is max y).
   static Eigen::VectorXd reference(const Problem& p, double& scale) {
     Eigen::VectorXd y(p.x.size());
-    const Index M = p.M();
-    for (Index o = 0; o < p.x.size(); o += M) {
-      long double m = p.x[o], s = 0;
-      for (Index j = 1; j < M; ++j) m = std::max<long double>(m, p.x[o + j]);
-      for (Index j = 0; j < M; ++j) s += std::exp(static_cast<long double>(p.x[o + j]) - m);
-      for (Index j = 0; j < M; ++j) y[o + j] = static_cast<double>(std::exp(static_cast<long double>(p.x[o + j]) - m) / s);
+    const ops::AxisRows a = p.rows();
+    for (Index r = 0; r < a.R(); ++r) {
+      const auto x = [&](Index j) { return static_cast<long double>(p.x[a.at(r, j)]); };
+      long double m = x(0), s = 0;
+      for (Index j = 1; j < a.M; ++j) m = std::max(m, x(j));
+      for (Index j = 0; j < a.M; ++j) s += std::exp(x(j) - m);
+      for (Index j = 0; j < a.M; ++j) y[a.at(r, j)] = static_cast<double>(std::exp(x(j) - m) / s);
     }
     scale = y.cwiseAbs().maxCoeff();
     return y;
@@ -147,25 +160,32 @@ struct Softmax {
                                  const Eigen::VectorXd& u) {
     double total = 0;
     const auto& y = pd.fwd.y;
-    for (Index o = 0; o < y.size(); o += p.M()) {
+    const ops::AxisRows a = p.rows();
+    for (Index r = 0; r < a.R(); ++r) {
       double vyu = 0, vy = 0, yu = 0;
-      for (Index j = o; j < o + p.M(); ++j) vyu += std::abs(v[j] * y[j] * u[j]), vy += v[j] * y[j], yu += y[j] * u[j];
+      for (Index k = 0; k < a.M; ++k) {
+        const Index j = a.at(r, k);
+        vyu += std::abs(v[j] * y[j] * u[j]), vy += v[j] * y[j], yu += y[j] * u[j];
+      }
       total += vyu + std::abs(vy * yu);
     }
     return total;
   }
   // dxⱼ = yⱼ(dyⱼ − ⟨dy, y⟩): the size of its terms, yⱼ(|dyⱼ| + Σ|dy|y).
-  static Eigen::VectorXd term_magnitudes(const TensorD& y, const TensorD& dy, Index M) {
+  static Eigen::VectorXd term_magnitudes(const TensorD& y, const TensorD& dy, const ops::AxisRows& rows) {
     Eigen::VectorXd t(y.size());
-    for (Index o = 0; o < y.size(); o += M) {
+    for (Index r = 0; r < rows.R(); ++r) {
       double a = 0;
-      for (Index j = o; j < o + M; ++j) a += std::abs(dy[j]) * y[j];
-      for (Index j = o; j < o + M; ++j) t[j] = y[j] * (std::abs(dy[j]) + a);
+      for (Index k = 0; k < rows.M; ++k) a += std::abs(dy[rows.at(r, k)]) * y[rows.at(r, k)];
+      for (Index k = 0; k < rows.M; ++k) {
+        const Index j = rows.at(r, k);
+        t[j] = y[j] * (std::abs(dy[j]) + a);
+      }
     }
     return t;
   }
   static double dx_scale(const Prepared<double>& pd, const Problem& p, const TensorD& dy) {
-    return term_magnitudes(pd.fwd.y, dy, p.M()).maxCoeff();
+    return term_magnitudes(pd.fwd.y, dy, p.rows()).maxCoeff();
   }
 
   static std::vector<harness::BadInput> bad_inputs();
@@ -187,7 +207,7 @@ struct TermSetup {
     ops::softmax_backward_staged(p.w, pd->x, pd->fwd.cache, {}, &td);
     ops::softmax_backward_staged(p.w.cast<float>(), pf->x, pf->fwd.cache, {}, &tf);
   }
-  Index row(Index i) const { return i / p.M(); }
+  Index row(Index i) const { return pd->fwd.cache.rows.row_of(i); }
   double e(Index i) const { return std::exp(p.x[i] - pd->fwd.cache.max[row(i)]); }
   // L = Σ wⱼ eⱼ / s_r as a function of e (s given) or of s (e given).
   template <class S, class E, class Sum>
@@ -239,11 +259,11 @@ template <class S, class Z>
 Vec<S> loss_of_z(const TermSetup& t, const Z& z_at) {
   using std::exp;
   Vec<S> out = Vec<S>::Zero(1);
-  const Index M = t.p.M();
-  for (Index o = 0; o < t.p.x.size(); o += M) {
+  const ops::AxisRows a = t.p.rows();
+  for (Index r = 0; r < a.R(); ++r) {
     S s = S(0);
-    for (Index j = o; j < o + M; ++j) s += exp(z_at(j));
-    for (Index j = o; j < o + M; ++j) out[0] += S(t.p.w[j]) * exp(z_at(j)) / s;
+    for (Index k = 0; k < a.M; ++k) s += exp(z_at(a.at(r, k)));
+    for (Index k = 0; k < a.M; ++k) out[0] += S(t.p.w[a.at(r, k)]) * exp(z_at(a.at(r, k))) / s;
   }
   return out;
 }
@@ -257,7 +277,7 @@ std::vector<ResultRow> check_dl_dz(const std::string& test) {
                        using S = typename std::decay_t<decltype(zv)>::Scalar;
                        return loss_of_z<S>(t, [&](Index i) -> S { return zv[i]; });
                      };
-                     const double scale = Softmax::term_magnitudes(t.pd->fwd.y, t.p.w, t.p.M()).maxCoeff();
+                     const double scale = Softmax::term_magnitudes(t.pd->fwd.y, t.p.w, t.p.rows()).maxCoeff();
                      jacobian_rows(rows, meta, f, at, {{"float64", as_f64(t.td.dl_dz)}, {"float32", as_f64(t.tf.dl_dz)}},
                                    scale);
                    });
@@ -283,16 +303,17 @@ std::vector<ResultRow> check_dx_sums_to_zero(const std::string& formula, const s
   std::vector<ResultRow> rows;
   for (const auto& c : Softmax::cases().jacobian) {
     const Softmax::Problem p = Softmax::problem(c, Softmax::seed(c) + 3);
-    const Index M = p.M(), R = p.x.size() / M;
+    const ops::AxisRows ax = p.rows();
+    const Index R = ax.R();
     const auto one = [&](auto tag) {
       using T = decltype(tag);
       const auto pr = Softmax::prepare<T>(p);
       const Tensor<T> dx = Softmax::backward(*pr, p.w.cast<T>(), pass)[0];
-      const Eigen::VectorXd terms = Softmax::term_magnitudes(Softmax::prepare<double>(p)->fwd.y, p.w, M);
+      const Eigen::VectorXd terms = Softmax::term_magnitudes(Softmax::prepare<double>(p)->fwd.y, p.w, ax);
       Eigen::VectorXd sum(R), scale = Eigen::VectorXd::Zero(R);
       for (Index r = 0; r < R; ++r) {
         long double a = 0;
-        for (Index j = r * M; j < (r + 1) * M; ++j) a += static_cast<long double>(dx[j]), scale[r] += terms[j];
+        for (Index k = 0; k < ax.M; ++k) a += static_cast<long double>(dx[ax.at(r, k)]), scale[r] += terms[ax.at(r, k)];
         sum[r] = static_cast<double>(a);
       }
       rows.push_back(oracle_row({formula, test, "identity", dtype_name<T>(), "property", p.shape,
@@ -309,7 +330,7 @@ std::vector<ResultRow> check_dx_sums_to_zero(const std::string& formula, const s
 // Without the shift, exp overflows: rows near 1000 make exp(x)/Σexp(x) = inf/inf in float64,
 // while the shifted forward matches the long-double reference.
 std::vector<ResultRow> check_overflow_without_shift(const std::string& test) {
-  Softmax::Problem p = Softmax::problem({{3, 5}}, 11);
+  Softmax::Problem p = Softmax::problem({{3, 5}, -1}, 11);
   for (Index i = 0; i < p.x.size(); ++i) p.x[i] += 1000;
   double scale = 0;
   const Eigen::VectorXd ref = Softmax::reference(p, scale);
@@ -351,8 +372,10 @@ std::vector<harness::BadInput> Softmax::bad_inputs() {
   return {
       {"rank_0_is_refused", "softmax.forward", [] { softmax_forward(TensorD(Shape{})); }, {"x must have rank >= 1", "()"}},
       {"empty_x_is_refused", "softmax.forward", [] { softmax_forward(TensorD({3, 0})); }, {"must not be empty", "(3, 0)"}},
-      {"dim_other_than_the_last_is_refused", "softmax.forward", [] { softmax_forward(TensorD({2, 3}), {0}); },
-       {"dim must be -1 or 1", "(2, 3)", "got 0"}},
+      {"dim_out_of_range_is_refused", "softmax.forward", [] { softmax_forward(TensorD({2, 3}), {2}); },
+       {"dim must be in [-2, 1]", "(2, 3)", "got 2"}},
+      {"negative_dim_out_of_range_is_refused", "softmax.forward", [] { softmax_forward(TensorD({2, 3}), {-3}); },
+       {"dim must be in [-2, 1]", "(2, 3)", "got -3"}},
       {"y_of_the_wrong_shape_is_refused", "softmax.forward",
        [] {
          TensorD y({3, 2});
