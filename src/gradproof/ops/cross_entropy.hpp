@@ -308,6 +308,7 @@ ClassLossForward<Scalar> nll_loss_forward(const Tensor<Scalar>& input, const Ten
 /// \param target  the forward's class indices
 /// \param weight  the forward's weight or `nullptr`
 /// \param cache   from the forward pass
+/// \param ignore_index  the forward's ignore_index (its samples get no gradient)
 /// \param scales  term scales for negative controls
 /// \throws InvalidArgument if an argument does not match the forward's.
 template <class Scalar>
