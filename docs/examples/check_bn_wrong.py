@@ -6,7 +6,8 @@ files in float32, as a framework would dump them:
 
     /usr/bin/python3 docs/examples/check_bn_wrong.py OUT_DIR
     gradproof check bn --x OUT_DIR/x.npy --dy OUT_DIR/dy.npy --gamma OUT_DIR/gamma.npy \
-        --beta OUT_DIR/beta.npy --dx OUT_DIR/dx.npy --dgamma OUT_DIR/dgamma.npy --dbeta OUT_DIR/dbeta.npy
+        --beta OUT_DIR/beta.npy --dx OUT_DIR/dx.npy --dgamma OUT_DIR/dgamma.npy \
+        --dbeta OUT_DIR/dbeta.npy
 """
 import os
 import sys

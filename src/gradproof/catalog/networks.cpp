@@ -34,15 +34,20 @@ struct MlpBnNet {
   using Net = nn::MlpBn<S>;
   static harness::Formulas formulas() {
     return {{"mlp_bn.forward", "MLP linear → batch norm → linear: y = W₂ BN(W₁x + b₁) + b₂"},
-            {"mlp_bn.dx", "∂L/∂x of the MLP: the layers' VJPs in reverse order, fc2 → bn → fc1 (staged ops)"},
+            {"mlp_bn.dx",
+             "∂L/∂x of the MLP: the layers' VJPs in reverse order, fc2 → bn → fc1 (staged ops)"},
             {"mlp_bn.dx_fused", "∂L/∂x of the MLP with every layer's fused backward"},
-            {"mlp_bn.dparams", "∂L/∂θ of every parameter (fc1, bn γ β, fc2), accumulated by the layers' backwards"},
-            {"mlp_bn.bn_dl_dmu", "batch norm's ∂L/∂μ path inside the network (dropping it is caught)"},
-            {"mlp_bn.bn_dvar_dmu", "batch norm's ∂σ²/∂μ = 0 inside the network (dropping it changes nothing)"}};
+            {"mlp_bn.dparams",
+             "∂L/∂θ of every parameter (fc1, bn γ β, fc2), accumulated by the layers' backwards"},
+            {"mlp_bn.bn_dl_dmu",
+             "batch norm's ∂L/∂μ path inside the network (dropping it is caught)"},
+            {"mlp_bn.bn_dvar_dmu",
+             "batch norm's ∂σ²/∂μ = 0 inside the network (dropping it changes nothing)"}};
   }
   static nn::Backward backward_of(Pass pass, const NetTerms& t) {
     //! [mlp_bn.dx_fused]
-    nn::Backward b{pass == Pass::staged ? nn::Pass::staged : nn::Pass::fused};  // every layer's fused backward
+    nn::Backward b{pass == Pass::staged ? nn::Pass::staged
+                                        : nn::Pass::fused};  // every layer's fused backward
     //! [mlp_bn.dx_fused]
     //! [mlp_bn.bn_dl_dmu]
     b.bn.dl_dmu = t.bn_dl_dmu;
@@ -53,11 +58,14 @@ struct MlpBnNet {
     return b;
   }
   static harness::Ablation<NetTerms> ablation() {
-    return {{"mlp_bn.bn_dl_dmu", &NetTerms::bn_dl_dmu}, {"mlp_bn.bn_dvar_dmu", &NetTerms::bn_dvar_dmu, true}};
+    return {{"mlp_bn.bn_dl_dmu", &NetTerms::bn_dl_dmu},
+            {"mlp_bn.bn_dvar_dmu", &NetTerms::bn_dvar_dmu, true}};
   }
   static std::string ablation_summary() {
-    return "Inside the whole network, batch norm's ∂L/∂μ path dropped is caught (by dx and by fc1's\n"
-           "gradients, which it reaches through fc1's backward); ∂σ²/∂μ, derived to be zero, changes nothing.";
+    return "Inside the whole network, batch norm's ∂L/∂μ path dropped is caught (by dx and by "
+           "fc1's\n"
+           "gradients, which it reaches through fc1's backward); ∂σ²/∂μ, derived to be zero, "
+           "changes nothing.";
   }
 };
 
@@ -70,12 +78,15 @@ struct MlpLnNet {
             {"mlp_ln.dx", "∂L/∂x of the MLP: fc2 → ln → fc1 in reverse order (staged ops)"},
             {"mlp_ln.dx_fused", "∂L/∂x of the MLP with every layer's fused backward"},
             {"mlp_ln.dparams", "∂L/∂θ of every parameter (fc1, ln γ β, fc2)"},
-            {"mlp_ln.ln_dl_dmu", "layer norm's ∂L/∂μ path inside the network (dropping it is caught)"},
-            {"mlp_ln.ln_dvar_dmu", "layer norm's ∂σ²/∂μ = 0 inside the network (dropping it changes nothing)"}};
+            {"mlp_ln.ln_dl_dmu",
+             "layer norm's ∂L/∂μ path inside the network (dropping it is caught)"},
+            {"mlp_ln.ln_dvar_dmu",
+             "layer norm's ∂σ²/∂μ = 0 inside the network (dropping it changes nothing)"}};
   }
   static nn::Backward backward_of(Pass pass, const NetTerms& t) {
     //! [mlp_ln.dx_fused]
-    nn::Backward b{pass == Pass::staged ? nn::Pass::staged : nn::Pass::fused};  // every layer's fused backward
+    nn::Backward b{pass == Pass::staged ? nn::Pass::staged
+                                        : nn::Pass::fused};  // every layer's fused backward
     //! [mlp_ln.dx_fused]
     //! [mlp_ln.ln_dl_dmu]
     b.norm.dl_dmu = t.ln_dl_dmu;
@@ -86,10 +97,12 @@ struct MlpLnNet {
     return b;
   }
   static harness::Ablation<NetTerms> ablation() {
-    return {{"mlp_ln.ln_dl_dmu", &NetTerms::ln_dl_dmu}, {"mlp_ln.ln_dvar_dmu", &NetTerms::ln_dvar_dmu, true}};
+    return {{"mlp_ln.ln_dl_dmu", &NetTerms::ln_dl_dmu},
+            {"mlp_ln.ln_dvar_dmu", &NetTerms::ln_dvar_dmu, true}};
   }
   static std::string ablation_summary() {
-    return "Inside the whole network, layer norm's ∂L/∂μ path dropped is caught; ∂σ²/∂μ, derived to be\n"
+    return "Inside the whole network, layer norm's ∂L/∂μ path dropped is caught; ∂σ²/∂μ, derived "
+           "to be\n"
            "zero, changes nothing.";
   }
 };
@@ -99,16 +112,22 @@ struct ResMlpNet {
   template <class S>
   using Net = nn::ResMlp<S>;
   static harness::Formulas formulas() {
-    return {{"resmlp.forward", "residual MLP: a = W₁x + b₁, h = a + W_r LN(a) + b_r, y = W₂h + b₂"},
-            {"resmlp.dx", "∂L/∂x of the residual MLP: fc2 → block → fc1 in reverse order (staged ops)"},
-            {"resmlp.dx_fused", "∂L/∂x of the residual MLP with every layer's fused backward"},
-            {"resmlp.dparams", "∂L/∂θ of every parameter (fc1, block.ln, block.fc, fc2)"},
-            {"resmlp.fan_out", "fan-out: a, used by the skip and by the body, receives dy + J_fᵀ dy (dropping the skip's is caught)"},
-            {"resmlp.ln_dvar_dmu", "layer norm's ∂σ²/∂μ = 0 inside the block (dropping it changes nothing)"}};
+    return {
+        {"resmlp.forward", "residual MLP: a = W₁x + b₁, h = a + W_r LN(a) + b_r, y = W₂h + b₂"},
+        {"resmlp.dx",
+         "∂L/∂x of the residual MLP: fc2 → block → fc1 in reverse order (staged ops)"},
+        {"resmlp.dx_fused", "∂L/∂x of the residual MLP with every layer's fused backward"},
+        {"resmlp.dparams", "∂L/∂θ of every parameter (fc1, block.ln, block.fc, fc2)"},
+        {"resmlp.fan_out",
+         "fan-out: a, used by the skip and by the body, receives dy + J_fᵀ dy (dropping the "
+         "skip's is caught)"},
+        {"resmlp.ln_dvar_dmu",
+         "layer norm's ∂σ²/∂μ = 0 inside the block (dropping it changes nothing)"}};
   }
   static nn::Backward backward_of(Pass pass, const NetTerms& t) {
     //! [resmlp.dx_fused]
-    nn::Backward b{pass == Pass::staged ? nn::Pass::staged : nn::Pass::fused};  // every layer's fused backward
+    nn::Backward b{pass == Pass::staged ? nn::Pass::staged
+                                        : nn::Pass::fused};  // every layer's fused backward
     //! [resmlp.dx_fused]
     b.skip = t.fan_out;  // the knob of resmlp.fan_out (nn::Residual::backward)
     //! [resmlp.ln_dvar_dmu]
@@ -117,10 +136,12 @@ struct ResMlpNet {
     return b;
   }
   static harness::Ablation<NetTerms> ablation() {
-    return {{"resmlp.fan_out", &NetTerms::fan_out}, {"resmlp.ln_dvar_dmu", &NetTerms::ln_dvar_dmu, true}};
+    return {{"resmlp.fan_out", &NetTerms::fan_out},
+            {"resmlp.ln_dvar_dmu", &NetTerms::ln_dvar_dmu, true}};
   }
   static std::string ablation_summary() {
-    return "A missing fan-out branch (the skip's dy not added to a's gradient) is caught, by dx and by\n"
+    return "A missing fan-out branch (the skip's dy not added to a's gradient) is caught, by dx "
+           "and by\n"
            "fc1's gradients; layer norm's ∂σ²/∂μ, zero, changes nothing.";
   }
 };
@@ -170,7 +191,8 @@ struct Network {
     Rng rng(seed);
     Problem p{c.shape, c.hidden, c.out, rng.normal_tensor(c.shape), {}, {}};
     Net<double> net(c.shape[1], c.hidden, c.out);
-    // nn.Linear's scale U(−1/√in, 1/√in), kept away from 0; norm γ in [0.5, 1.5]; biases N(0, 0.5²).
+    // nn.Linear's scale U(−1/√in, 1/√in), kept away from 0; norm γ in [0.5, 1.5]; biases N(0,
+    // 0.5²).
     net.for_each_parameter([&rng](nn::Parameter<double>& q) {
       const bool is_weight = q.name.ends_with("weight");
       for (Index i = 0; i < q.value.size(); ++i) {
@@ -190,8 +212,8 @@ struct Network {
   }
   static std::string describe(const Problem& p) {
     std::ostringstream s;
-    s << op << " x " << to_string(p.shape) << ", hidden " << p.H << ", out " << p.O << ", " << p.params.size()
-      << " parameters";
+    s << op << " x " << to_string(p.shape) << ", hidden " << p.H << ", out " << p.O << ", "
+      << p.params.size() << " parameters";
     return s.str();
   }
   static const harness::Inputs& inputs() {
@@ -201,7 +223,8 @@ struct Network {
   static const TensorD& input(const Problem& p, std::size_t k) { return k == 0 ? p.x : p.params; }
   // For the libtorch oracle: the widths that slice θ into the layers' parameters.
   static std::vector<std::pair<std::string, double>> options(const Problem& p) {
-    return {{"hidden", static_cast<double>(p.H)}, {"out", static_cast<double>(p.O)}, {"eps", 1e-5}};
+    return {
+        {"hidden", static_cast<double>(p.H)}, {"out", static_cast<double>(p.O)}, {"eps", 1e-5}};
   }
   template <class S>
   static Tensor<S> forward(const Problem& p, const std::vector<Tensor<S>>& in) {
@@ -219,7 +242,8 @@ struct Network {
   };
   template <class T>
   static std::shared_ptr<const Prepared<T>> prepare(const Problem& p) {
-    auto pr = std::make_shared<Prepared<T>>(Prepared<T>{p.x.template cast<T>(), make<T>(p), {}, {}});
+    auto pr =
+        std::make_shared<Prepared<T>>(Prepared<T>{p.x.template cast<T>(), make<T>(p), {}, {}});
     nn::set_parameters(pr->net, p.params.template cast<T>());
     pr->out = pr->net.forward(pr->x);
     return pr;
@@ -230,7 +254,8 @@ struct Network {
   }
   using Terms = NetTerms;
   template <class T>
-  static std::vector<Tensor<T>> backward(const Prepared<T>& pr, const Tensor<T>& dy, Pass pass, const Terms& t = {}) {
+  static std::vector<Tensor<T>> backward(const Prepared<T>& pr, const Tensor<T>& dy, Pass pass,
+                                         const Terms& t = {}) {
     Net<T> net = pr.net;  // a copy: backward adds to its parameters' grad
     nn::zero_grad(net);
     Tensor<T> dx = net.backward(dy, pr.out.cache, Traits::backward_of(pass, t));
@@ -266,10 +291,11 @@ struct Network {
     return y;
   }
 
-  // Tolerance scales: the network's |J| (float64 staged backward of each unit vector), in x (k = 0)
-  // and in θ (k = 1). A network's Jacobian entries are sums over paths through its layers; the
+  // Tolerance scales: the network's |J| (float64 staged backward of each unit vector), in x (k =
+  // 0) and in θ (k = 1). A network's Jacobian entries are sums over paths through its layers; the
   // scale is the magnitude of the entries, and for a weighted sum Σⱼ cⱼ Jⱼᵢ the sum Σⱼ |cⱼ Jⱼᵢ|.
-  static const Eigen::MatrixXd& abs_jacobian(const Prepared<double>& pd, const Problem& p, std::size_t k) {
+  static const Eigen::MatrixXd& abs_jacobian(const Prepared<double>& pd, const Problem& p,
+                                             std::size_t k) {
     if (pd.abs_jacobian.empty()) {
       const Index m = p.w.size();
       Eigen::MatrixXd Jx(m, p.x.size()), Jp(m, p.params.size());
@@ -285,9 +311,11 @@ struct Network {
     }
     return pd.abs_jacobian[k];
   }
-  static double jacobian_scale(const Prepared<double>& pd, const Problem& p) { return abs_jacobian(pd, p, 0).maxCoeff(); }
-  static double projection_scale(const Prepared<double>& pd, const Problem& p, const Eigen::VectorXd& v,
-                                 const Eigen::VectorXd& u) {
+  static double jacobian_scale(const Prepared<double>& pd, const Problem& p) {
+    return abs_jacobian(pd, p, 0).maxCoeff();
+  }
+  static double projection_scale(const Prepared<double>& pd, const Problem& p,
+                                 const Eigen::VectorXd& v, const Eigen::VectorXd& u) {
     return v.cwiseAbs().dot(abs_jacobian(pd, p, 0) * u.cwiseAbs());
   }
   static double dx_scale(const Prepared<double>& pd, const Problem& p, const TensorD& dy) {

@@ -398,7 +398,7 @@ CheckReport run_check(const CheckArgs& args) {
 void print_report(std::ostream& out, const CheckReport& r) {
   const double k = check::framework_factor(r.dtype);
   out << "gradproof check " << r.op << ": " << r.setting << "\n"
-      << "arrays: " << r.dtype_reason << " (the least precise dtype sets the tolerance)\n"
+      << "arrays: " << r.dtype_reason << " (the least precise sets the tolerance)\n"
       << "tolerance: the " << r.dtype << " policy, |yours - ref| <= k*scale + k*|ref| with k = " << g6(k)
       << "\n  (scale: the largest magnitude of the terms that cancel in that gradient)\n";
   std::size_t failed = 0;

@@ -51,7 +51,8 @@ template <class R>
 struct is_complex<std::complex<R>> : std::true_type {};
 
 /// erf on every scalar of the oracles. Real: `std::erf`. Complex (the complex step, imaginary
-/// part \f$h \ll 1\f$): \f$\operatorname{erf}(a + ib) = \operatorname{erf}(a) + ib\,\tfrac{2}{\sqrt\pi}e^{-a^2}
+/// part \f$h \ll 1\f$): \f$\operatorname{erf}(a + ib) = \operatorname{erf}(a) +
+/// ib\,\tfrac{2}{\sqrt\pi}e^{-a^2}
 /// + O(b^2)\f$, exact at the step's own order. Dual: the value and the chain rule of erf.
 template <class S>
 S erf(const S& x) {
@@ -302,7 +303,9 @@ struct EluConfig {
   template <class S>
   S value(const S& x) const {
     //! [elu.forward]
-    return detail::act::real_value(x) > 0 ? x : S(alpha) * detail::act::expm1(x);  // expm1: no cancellation
+    return detail::act::real_value(x) > 0
+               ? x
+               : S(alpha) * detail::act::expm1(x);  // expm1: no cancellation
     //! [elu.forward]
   }
   /// The forward on an Eigen array \f$x\f$ (n) into \f$y\f$ (n).
@@ -357,7 +360,8 @@ struct GeluConfig {
   /// \throws InvalidArgument unless `approximate` is `"none"` or `"tanh"` (as PyTorch).
   void validate() const {
     if (approximate != "none" && approximate != "tanh")
-      throw InvalidArgument("gelu: approximate must be 'none' or 'tanh'; got '" + approximate + "'");
+      throw InvalidArgument("gelu: approximate must be 'none' or 'tanh'; got '" + approximate +
+                            "'");
   }
   /// The forward on one scalar.
   template <class S>
@@ -384,12 +388,16 @@ struct GeluConfig {
     const S th = tanh_form() ? tanh(S(kBeta) * (x + S(kKappa) * x * x * x)) : S(0);
     //! [gelu.dcdf]
     // ∂/∂x of x·c(x) = c(x) + x·c'(x); this is c: Φ(x) = ½(1 + erf(x/√2)), or ½(1 + tanh u)
-    const S cdf = S(t.dcdf) * (tanh_form() ? S(0.5) * (S(1) + th) : S(0.5) * (S(1) + erf(x * S(M_SQRT1_2))));
+    const S cdf = S(t.dcdf) *
+                  (tanh_form() ? S(0.5) * (S(1) + th) : S(0.5) * (S(1) + erf(x * S(M_SQRT1_2))));
     //! [gelu.dcdf]
     //! [gelu.dpdf]
-    // and this is x·c'(x): x φ(x) = x exp(−x²/2)/√(2π), or ½x (1 − tanh²u) u', u' = √(2/π)(1 + 3κx²)
-    const S pdf = S(t.dpdf) * (tanh_form() ? S(0.5) * x * (S(1) - th * th) * S(kBeta) * (S(1) + S(3 * kKappa) * x * x)
-                                           : x * exp(S(-0.5) * x * x) * S(0.5 * M_2_SQRTPI * M_SQRT1_2));
+    // and this is x·c'(x): x φ(x) = x exp(−x²/2)/√(2π), or ½x (1 − tanh²u) u', u' = √(2/π)(1 +
+    // 3κx²)
+    const S pdf =
+        S(t.dpdf) *
+        (tanh_form() ? S(0.5) * x * (S(1) - th * th) * S(kBeta) * (S(1) + S(3 * kKappa) * x * x)
+                     : x * exp(S(-0.5) * x * x) * S(0.5 * M_2_SQRTPI * M_SQRT1_2));
     //! [gelu.dpdf]
     //! [gelu.dx]
     return dy * (cdf + pdf);
@@ -402,9 +410,11 @@ struct GeluConfig {
     //! [gelu.dx_fused]
     if (tanh_form()) {
       const auto th = (T(kBeta) * (x + T(kKappa) * x * x * x)).tanh();
-      dx = dy * (T(0.5) * (T(1) + th) + T(0.5 * kBeta) * x * (T(1) - th * th) * (T(1) + T(3 * kKappa) * x * x));
+      dx = dy * (T(0.5) * (T(1) + th) +
+                 T(0.5 * kBeta) * x * (T(1) - th * th) * (T(1) + T(3 * kKappa) * x * x));
     } else {
-      dx = dy * (T(0.5) * (T(1) + (x * T(M_SQRT1_2)).erf()) + T(0.5 * M_2_SQRTPI * M_SQRT1_2) * x * (T(-0.5) * x * x).exp());
+      dx = dy * (T(0.5) * (T(1) + (x * T(M_SQRT1_2)).erf()) +
+                 T(0.5 * M_2_SQRTPI * M_SQRT1_2) * x * (T(-0.5) * x * x).exp());
     }
     //! [gelu.dx_fused]
   }
@@ -466,10 +476,11 @@ struct SoftplusConfig {
   static constexpr const char* name = "softplus";  ///< the op's name in messages
   static constexpr bool saves_output = false;      ///< the fused backward reads `x`
   double beta = 1.0;                               ///< \f$\beta\f$
-  double threshold = 20.0;                         ///< the identity where \f$\beta x\f$ exceeds it
+  double threshold = 20.0;  ///< the identity where \f$\beta x\f$ exceeds it
   /// Term scales of the staged backward.
   struct Terms {
-    double dsigmoid = 1;   ///< softplus.dsigmoid: \f$\sigma(\beta x)\f$ where \f$\beta x \le\f$ threshold
+    double dsigmoid =
+        1;  ///< softplus.dsigmoid: \f$\sigma(\beta x)\f$ where \f$\beta x \le\f$ threshold
     double didentity = 1;  ///< softplus.didentity: 1 where \f$\beta x >\f$ threshold
   };
   /// \throws InvalidArgument if `beta` is 0 or not finite, or `threshold` is NaN (meaningless:
@@ -477,8 +488,8 @@ struct SoftplusConfig {
   void validate() const {
     if (!std::isfinite(beta) || beta == 0 || std::isnan(threshold)) {
       std::ostringstream msg;
-      msg << "softplus: beta must be finite and nonzero and threshold not NaN; got beta " << beta << ", threshold "
-          << threshold;
+      msg << "softplus: beta must be finite and nonzero and threshold not NaN; got beta " << beta
+          << ", threshold " << threshold;
       throw InvalidArgument(msg.str());
     }
   }
@@ -556,16 +567,17 @@ constexpr Index kChunk = 1 << 14;
 template <class Body>
 void chunked(Index n, const Body& body) {
   const Index chunks = (n + kChunk - 1) / kChunk;
-  parallel::parallel_for(chunks, n, [&](Index c) { body(c * kChunk, std::min(kChunk, n - c * kChunk)); });
+  parallel::parallel_for(chunks, n,
+                         [&](Index c) { body(c * kChunk, std::min(kChunk, n - c * kChunk)); });
 }
 
 template <class Scalar, class Config>
-void check_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& other, const ActivationCache<Config>& cache,
-                    const char* other_name) {
+void check_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& other,
+                    const ActivationCache<Config>& cache, const char* other_name) {
   if (!same_shape(other.shape(), cache.shape)) {
     std::ostringstream msg;
-    msg << Config::name << ": cache was made for an input of shape " << to_string(cache.shape) << " but "
-        << other_name << " has shape " << to_string(other.shape());
+    msg << Config::name << ": cache was made for an input of shape " << to_string(cache.shape)
+        << " but " << other_name << " has shape " << to_string(other.shape());
     throw InvalidArgument(msg.str());
   }
   require_shape(dy, cache.shape, Config::name, "dy (must match x)");
@@ -576,10 +588,10 @@ void check_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& other, const
 /// reused.
 /// \tparam Scalar `float`, `double`, `long double`, `std::complex` or a dual number.
 /// \param x      input, any shape
-/// \param cfg    the activation and its parameters (e.g. `LeakyReluConfig{.negative_slope = 0.2}`)
-/// \param y      output, preallocated with the shape of `x`; may be `x` itself
-/// \param cache  output: the shape and `cfg`
-/// \throws InvalidArgument on a bad parameter or `y` not of the shape of `x`.
+/// \param cfg    the activation and its parameters (e.g. `LeakyReluConfig{.negative_slope =
+/// 0.2}`) \param y      output, preallocated with the shape of `x`; may be `x` itself \param
+/// cache  output: the shape and `cfg` \throws InvalidArgument on a bad parameter or `y` not of
+/// the shape of `x`.
 template <class Scalar, class Config>
 void activation_forward_into(const Tensor<Scalar>& x, const Config& cfg, Tensor<Scalar>& y,
                              ActivationCache<Config>& cache) {
@@ -588,7 +600,9 @@ void activation_forward_into(const Tensor<Scalar>& x, const Config& cfg, Tensor<
   if (!same_shape(cache.shape, x.shape())) cache.shape = x.shape();
   cache.cfg = cfg;
   if constexpr (std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>) {
-    detail::act::chunked(x.size(), [&](Index b, Index m) { cfg.array(x.flat().segment(b, m), y.flat().segment(b, m)); });
+    detail::act::chunked(x.size(), [&](Index b, Index m) {
+      cfg.array(x.flat().segment(b, m), y.flat().segment(b, m));
+    });
   } else {
     for (Index i = 0; i < x.size(); ++i) y[i] = cfg.value(x[i]);
   }
@@ -613,7 +627,8 @@ ActivationForward<Scalar, Config> activation_forward(const Tensor<Scalar>& x, co
 /// \param scales  term scales for the negative controls; leave at the default
 /// \throws InvalidArgument if `dy` or `x` does not match the cache.
 template <class Scalar, class Config>
-ActivationGrads<Scalar> activation_backward_staged(const Tensor<Scalar>& dy, const Tensor<Scalar>& x,
+ActivationGrads<Scalar> activation_backward_staged(const Tensor<Scalar>& dy,
+                                                   const Tensor<Scalar>& x,
                                                    const ActivationCache<Config>& cache,
                                                    const typename Config::Terms& scales = {}) {
   detail::act::check_backward(dy, x, cache, "x");

@@ -26,7 +26,8 @@
 
 namespace gradproof::ops {
 
-/// Hyper-parameters of dropout (PyTorch's names and defaults; `seed` is gradproof's, see the file).
+/// Hyper-parameters of dropout (PyTorch's names and defaults; `seed` is gradproof's, see the
+/// file).
 struct DropoutConfig {
   double p = 0.5;           ///< probability of dropping an element, in \f$[0, 1]\f$
   bool training = true;     ///< false: the identity (PyTorch's eval mode)
@@ -56,7 +57,8 @@ struct DropoutGrads {
   Tensor<Scalar> dx;  ///< shape of `x`
 };
 
-/// Scales of the terms of the staged backward (1 is the derivation; the negative controls drop or flip one).
+/// Scales of the terms of the staged backward (1 is the derivation; the negative controls drop or
+/// flip one).
 struct DropoutTermScales {
   double dmask = 1;   ///< dropout.dmask: \f$\partial y_i/\partial (x_i/(1-p))\f$ = \f$m_i\f$
   double dscale = 1;  ///< dropout.dscale: the factor \f$1/(1-p)\f$
@@ -98,7 +100,8 @@ void setup(const Shape& xs, const DropoutConfig& cfg, DropoutCache<Scalar>& c) {
   const Index n = numel(xs);
   c.mask.resize(static_cast<std::size_t>(n));
   // m_i = 1 when u_i >= p: p = 0 keeps all (u >= 0), p = 1 drops all (u < 1)
-  for (Index i = 0; i < n; ++i) c.mask[static_cast<std::size_t>(i)] = uniform(cfg.seed, i) >= cfg.p ? 1 : 0;
+  for (Index i = 0; i < n; ++i)
+    c.mask[static_cast<std::size_t>(i)] = uniform(cfg.seed, i) >= cfg.p ? 1 : 0;
 }
 
 template <class Scalar>
@@ -127,7 +130,8 @@ void dropout_forward_into(const Tensor<Scalar>& x, const DropoutConfig& cfg, Ten
     return;
   }
   for (Index i = 0; i < x.size(); ++i)
-    y[i] = cache.mask[static_cast<std::size_t>(i)] ? Scalar(x[i] * Scalar(cache.scale)) : Scalar(0);
+    y[i] =
+        cache.mask[static_cast<std::size_t>(i)] ? Scalar(x[i] * Scalar(cache.scale)) : Scalar(0);
   //! [dropout.forward]
 }
 
@@ -147,7 +151,8 @@ DropoutForward<Scalar> dropout_forward(const Tensor<Scalar>& x, const DropoutCon
 /// \param scales  term scales for the negative controls; leave at the default
 /// \throws InvalidArgument if `dy` does not match the cache.
 template <class Scalar>
-DropoutGrads<Scalar> dropout_backward_staged(const Tensor<Scalar>& dy, const DropoutCache<Scalar>& cache,
+DropoutGrads<Scalar> dropout_backward_staged(const Tensor<Scalar>& dy,
+                                             const DropoutCache<Scalar>& cache,
                                              const DropoutTermScales& scales = {}) {
   detail::dropout::check_backward(dy, cache);
   DropoutGrads<Scalar> g{Tensor<Scalar>(cache.shape)};
@@ -158,7 +163,8 @@ DropoutGrads<Scalar> dropout_backward_staged(const Tensor<Scalar>& dy, const Dro
   for (Index i = 0; i < dy.size(); ++i) {
     // Step 1. yᵢ = mᵢ vᵢ with vᵢ = xᵢ/(1 − p): ∂yᵢ/∂vᵢ = mᵢ, the same mask as the forward.
     //! [dropout.dmask]
-    const Scalar dv = Scalar(scales.dmask) * (cache.mask[static_cast<std::size_t>(i)] ? dy[i] : Scalar(0));
+    const Scalar dv =
+        Scalar(scales.dmask) * (cache.mask[static_cast<std::size_t>(i)] ? dy[i] : Scalar(0));
     //! [dropout.dmask]
     // Step 2. vᵢ = xᵢ/(1 − p): ∂vᵢ/∂xᵢ = 1/(1 − p) (0 for p = 1: y ≡ 0).
     //! [dropout.dscale]
@@ -177,20 +183,24 @@ DropoutGrads<Scalar> dropout_backward_staged(const Tensor<Scalar>& dy, const Dro
 /// \param dx     output, shape of `x`
 /// \throws InvalidArgument on mismatched shapes.
 template <class Scalar>
-void dropout_backward_into(const Tensor<Scalar>& dy, const DropoutCache<Scalar>& cache, Tensor<Scalar>& dx) {
+void dropout_backward_into(const Tensor<Scalar>& dy, const DropoutCache<Scalar>& cache,
+                           Tensor<Scalar>& dx) {
   detail::dropout::check_backward(dy, cache);
   require_shape(dx, cache.shape, detail::dropout::kDropout, "dx (output)");
   //! [dropout.dx_fused]
   // dx = dy ⊙ m / (1 − p) in training, dy in eval
   const Scalar s = Scalar(cache.scale);
   for (Index i = 0; i < dy.size(); ++i)
-    dx[i] = !cache.training ? dy[i] : cache.mask[static_cast<std::size_t>(i)] ? Scalar(dy[i] * s) : Scalar(0);
+    dx[i] = !cache.training                           ? dy[i]
+            : cache.mask[static_cast<std::size_t>(i)] ? Scalar(dy[i] * s)
+                                                      : Scalar(0);
   //! [dropout.dx_fused]
 }
 
 /// \brief Fused backward (allocating wrapper of dropout_backward_into()).
 template <class Scalar>
-DropoutGrads<Scalar> dropout_backward(const Tensor<Scalar>& dy, const DropoutCache<Scalar>& cache) {
+DropoutGrads<Scalar> dropout_backward(const Tensor<Scalar>& dy,
+                                      const DropoutCache<Scalar>& cache) {
   DropoutGrads<Scalar> g{Tensor<Scalar>(cache.shape)};
   dropout_backward_into(dy, cache, g.dx);
   return g;

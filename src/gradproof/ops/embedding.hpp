@@ -6,9 +6,9 @@
 /// \f[ y_{q,d} = W_{\mathrm{idx}_q,\,d}, \f]
 /// for every position \f$q\f$ of the integer tensor of indices. The indices are not
 /// differentiable; the gradient of the weight adds the rows of \f$dy\f$ of every position that
-/// looked up a row into that row, \f$dW_{r} = \sum_{q:\,\mathrm{idx}_q = r} dy_q\f$, except the row
-/// `padding_idx`, which gets no gradient (its value is a constant of the graph: the forward still
-/// reads it, as PyTorch's does).
+/// looked up a row into that row, \f$dW_{r} = \sum_{q:\,\mathrm{idx}_q = r} dy_q\f$, except the
+/// row `padding_idx`, which gets no gradient (its value is a constant of the graph: the forward
+/// still reads it, as PyTorch's does).
 ///
 /// Shape legend:
 /// - `indices`: any shape (`Q` positions), values in `[0, num_embeddings)`;
@@ -83,12 +83,12 @@ S constant(const S& v) {
 }
 
 template <class Scalar>
-void shapes(const Tensor<std::int64_t>& indices, const Tensor<Scalar>& weight, const EmbeddingConfig& cfg,
-            EmbeddingCache<Scalar>& c) {
+void shapes(const Tensor<std::int64_t>& indices, const Tensor<Scalar>& weight,
+            const EmbeddingConfig& cfg, EmbeddingCache<Scalar>& c) {
   if (cfg.num_embeddings < 1 || cfg.embedding_dim < 1) {
     std::ostringstream msg;
-    msg << "embedding: num_embeddings and embedding_dim must be >= 1; got " << cfg.num_embeddings << " and "
-        << cfg.embedding_dim;
+    msg << "embedding: num_embeddings and embedding_dim must be >= 1; got " << cfg.num_embeddings
+        << " and " << cfg.embedding_dim;
     throw InvalidArgument(msg.str());
   }
   const std::array<Index, 2> ws{cfg.num_embeddings, cfg.embedding_dim};
@@ -98,8 +98,8 @@ void shapes(const Tensor<std::int64_t>& indices, const Tensor<Scalar>& weight, c
     const Index p = *cfg.padding_idx;
     if (p >= cfg.num_embeddings || p < -cfg.num_embeddings) {
       std::ostringstream msg;
-      msg << "embedding: padding_idx must be within num_embeddings, in [" << -cfg.num_embeddings << ", "
-          << cfg.num_embeddings << "); got " << p;
+      msg << "embedding: padding_idx must be within num_embeddings, in [" << -cfg.num_embeddings
+          << ", " << cfg.num_embeddings << "); got " << p;
       throw InvalidArgument(msg.str());
     }
     pad = p < 0 ? p + cfg.num_embeddings : p;
@@ -107,12 +107,13 @@ void shapes(const Tensor<std::int64_t>& indices, const Tensor<Scalar>& weight, c
   for (Index q = 0; q < indices.size(); ++q)
     if (indices[q] < 0 || indices[q] >= cfg.num_embeddings) {
       std::ostringstream msg;
-      msg << "embedding: index " << indices[q] << " at flat position " << q << " of indices of shape "
-          << to_string(indices.shape()) << " is out of range [0, " << cfg.num_embeddings << ") (num_embeddings)";
+      msg << "embedding: index " << indices[q] << " at flat position " << q
+          << " of indices of shape " << to_string(indices.shape()) << " is out of range [0, "
+          << cfg.num_embeddings << ") (num_embeddings)";
       throw InvalidArgument(msg.str());
     }
-  if (!same_shape(c.indices_shape, indices.shape()) || c.y_shape.size() != indices.shape().size() + 1 ||
-      c.y_shape.back() != cfg.embedding_dim) {
+  if (!same_shape(c.indices_shape, indices.shape()) ||
+      c.y_shape.size() != indices.shape().size() + 1 || c.y_shape.back() != cfg.embedding_dim) {
     c.indices_shape = indices.shape();
     c.y_shape = indices.shape();
     c.y_shape.push_back(cfg.embedding_dim);
@@ -124,7 +125,8 @@ void shapes(const Tensor<std::int64_t>& indices, const Tensor<Scalar>& weight, c
 }
 
 template <class Scalar>
-void check_backward(const Tensor<Scalar>& dy, const Tensor<std::int64_t>& indices, const EmbeddingCache<Scalar>& c) {
+void check_backward(const Tensor<Scalar>& dy, const Tensor<std::int64_t>& indices,
+                    const EmbeddingCache<Scalar>& c) {
   if (!same_shape(indices.shape(), c.indices_shape)) {
     std::ostringstream msg;
     msg << "embedding: cache was made for indices of shape " << to_string(c.indices_shape)
@@ -147,7 +149,8 @@ void check_backward(const Tensor<Scalar>& dy, const Tensor<std::int64_t>& indice
 ///         `padding_idx` outside `[-V, V)`, a `weight` not `(V, D)`, or `y` of another shape.
 template <class Scalar>
 void embedding_forward_into(const Tensor<std::int64_t>& indices, const Tensor<Scalar>& weight,
-                            const EmbeddingConfig& cfg, Tensor<Scalar>& y, EmbeddingCache<Scalar>& cache) {
+                            const EmbeddingConfig& cfg, Tensor<Scalar>& y,
+                            EmbeddingCache<Scalar>& cache) {
   detail::embedding::shapes(indices, weight, cfg, cache);
   require_shape(y, cache.y_shape, detail::embedding::kEmbedding, "y (output)");
   const Index D = cache.D;
@@ -156,14 +159,16 @@ void embedding_forward_into(const Tensor<std::int64_t>& indices, const Tensor<Sc
     //! [embedding.forward]
     // y_q = W[idx_q]; the padding row is read as a constant (no derivative flows into it).
     for (Index d = 0; d < D; ++d)
-      y[q * D + d] = r == cache.padding ? detail::embedding::constant(weight[r * D + d]) : weight[r * D + d];
+      y[q * D + d] =
+          r == cache.padding ? detail::embedding::constant(weight[r * D + d]) : weight[r * D + d];
     //! [embedding.forward]
   }
 }
 
 /// \brief Forward pass (allocating wrapper of embedding_forward_into()).
 template <class Scalar>
-EmbeddingForward<Scalar> embedding_forward(const Tensor<std::int64_t>& indices, const Tensor<Scalar>& weight,
+EmbeddingForward<Scalar> embedding_forward(const Tensor<std::int64_t>& indices,
+                                           const Tensor<Scalar>& weight,
                                            const EmbeddingConfig& cfg) {
   EmbeddingForward<Scalar> out;
   detail::embedding::shapes(indices, weight, cfg, out.cache);
@@ -179,7 +184,8 @@ EmbeddingForward<Scalar> embedding_forward(const Tensor<std::int64_t>& indices, 
 /// \param scales   term scales for the negative controls; leave at the default
 /// \throws InvalidArgument if `dy` or `indices` does not match the cache.
 template <class Scalar>
-EmbeddingGrads<Scalar> embedding_backward_staged(const Tensor<Scalar>& dy, const Tensor<std::int64_t>& indices,
+EmbeddingGrads<Scalar> embedding_backward_staged(const Tensor<Scalar>& dy,
+                                                 const Tensor<std::int64_t>& indices,
                                                  const EmbeddingCache<Scalar>& cache,
                                                  const EmbeddingTermScales& scales = {}) {
   detail::embedding::check_backward(dy, indices, cache);
@@ -235,7 +241,8 @@ void embedding_backward_into(const Tensor<Scalar>& dy, const Tensor<std::int64_t
 
 /// \brief Fused backward pass (allocating wrapper of embedding_backward_into()).
 template <class Scalar>
-EmbeddingGrads<Scalar> embedding_backward(const Tensor<Scalar>& dy, const Tensor<std::int64_t>& indices,
+EmbeddingGrads<Scalar> embedding_backward(const Tensor<Scalar>& dy,
+                                          const Tensor<std::int64_t>& indices,
                                           const EmbeddingCache<Scalar>& cache) {
   EmbeddingGrads<Scalar> g{Tensor<Scalar>({cache.V, cache.D})};
   embedding_backward_into(dy, indices, cache, g.dweight);

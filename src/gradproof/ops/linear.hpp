@@ -8,7 +8,8 @@
 ///
 /// Shape legend:
 /// - `x`, `dx`: `(..., I)`, any rank ≥ 1; \f$I\f$ = `in_features`, \f$N\f$ = `numel(x) / I` rows;
-/// - `weight`, `dweight`: `(O, I)`, \f$O\f$ = `out_features` (PyTorch's layout: one row per output);
+/// - `weight`, `dweight`: `(O, I)`, \f$O\f$ = `out_features` (PyTorch's layout: one row per
+/// output);
 /// - `bias`, `dbias`: `(O)`;
 /// - `y`, `dy`: `(..., O)`: the leading axes of `x`, then `out_features`.
 ///
@@ -74,23 +75,28 @@ namespace detail::linear {
 constexpr const char* kLinear = "linear";
 
 template <class Scalar>
-void shapes(const Shape& xs, const Tensor<Scalar>& weight, const Tensor<Scalar>* bias, const LinearConfig& cfg,
-            LinearCache<Scalar>& c) {
+void shapes(const Shape& xs, const Tensor<Scalar>& weight, const Tensor<Scalar>* bias,
+            const LinearConfig& cfg, LinearCache<Scalar>& c) {
   if (xs.empty())
-    throw InvalidArgument("linear: x must have rank >= 1 (..., in_features); got shape " + to_string(xs));
+    throw InvalidArgument("linear: x must have rank >= 1 (..., in_features); got shape " +
+                          to_string(xs));
   if (weight.rank() != 2)
-    throw InvalidArgument("linear: weight must have rank 2 (out_features, in_features); got shape " +
-                          to_string(weight.shape()));
+    throw InvalidArgument(
+        "linear: weight must have rank 2 (out_features, in_features); got shape " +
+        to_string(weight.shape()));
   const Index O = weight.shape()[0], I = weight.shape()[1];
   if (xs.back() != I) {
     std::ostringstream msg;
-    msg << "linear: the last extent of x (in_features) must be " << I << ", that of weight of shape "
-        << to_string(weight.shape()) << "; got x of shape " << to_string(xs);
+    msg << "linear: the last extent of x (in_features) must be " << I
+        << ", that of weight of shape " << to_string(weight.shape()) << "; got x of shape "
+        << to_string(xs);
     throw InvalidArgument(msg.str());
   }
-  if ((cfg.in_features && *cfg.in_features != I) || (cfg.out_features && *cfg.out_features != O)) {
+  if ((cfg.in_features && *cfg.in_features != I) ||
+      (cfg.out_features && *cfg.out_features != O)) {
     std::ostringstream msg;
-    msg << "linear: weight of shape " << to_string(weight.shape()) << " does not match in_features = "
+    msg << "linear: weight of shape " << to_string(weight.shape())
+        << " does not match in_features = "
         << (cfg.in_features ? std::to_string(*cfg.in_features) : "any")
         << ", out_features = " << (cfg.out_features ? std::to_string(*cfg.out_features) : "any");
     throw InvalidArgument(msg.str());
@@ -110,8 +116,8 @@ void shapes(const Shape& xs, const Tensor<Scalar>& weight, const Tensor<Scalar>*
 }
 
 template <class Scalar>
-void check_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, const Tensor<Scalar>& weight,
-                    const LinearCache<Scalar>& c) {
+void check_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& x,
+                    const Tensor<Scalar>& weight, const LinearCache<Scalar>& c) {
   if (!same_shape(x.shape(), c.x_shape)) {
     std::ostringstream msg;
     msg << "linear: cache was made for x of shape " << to_string(c.x_shape) << " but x has shape "
@@ -127,18 +133,16 @@ void check_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, const Ten
 
 /// \brief Forward pass writing into caller-provided `y` and `cache`; allocates nothing when the
 /// cache is reused.
-/// \tparam Scalar `float`, `double` (one GEMM), or a scalar of the oracles (complex, dual: loops).
-/// \param x       `(..., I)`
-/// \param weight  `(O, I)`
-/// \param bias    `(O)`, or `nullptr` (PyTorch's `bias=None`)
-/// \param cfg     optional `in_features`, `out_features`, checked against `weight`
-/// \param y       output, preallocated `(..., O)`
-/// \param cache   output: the shapes
+/// \tparam Scalar `float`, `double` (one GEMM), or a scalar of the oracles (complex, dual:
+/// loops). \param x       `(..., I)` \param weight  `(O, I)` \param bias    `(O)`, or `nullptr`
+/// (PyTorch's `bias=None`) \param cfg     optional `in_features`, `out_features`, checked against
+/// `weight` \param y       output, preallocated `(..., O)` \param cache   output: the shapes
 /// \throws InvalidArgument on rank 0, a `weight` not of rank 2, `x`'s last extent not
 ///         `weight`'s second, a `bias` not `(O)`, or `y` of another shape.
 template <class Scalar>
-void linear_forward_into(const Tensor<Scalar>& x, const Tensor<Scalar>& weight, Opt<const Tensor<Scalar>> bias,
-                         const LinearConfig& cfg, Tensor<Scalar>& y, LinearCache<Scalar>& cache) {
+void linear_forward_into(const Tensor<Scalar>& x, const Tensor<Scalar>& weight,
+                         Opt<const Tensor<Scalar>> bias, const LinearConfig& cfg,
+                         Tensor<Scalar>& y, LinearCache<Scalar>& cache) {
   detail::linear::shapes(x.shape(), weight, bias, cfg, cache);
   require_shape(y, cache.y_shape, detail::linear::kLinear, "y (output)");
   const Index N = cache.N, I = cache.I, O = cache.O;
@@ -164,7 +168,8 @@ void linear_forward_into(const Tensor<Scalar>& x, const Tensor<Scalar>& weight, 
 /// \return `y` of shape `(..., O)` and the cache.
 template <class Scalar>
 LinearForward<Scalar> linear_forward(const Tensor<Scalar>& x, const Tensor<Scalar>& weight,
-                                     Opt<const Tensor<Scalar>> bias = nullptr, const LinearConfig& cfg = {}) {
+                                     Opt<const Tensor<Scalar>> bias = nullptr,
+                                     const LinearConfig& cfg = {}) {
   LinearForward<Scalar> out;
   detail::linear::shapes(x.shape(), weight, bias, cfg, out.cache);
   out.y = Tensor<Scalar>(out.cache.y_shape);
@@ -183,7 +188,8 @@ LinearForward<Scalar> linear_forward(const Tensor<Scalar>& x, const Tensor<Scala
 /// \throws InvalidArgument if `dy`, `x` or `weight` does not match the cache.
 template <class Scalar>
 LinearGrads<Scalar> linear_backward_staged(const Tensor<Scalar>& dy, const Tensor<Scalar>& x,
-                                           const Tensor<Scalar>& weight, const LinearCache<Scalar>& cache,
+                                           const Tensor<Scalar>& weight,
+                                           const LinearCache<Scalar>& cache,
                                            const LinearTermScales& scales = {}) {
   detail::linear::check_backward(dy, x, weight, cache);
   const Index N = cache.N, I = cache.I, O = cache.O;
@@ -203,7 +209,8 @@ LinearGrads<Scalar> linear_backward_staged(const Tensor<Scalar>& dy, const Tenso
   // dW = Σ_n dy_nᵀ x_n: one outer product per row of the batch, added up
   for (Index n = 0; n < N; ++n)
     for (Index o = 0; o < O; ++o)
-      for (Index i = 0; i < I; ++i) g.dweight[o * I + i] += Scalar(scales.dweight) * dy[n * O + o] * x[n * I + i];
+      for (Index i = 0; i < I; ++i)
+        g.dweight[o * I + i] += Scalar(scales.dweight) * dy[n * O + o] * x[n * I + i];
   //! [linear.dweight]
   if (cache.has_bias) {
     g.dbias = Tensor<Scalar>({O});
@@ -229,8 +236,9 @@ LinearGrads<Scalar> linear_backward_staged(const Tensor<Scalar>& dy, const Tenso
 /// \throws InvalidArgument on mismatched shapes of any argument or output, or a `dbias` for a
 ///         forward without a bias.
 template <class Scalar>
-void linear_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, const Tensor<Scalar>& weight,
-                          const LinearCache<Scalar>& cache, Opt<Tensor<Scalar>> dx, Opt<Tensor<Scalar>> dweight,
+void linear_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x,
+                          const Tensor<Scalar>& weight, const LinearCache<Scalar>& cache,
+                          Opt<Tensor<Scalar>> dx, Opt<Tensor<Scalar>> dweight,
                           Opt<Tensor<Scalar>> dbias) {
   using namespace detail::linear;
   check_backward(dy, x, weight, cache);
@@ -249,7 +257,8 @@ void linear_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, con
   if (dbias) {
     Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>> db(dbias->data(), O);
     db.setZero();
-    for (Index n = 0; n < N; ++n) db += Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>>(dy.data() + n * O, O);
+    for (Index n = 0; n < N; ++n)
+      db += Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>>(dy.data() + n * O, O);
   }
   //! [linear.dx_fused]
 }
@@ -257,11 +266,13 @@ void linear_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, con
 /// \brief Fused backward pass (allocating wrapper of linear_backward_into()).
 /// \return `dx`, `dweight`, and `dbias` when the forward had a bias.
 template <class Scalar>
-LinearGrads<Scalar> linear_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& x, const Tensor<Scalar>& weight,
+LinearGrads<Scalar> linear_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& x,
+                                    const Tensor<Scalar>& weight,
                                     const LinearCache<Scalar>& cache) {
   LinearGrads<Scalar> g{Tensor<Scalar>(cache.x_shape), Tensor<Scalar>({cache.O, cache.I}), {}};
   if (cache.has_bias) g.dbias = Tensor<Scalar>({cache.O});
-  linear_backward_into(dy, x, weight, cache, &g.dx, &g.dweight, cache.has_bias ? &g.dbias : nullptr);
+  linear_backward_into(dy, x, weight, cache, &g.dx, &g.dweight,
+                       cache.has_bias ? &g.dbias : nullptr);
   return g;
 }
 

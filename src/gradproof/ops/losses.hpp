@@ -4,22 +4,25 @@
 ///
 /// Semantics, names and defaults of PyTorch's `torch.nn.functional` losses. With the difference
 /// \f$d = x - t\f$ (`input` minus `target`) and an element-wise loss \f$\ell_i\f$,
-/// \f[ y = \begin{cases} \ell & \texttt{reduction="none"} \\ \tfrac{1}{n}\sum_i \ell_i & \texttt{"mean"}
+/// \f[ y = \begin{cases} \ell & \texttt{reduction="none"} \\ \tfrac{1}{n}\sum_i \ell_i &
+/// \texttt{"mean"}
 ///     \\ \sum_i \ell_i & \texttt{"sum"} \end{cases} \f]
 /// - `mse_loss`: \f$\ell_i = d_i^2\f$;
-/// - `huber_loss(delta=1)`: \f$\ell_i = \tfrac12 d_i^2\f$ if \f$|d_i| < \delta\f$, else \f$\delta(|d_i| - \tfrac12\delta)\f$;
-/// - `smooth_l1_loss(beta=1)`: \f$\ell_i = \tfrac12 d_i^2/\beta\f$ if \f$|d_i| < \beta\f$, else \f$|d_i| - \tfrac12\beta\f$
+/// - `huber_loss(delta=1)`: \f$\ell_i = \tfrac12 d_i^2\f$ if \f$|d_i| < \delta\f$, else
+/// \f$\delta(|d_i| - \tfrac12\delta)\f$;
+/// - `smooth_l1_loss(beta=1)`: \f$\ell_i = \tfrac12 d_i^2/\beta\f$ if \f$|d_i| < \beta\f$, else
+/// \f$|d_i| - \tfrac12\beta\f$
 ///   (\f$|d_i|\f$ for \f$\beta = 0\f$);
 /// - `binary_cross_entropy_with_logits(weight, pos_weight)`:
-///   \f$\ell_i = w_i\,[(1 - t_i)x_i + l_i\,\mathrm{sp}(-x_i)]\f$ with \f$l_i = 1 + (p_i - 1)t_i\f$ and
-///   \f$\mathrm{sp}(-x) = \log(1+e^{-x}) = \max(-x, 0) + \log(1 + e^{-|x|})\f$, PyTorch's stable form;
-///   without `pos_weight` it is \f$\max(x,0) - x t + \log(1+e^{-|x|})\f$.
+///   \f$\ell_i = w_i\,[(1 - t_i)x_i + l_i\,\mathrm{sp}(-x_i)]\f$ with \f$l_i = 1 + (p_i -
+///   1)t_i\f$ and \f$\mathrm{sp}(-x) = \log(1+e^{-x}) = \max(-x, 0) + \log(1 + e^{-|x|})\f$,
+///   PyTorch's stable form; without `pos_weight` it is \f$\max(x,0) - x t + \log(1+e^{-|x|})\f$.
 ///
-/// Shape legend: `input`, `target`, `dx`, `dtarget`: any shape, the same for both (no broadcasting
-/// of input against target: PyTorch's `mse_loss` broadcasts with a warning, the others refuse;
-/// gradproof refuses for all four). `weight`, `pos_weight`: broadcastable to `input` by PyTorch's
-/// rules (trailing axes aligned, each extent equal or 1). `y`, `dy`: `input`'s shape for
-/// `reduction="none"`, else a scalar of shape `()`.
+/// Shape legend: `input`, `target`, `dx`, `dtarget`: any shape, the same for both (no
+/// broadcasting of input against target: PyTorch's `mse_loss` broadcasts with a warning, the
+/// others refuse; gradproof refuses for all four). `weight`, `pos_weight`: broadcastable to
+/// `input` by PyTorch's rules (trailing axes aligned, each extent equal or 1). `y`, `dy`:
+/// `input`'s shape for `reduction="none"`, else a scalar of shape `()`.
 ///
 /// The gradients (derived in `derivations/losses.md`) come in both \f$x\f$ and \f$t\f$, as in
 /// PyTorch; `weight` and `pos_weight` are constants (PyTorch's autograd gives them no gradient).
@@ -44,7 +47,8 @@ enum class Reduction { none, mean, sum };
 struct MSELossConfig {
   std::string reduction = "mean";  ///< `"none"`, `"mean"` or `"sum"`
 };
-/// Hyper-parameters of binary_cross_entropy_with_logits (`weight` and `pos_weight` are tensor arguments).
+/// Hyper-parameters of binary_cross_entropy_with_logits (`weight` and `pos_weight` are tensor
+/// arguments).
 struct BCEWithLogitsConfig {
   std::string reduction = "mean";  ///< `"none"`, `"mean"` or `"sum"`
 };
@@ -56,7 +60,7 @@ struct HuberLossConfig {
 /// Hyper-parameters of smooth_l1_loss (PyTorch's names and defaults).
 struct SmoothL1LossConfig {
   std::string reduction = "mean";  ///< `"none"`, `"mean"` or `"sum"`
-  double beta = 1.0;               ///< \f$\beta \ge 0\f$: where the quadratic turns linear (0: L1)
+  double beta = 1.0;  ///< \f$\beta \ge 0\f$: where the quadratic turns linear (0: L1)
 };
 
 /// What the backward passes need from the forward pass (the inputs are passed to the backward
@@ -102,7 +106,8 @@ struct PointwiseLossTermScales {
 /// Scales of the terms of the staged backward of binary_cross_entropy_with_logits.
 struct BCEWithLogitsTermScales {
   double dreduce = 1;    ///< `bce_with_logits.dreduce`: \f$\partial y/\partial \ell_i\f$
-  double weighting = 1;  ///< `bce_with_logits.weighting`: \f$\partial \ell_i/\partial u_i = w_i\f$
+  double weighting =
+      1;  ///< `bce_with_logits.weighting`: \f$\partial \ell_i/\partial u_i = w_i\f$
   double du_dx = 1;      ///< `bce_with_logits.du_dx`: \f$(1 - t) - l\,\sigma(-x)\f$
   double du_dt = 1;      ///< `bce_with_logits.du_dt`: \f$-x + (p - 1)\,\mathrm{sp}(-x)\f$
 };
@@ -159,13 +164,14 @@ inline Reduction parse_reduction(const std::string& r, const char* op) {
   if (r == "none") return Reduction::none;
   if (r == "mean") return Reduction::mean;
   if (r == "sum") return Reduction::sum;
-  throw InvalidArgument(std::string(op) + ": reduction must be \"none\", \"mean\" or \"sum\"; got \"" + r + "\"");
+  throw InvalidArgument(std::string(op) +
+                        ": reduction must be \"none\", \"mean\" or \"sum\"; got \"" + r + "\"");
 }
 
 /// Fills the shapes of the cache; allocates nothing when they are those of the last call.
 template <class Scalar>
-void shapes(const Tensor<Scalar>& input, const Tensor<Scalar>& target, const std::string& reduction, const char* op,
-            LossCache<Scalar>& c) {
+void shapes(const Tensor<Scalar>& input, const Tensor<Scalar>& target,
+            const std::string& reduction, const char* op, LossCache<Scalar>& c) {
   if (!same_shape(input.shape(), target.shape())) {
     std::ostringstream msg;
     msg << op << ": target must have the shape of input " << to_string(input.shape()) << "; got "
@@ -182,7 +188,8 @@ void shapes(const Tensor<Scalar>& input, const Tensor<Scalar>& target, const std
   c.n = input.size();
 }
 
-/// The strides that broadcast `w` to `shape` (PyTorch's rules), or empty when the shapes are equal.
+/// The strides that broadcast `w` to `shape` (PyTorch's rules), or empty when the shapes are
+/// equal.
 template <class Scalar>
 void broadcast(const Tensor<Scalar>& w, const Shape& shape, const char* op, const char* what,
                std::vector<Index>& stride) {
@@ -194,14 +201,16 @@ void broadcast(const Tensor<Scalar>& w, const Shape& shape, const char* op, cons
   Index s = 1;
   for (Index a = r - 1; ok && a >= r - q; --a) {
     const Index e = w.shape()[static_cast<std::size_t>(a - (r - q))];
-    if (e == shape[static_cast<std::size_t>(a)]) stride[static_cast<std::size_t>(a)] = e == 1 ? 0 : s;
+    if (e == shape[static_cast<std::size_t>(a)])
+      stride[static_cast<std::size_t>(a)] = e == 1 ? 0 : s;
     else if (e != 1) ok = false;
     s *= e;
   }
   if (!ok) {
     std::ostringstream msg;
-    msg << op << ": " << what << " of shape " << to_string(w.shape()) << " cannot be broadcast to input of shape "
-        << to_string(shape) << " (trailing axes aligned, each extent equal or 1)";
+    msg << op << ": " << what << " of shape " << to_string(w.shape())
+        << " cannot be broadcast to input of shape " << to_string(shape)
+        << " (trailing axes aligned, each extent equal or 1)";
     throw InvalidArgument(msg.str());
   }
 }
@@ -227,7 +236,9 @@ void reduce(const LossCache<Scalar>& c, Tensor<Scalar>& y, const Ell& ell) {
   Acc<Scalar> acc = Acc<Scalar>(0);
   for (Index i = 0; i < c.n; ++i) acc += static_cast<Acc<Scalar>>(ell(i));
   // mean over no elements is 0/0 = NaN, as in PyTorch
-  y[0] = static_cast<Scalar>(c.reduction == Reduction::mean ? Acc<Scalar>(acc / Acc<Scalar>(static_cast<double>(c.n))) : acc);
+  y[0] = static_cast<Scalar>(c.reduction == Reduction::mean
+                                 ? Acc<Scalar>(acc / Acc<Scalar>(static_cast<double>(c.n)))
+                                 : acc);
 }
 
 /// \f$\partial y/\partial\ell_i\f$ times the upstream gradient: dyᵢ, dy, or dy/n.
@@ -239,19 +250,21 @@ Scalar upstream(const Tensor<Scalar>& dy, const LossCache<Scalar>& c, Index i) {
 }
 
 template <class Scalar>
-void check_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& input, const Tensor<Scalar>& target,
-                    const LossCache<Scalar>& c, const char* op) {
+void check_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& input,
+                    const Tensor<Scalar>& target, const LossCache<Scalar>& c, const char* op) {
   if (!same_shape(input.shape(), c.shape) || !same_shape(target.shape(), c.shape)) {
     std::ostringstream msg;
-    msg << op << ": cache was made for input of shape " << to_string(c.shape) << " but input has shape "
-        << to_string(input.shape()) << " and target " << to_string(target.shape());
+    msg << op << ": cache was made for input of shape " << to_string(c.shape)
+        << " but input has shape " << to_string(input.shape()) << " and target "
+        << to_string(target.shape());
     throw InvalidArgument(msg.str());
   }
   require_shape(dy, c.y_shape, op, "dy (must match y)");
 }
 
 template <class Scalar>
-void check_outputs(Opt<Tensor<Scalar>> dx, Opt<Tensor<Scalar>> dtarget, const LossCache<Scalar>& c, const char* op) {
+void check_outputs(Opt<Tensor<Scalar>> dx, Opt<Tensor<Scalar>> dtarget,
+                   const LossCache<Scalar>& c, const char* op) {
   if (dx) require_shape(*dx, c.shape, op, "dx (output)");
   if (dtarget) require_shape(*dtarget, c.shape, op, "dtarget (output)");
 }
@@ -276,8 +289,9 @@ constexpr const char* kBce = "binary_cross_entropy_with_logits";
 /// \throws InvalidArgument on a `target` of another shape, an unknown `reduction`, or `y` of
 ///         another shape.
 template <class Scalar>
-void mse_loss_forward_into(const Tensor<Scalar>& input, const Tensor<Scalar>& target, const MSELossConfig& cfg,
-                           Tensor<Scalar>& y, LossCache<Scalar>& cache) {
+void mse_loss_forward_into(const Tensor<Scalar>& input, const Tensor<Scalar>& target,
+                           const MSELossConfig& cfg, Tensor<Scalar>& y,
+                           LossCache<Scalar>& cache) {
   using namespace detail::losses;
   shapes(input, target, cfg.reduction, kMse, cache);
   require_shape(y, cache.y_shape, kMse, "y (output)");
@@ -310,7 +324,8 @@ LossForward<Scalar> mse_loss_forward(const Tensor<Scalar>& input, const Tensor<S
 /// \throws InvalidArgument if `dy`, `input` or `target` does not match the cache.
 template <class Scalar>
 LossGrads<Scalar> mse_loss_backward_staged(const Tensor<Scalar>& dy, const Tensor<Scalar>& input,
-                                           const Tensor<Scalar>& target, const LossCache<Scalar>& cache,
+                                           const Tensor<Scalar>& target,
+                                           const LossCache<Scalar>& cache,
                                            const PointwiseLossTermScales& scales = {}) {
   using namespace detail::losses;
   check_backward(dy, input, target, cache, kMse);
@@ -344,8 +359,9 @@ LossGrads<Scalar> mse_loss_backward_staged(const Tensor<Scalar>& dy, const Tenso
 /// \param dtarget  output, shape of `target`, or `nullptr`
 /// \throws InvalidArgument on mismatched shapes.
 template <class Scalar>
-void mse_loss_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& input, const Tensor<Scalar>& target,
-                            const LossCache<Scalar>& cache, Opt<Tensor<Scalar>> dx, Opt<Tensor<Scalar>> dtarget) {
+void mse_loss_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& input,
+                            const Tensor<Scalar>& target, const LossCache<Scalar>& cache,
+                            Opt<Tensor<Scalar>> dx, Opt<Tensor<Scalar>> dtarget) {
   using namespace detail::losses;
   check_backward(dy, input, target, cache, kMse);
   check_outputs(dx, dtarget, cache, kMse);
@@ -361,7 +377,8 @@ void mse_loss_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& inpu
 
 /// \brief mse_loss fused backward (allocating wrapper of mse_loss_backward_into()).
 template <class Scalar>
-LossGrads<Scalar> mse_loss_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& input, const Tensor<Scalar>& target,
+LossGrads<Scalar> mse_loss_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& input,
+                                    const Tensor<Scalar>& target,
                                     const LossCache<Scalar>& cache) {
   LossGrads<Scalar> g{Tensor<Scalar>(cache.shape), Tensor<Scalar>(cache.shape)};
   mse_loss_backward_into(dy, input, target, cache, &g.dx, &g.dtarget);
@@ -373,8 +390,9 @@ LossGrads<Scalar> mse_loss_backward(const Tensor<Scalar>& dy, const Tensor<Scala
 
 namespace detail::losses {
 template <class Scalar>
-void bce_shapes(const Tensor<Scalar>& input, const Tensor<Scalar>& target, Opt<const Tensor<Scalar>> weight,
-                Opt<const Tensor<Scalar>> pos_weight, const BCEWithLogitsConfig& cfg, LossCache<Scalar>& c) {
+void bce_shapes(const Tensor<Scalar>& input, const Tensor<Scalar>& target,
+                Opt<const Tensor<Scalar>> weight, Opt<const Tensor<Scalar>> pos_weight,
+                const BCEWithLogitsConfig& cfg, LossCache<Scalar>& c) {
   shapes(input, target, cfg.reduction, kBce, c);
   c.has_weight = weight != nullptr;
   c.has_pos_weight = pos_weight != nullptr;
@@ -382,14 +400,16 @@ void bce_shapes(const Tensor<Scalar>& input, const Tensor<Scalar>& target, Opt<c
   if (pos_weight) broadcast(*pos_weight, c.shape, kBce, "pos_weight", c.pos_weight_stride);
 }
 template <class Scalar>
-void bce_check_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& input, const Tensor<Scalar>& target,
-                        Opt<const Tensor<Scalar>> weight, Opt<const Tensor<Scalar>> pos_weight,
-                        const LossCache<Scalar>& c) {
+void bce_check_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& input,
+                        const Tensor<Scalar>& target, Opt<const Tensor<Scalar>> weight,
+                        Opt<const Tensor<Scalar>> pos_weight, const LossCache<Scalar>& c) {
   check_backward(dy, input, target, c, kBce);
   if ((weight != nullptr) != c.has_weight || (pos_weight != nullptr) != c.has_pos_weight)
-    throw InvalidArgument(std::string(kBce) + ": weight and pos_weight must be given to the backward as to the forward (" +
-                          "forward: weight " + (c.has_weight ? "given" : "None") + ", pos_weight " +
-                          (c.has_pos_weight ? "given" : "None") + ")");
+    throw InvalidArgument(
+        std::string(kBce) +
+        ": weight and pos_weight must be given to the backward as to the forward (" +
+        "forward: weight " + (c.has_weight ? "given" : "None") + ", pos_weight " +
+        (c.has_pos_weight ? "given" : "None") + ")");
 }
 /// wᵢ, or 1 without a weight.
 template <class Scalar>
@@ -405,25 +425,27 @@ Scalar pos_weight_at(Opt<const Tensor<Scalar>> p, const LossCache<Scalar>& c, In
 
 /// \brief binary_cross_entropy_with_logits forward into caller-provided `y` and `cache`.
 /// \param input       the logits \f$x\f$, any shape
-/// \param target      \f$t\f$, the shape of `input` (any real value; PyTorch does not check [0, 1])
-/// \param weight      \f$w\f$, broadcastable to `input`, or `nullptr` (PyTorch's `None`)
-/// \param pos_weight  \f$p\f$, the weight of the positive term, broadcastable to `input`, or `nullptr`
-/// \param cfg         `reduction`
-/// \param y           output: `input`'s shape for `"none"`, else `()`
-/// \param cache       output
-/// \throws InvalidArgument on a `target` of another shape, a `weight` or `pos_weight` that does
+/// \param target      \f$t\f$, the shape of `input` (any real value; PyTorch does not check [0,
+/// 1]) \param weight      \f$w\f$, broadcastable to `input`, or `nullptr` (PyTorch's `None`)
+/// \param pos_weight  \f$p\f$, the weight of the positive term, broadcastable to `input`, or
+/// `nullptr` \param cfg         `reduction` \param y           output: `input`'s shape for
+/// `"none"`, else `()` \param cache       output \throws InvalidArgument on a `target` of another
+/// shape, a `weight` or `pos_weight` that does
 ///         not broadcast, an unknown `reduction`, or `y` of another shape.
 template <class Scalar>
-void binary_cross_entropy_with_logits_forward_into(const Tensor<Scalar>& input, const Tensor<Scalar>& target,
-                                                   Opt<const Tensor<Scalar>> weight, Opt<const Tensor<Scalar>> pos_weight,
-                                                   const BCEWithLogitsConfig& cfg, Tensor<Scalar>& y,
-                                                   LossCache<Scalar>& cache) {
+void binary_cross_entropy_with_logits_forward_into(const Tensor<Scalar>& input,
+                                                   const Tensor<Scalar>& target,
+                                                   Opt<const Tensor<Scalar>> weight,
+                                                   Opt<const Tensor<Scalar>> pos_weight,
+                                                   const BCEWithLogitsConfig& cfg,
+                                                   Tensor<Scalar>& y, LossCache<Scalar>& cache) {
   using namespace detail::losses;
   bce_shapes(input, target, weight, pos_weight, cfg, cache);
   require_shape(y, cache.y_shape, kBce, "y (output)");
   //! [bce_with_logits.forward]
   // ℓᵢ = wᵢ uᵢ. Without pos_weight uᵢ = max(x, 0) − x t + log(1 + e^{−|x|});
-  // with it (PyTorch's form) uᵢ = (1 − t) x + l sp(−x), l = 1 + (p − 1) t, sp(−x) = log(1 + e^{−x}).
+  // with it (PyTorch's form) uᵢ = (1 − t) x + l sp(−x), l = 1 + (p − 1) t, sp(−x) = log(1 +
+  // e^{−x}).
   reduce(cache, y, [&](Index i) {
     const Scalar x = input[i], t = target[i];
     Scalar u;
@@ -441,14 +463,15 @@ void binary_cross_entropy_with_logits_forward_into(const Tensor<Scalar>& input, 
 
 /// \brief binary_cross_entropy_with_logits forward (allocating wrapper).
 template <class Scalar>
-LossForward<Scalar> binary_cross_entropy_with_logits_forward(const Tensor<Scalar>& input, const Tensor<Scalar>& target,
-                                                             Opt<const Tensor<Scalar>> weight = nullptr,
-                                                             Opt<const Tensor<Scalar>> pos_weight = nullptr,
-                                                             const BCEWithLogitsConfig& cfg = {}) {
+LossForward<Scalar> binary_cross_entropy_with_logits_forward(
+    const Tensor<Scalar>& input, const Tensor<Scalar>& target,
+    Opt<const Tensor<Scalar>> weight = nullptr, Opt<const Tensor<Scalar>> pos_weight = nullptr,
+    const BCEWithLogitsConfig& cfg = {}) {
   LossForward<Scalar> out;
   detail::losses::bce_shapes(input, target, weight, pos_weight, cfg, out.cache);
   out.y = Tensor<Scalar>(out.cache.y_shape);
-  binary_cross_entropy_with_logits_forward_into(input, target, weight, pos_weight, cfg, out.y, out.cache);
+  binary_cross_entropy_with_logits_forward_into(input, target, weight, pos_weight, cfg, out.y,
+                                                out.cache);
   return out;
 }
 
@@ -462,12 +485,10 @@ LossForward<Scalar> binary_cross_entropy_with_logits_forward(const Tensor<Scalar
 /// \param scales      term scales for the negative controls; leave at the default
 /// \throws InvalidArgument if an argument does not match the cache.
 template <class Scalar>
-LossGrads<Scalar> binary_cross_entropy_with_logits_backward_staged(const Tensor<Scalar>& dy, const Tensor<Scalar>& input,
-                                                                   const Tensor<Scalar>& target,
-                                                                   Opt<const Tensor<Scalar>> weight,
-                                                                   Opt<const Tensor<Scalar>> pos_weight,
-                                                                   const LossCache<Scalar>& cache,
-                                                                   const BCEWithLogitsTermScales& scales = {}) {
+LossGrads<Scalar> binary_cross_entropy_with_logits_backward_staged(
+    const Tensor<Scalar>& dy, const Tensor<Scalar>& input, const Tensor<Scalar>& target,
+    Opt<const Tensor<Scalar>> weight, Opt<const Tensor<Scalar>> pos_weight,
+    const LossCache<Scalar>& cache, const BCEWithLogitsTermScales& scales = {}) {
   using namespace detail::losses;
   bce_check_backward(dy, input, target, weight, pos_weight, cache);
   LossGrads<Scalar> g{Tensor<Scalar>(cache.shape), Tensor<Scalar>(cache.shape)};
@@ -512,10 +533,10 @@ LossGrads<Scalar> binary_cross_entropy_with_logits_backward_staged(const Tensor<
 /// \param dtarget     output, shape of `target`, or `nullptr`
 /// \throws InvalidArgument on mismatched shapes.
 template <class Scalar>
-void binary_cross_entropy_with_logits_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& input,
-                                                    const Tensor<Scalar>& target, Opt<const Tensor<Scalar>> weight,
-                                                    Opt<const Tensor<Scalar>> pos_weight, const LossCache<Scalar>& cache,
-                                                    Opt<Tensor<Scalar>> dx, Opt<Tensor<Scalar>> dtarget) {
+void binary_cross_entropy_with_logits_backward_into(
+    const Tensor<Scalar>& dy, const Tensor<Scalar>& input, const Tensor<Scalar>& target,
+    Opt<const Tensor<Scalar>> weight, Opt<const Tensor<Scalar>> pos_weight,
+    const LossCache<Scalar>& cache, Opt<Tensor<Scalar>> dx, Opt<Tensor<Scalar>> dtarget) {
   using namespace detail::losses;
   bce_check_backward(dy, input, target, weight, pos_weight, cache);
   check_outputs(dx, dtarget, cache, kBce);
@@ -539,13 +560,15 @@ void binary_cross_entropy_with_logits_backward_into(const Tensor<Scalar>& dy, co
 
 /// \brief binary_cross_entropy_with_logits fused backward (allocating wrapper).
 template <class Scalar>
-LossGrads<Scalar> binary_cross_entropy_with_logits_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& input,
+LossGrads<Scalar> binary_cross_entropy_with_logits_backward(const Tensor<Scalar>& dy,
+                                                            const Tensor<Scalar>& input,
                                                             const Tensor<Scalar>& target,
                                                             Opt<const Tensor<Scalar>> weight,
                                                             Opt<const Tensor<Scalar>> pos_weight,
                                                             const LossCache<Scalar>& cache) {
   LossGrads<Scalar> g{Tensor<Scalar>(cache.shape), Tensor<Scalar>(cache.shape)};
-  binary_cross_entropy_with_logits_backward_into(dy, input, target, weight, pos_weight, cache, &g.dx, &g.dtarget);
+  binary_cross_entropy_with_logits_backward_into(dy, input, target, weight, pos_weight, cache,
+                                                 &g.dx, &g.dtarget);
   return g;
 }
 
@@ -571,8 +594,9 @@ inline void check_delta(double v) {
 /// \throws InvalidArgument on a `target` of another shape, an unknown `reduction`, `delta`
 ///         not > 0, or `y` of another shape.
 template <class Scalar>
-void huber_loss_forward_into(const Tensor<Scalar>& input, const Tensor<Scalar>& target, const HuberLossConfig& cfg,
-                           Tensor<Scalar>& y, LossCache<Scalar>& cache) {
+void huber_loss_forward_into(const Tensor<Scalar>& input, const Tensor<Scalar>& target,
+                             const HuberLossConfig& cfg, Tensor<Scalar>& y,
+                             LossCache<Scalar>& cache) {
   using namespace detail::losses;
   check_delta(cfg.delta);
   shapes(input, target, cfg.reduction, kHuber, cache);
@@ -583,14 +607,16 @@ void huber_loss_forward_into(const Tensor<Scalar>& input, const Tensor<Scalar>& 
   // ℓᵢ = ½dᵢ² for |dᵢ| < δ, δ(|dᵢ| − ½δ) otherwise (the linear branch at |dᵢ| = δ, as PyTorch)
   reduce(cache, y, [&](Index i) {
     const Scalar d = input[i] - target[i], ad = re_abs(d);
-    return real_value(ad) < real_value(b) ? Scalar(Scalar(0.5) * d * d) : Scalar(b * (ad - Scalar(0.5) * b));
+    return real_value(ad) < real_value(b) ? Scalar(Scalar(0.5) * d * d)
+                                          : Scalar(b * (ad - Scalar(0.5) * b));
   });
   //! [huber_loss.forward]
 }
 
 /// \brief huber_loss forward (allocating wrapper of huber_loss_forward_into()).
 template <class Scalar>
-LossForward<Scalar> huber_loss_forward(const Tensor<Scalar>& input, const Tensor<Scalar>& target, const HuberLossConfig& cfg = {}) {
+LossForward<Scalar> huber_loss_forward(const Tensor<Scalar>& input, const Tensor<Scalar>& target,
+                                       const HuberLossConfig& cfg = {}) {
   LossForward<Scalar> out;
   detail::losses::check_delta(cfg.delta);
   detail::losses::shapes(input, target, cfg.reduction, detail::losses::kHuber, out.cache);
@@ -607,9 +633,11 @@ LossForward<Scalar> huber_loss_forward(const Tensor<Scalar>& input, const Tensor
 /// \param scales  term scales for the negative controls; leave at the default
 /// \throws InvalidArgument if `dy`, `input` or `target` does not match the cache.
 template <class Scalar>
-LossGrads<Scalar> huber_loss_backward_staged(const Tensor<Scalar>& dy, const Tensor<Scalar>& input,
-                                           const Tensor<Scalar>& target, const LossCache<Scalar>& cache,
-                                           const PointwiseLossTermScales& scales = {}) {
+LossGrads<Scalar> huber_loss_backward_staged(const Tensor<Scalar>& dy,
+                                             const Tensor<Scalar>& input,
+                                             const Tensor<Scalar>& target,
+                                             const LossCache<Scalar>& cache,
+                                             const PointwiseLossTermScales& scales = {}) {
   using namespace detail::losses;
   check_backward(dy, input, target, cache, kHuber);
   LossGrads<Scalar> g{Tensor<Scalar>(cache.shape), Tensor<Scalar>(cache.shape)};
@@ -619,10 +647,13 @@ LossGrads<Scalar> huber_loss_backward_staged(const Tensor<Scalar>& dy, const Ten
     //! [huber_loss.dreduce]
     const Scalar dl = Scalar(scales.dreduce) * upstream(dy, cache, i);  // dyᵢ, dy, or dy/n
     //! [huber_loss.dreduce]
-    // Step 2. ℓ = ½d² inside, δ(|d| − ½δ) outside: ∂ℓ/∂d = d inside, ±δ outside (PyTorch: ±δ at |d| = δ).
+    // Step 2. ℓ = ½d² inside, δ(|d| − ½δ) outside: ∂ℓ/∂d = d inside, ±δ outside (PyTorch: ±δ at
+    // |d| = δ).
     const Scalar d = input[i] - target[i];
     //! [huber_loss.dl_dd]
-    const Scalar slope = real_value(d) <= -real_value(b) ? Scalar(-b) : real_value(d) >= real_value(b) ? b : d;
+    const Scalar slope = real_value(d) <= -real_value(b)  ? Scalar(-b)
+                         : real_value(d) >= real_value(b) ? b
+                                                          : d;
     const Scalar dd = dl * Scalar(scales.dl_dd) * slope;
     //! [huber_loss.dl_dd]
     // Step 3. d = x − t: ∂d/∂x = 1, ∂d/∂t = −1.
@@ -645,8 +676,9 @@ LossGrads<Scalar> huber_loss_backward_staged(const Tensor<Scalar>& dy, const Ten
 /// \param dtarget  output, shape of `target`, or `nullptr`
 /// \throws InvalidArgument on mismatched shapes.
 template <class Scalar>
-void huber_loss_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& input, const Tensor<Scalar>& target,
-                            const LossCache<Scalar>& cache, Opt<Tensor<Scalar>> dx, Opt<Tensor<Scalar>> dtarget) {
+void huber_loss_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& input,
+                              const Tensor<Scalar>& target, const LossCache<Scalar>& cache,
+                              Opt<Tensor<Scalar>> dx, Opt<Tensor<Scalar>> dtarget) {
   using namespace detail::losses;
   check_backward(dy, input, target, cache, kHuber);
   check_outputs(dx, dtarget, cache, kHuber);
@@ -655,7 +687,9 @@ void huber_loss_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& in
   // dx = s·clamp(d, −δ, δ), dtarget = −dx
   for (Index i = 0; i < cache.n; ++i) {
     const Scalar d = input[i] - target[i];
-    const Scalar gi = upstream(dy, cache, i) * (real_value(d) <= -real_value(b) ? Scalar(-b) : real_value(d) >= real_value(b) ? b : d);
+    const Scalar gi = upstream(dy, cache, i) * (real_value(d) <= -real_value(b)  ? Scalar(-b)
+                                                : real_value(d) >= real_value(b) ? b
+                                                                                 : d);
     if (dx) (*dx)[i] = gi;
     if (dtarget) (*dtarget)[i] = -gi;
   }
@@ -664,8 +698,9 @@ void huber_loss_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& in
 
 /// \brief huber_loss fused backward (allocating wrapper of huber_loss_backward_into()).
 template <class Scalar>
-LossGrads<Scalar> huber_loss_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& input, const Tensor<Scalar>& target,
-                                    const LossCache<Scalar>& cache) {
+LossGrads<Scalar> huber_loss_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& input,
+                                      const Tensor<Scalar>& target,
+                                      const LossCache<Scalar>& cache) {
   LossGrads<Scalar> g{Tensor<Scalar>(cache.shape), Tensor<Scalar>(cache.shape)};
   huber_loss_backward_into(dy, input, target, cache, &g.dx, &g.dtarget);
   return g;
@@ -675,8 +710,8 @@ LossGrads<Scalar> huber_loss_backward(const Tensor<Scalar>& dy, const Tensor<Sca
 // smooth_l1_loss
 
 namespace detail::losses {
-/// ∂ℓ/∂d of smooth L1: d/β inside, ±1 outside and at |d| = β (PyTorch's choice); for β = 0 PyTorch
-/// computes l1_loss, whose gradient is sign(d), 0 at d = 0.
+/// ∂ℓ/∂d of smooth L1: d/β inside, ±1 outside and at |d| = β (PyTorch's choice); for β = 0
+/// PyTorch computes l1_loss, whose gradient is sign(d), 0 at d = 0.
 template <class Scalar>
 Scalar smooth_l1_slope(const Scalar& d, const Scalar& b) {
   const double dr = real_value(d), br = real_value(b);
@@ -701,8 +736,9 @@ inline void check_beta(double v) {
 /// \throws InvalidArgument on a `target` of another shape, an unknown `reduction`, `beta`
 ///         not >= 0, or `y` of another shape.
 template <class Scalar>
-void smooth_l1_loss_forward_into(const Tensor<Scalar>& input, const Tensor<Scalar>& target, const SmoothL1LossConfig& cfg,
-                           Tensor<Scalar>& y, LossCache<Scalar>& cache) {
+void smooth_l1_loss_forward_into(const Tensor<Scalar>& input, const Tensor<Scalar>& target,
+                                 const SmoothL1LossConfig& cfg, Tensor<Scalar>& y,
+                                 LossCache<Scalar>& cache) {
   using namespace detail::losses;
   check_beta(cfg.beta);
   shapes(input, target, cfg.reduction, kSmoothL1, cache);
@@ -713,14 +749,17 @@ void smooth_l1_loss_forward_into(const Tensor<Scalar>& input, const Tensor<Scala
   // ℓᵢ = ½dᵢ²/β for |dᵢ| < β, |dᵢ| − ½β otherwise; |dᵢ| for β = 0 (PyTorch: l1_loss)
   reduce(cache, y, [&](Index i) {
     const Scalar d = input[i] - target[i], ad = re_abs(d);
-    return real_value(ad) < real_value(b) ? Scalar(Scalar(0.5) * d * d / b) : Scalar(ad - Scalar(0.5) * b);
+    return real_value(ad) < real_value(b) ? Scalar(Scalar(0.5) * d * d / b)
+                                          : Scalar(ad - Scalar(0.5) * b);
   });
   //! [smooth_l1_loss.forward]
 }
 
 /// \brief smooth_l1_loss forward (allocating wrapper of smooth_l1_loss_forward_into()).
 template <class Scalar>
-LossForward<Scalar> smooth_l1_loss_forward(const Tensor<Scalar>& input, const Tensor<Scalar>& target, const SmoothL1LossConfig& cfg = {}) {
+LossForward<Scalar> smooth_l1_loss_forward(const Tensor<Scalar>& input,
+                                           const Tensor<Scalar>& target,
+                                           const SmoothL1LossConfig& cfg = {}) {
   LossForward<Scalar> out;
   detail::losses::check_beta(cfg.beta);
   detail::losses::shapes(input, target, cfg.reduction, detail::losses::kSmoothL1, out.cache);
@@ -737,9 +776,11 @@ LossForward<Scalar> smooth_l1_loss_forward(const Tensor<Scalar>& input, const Te
 /// \param scales  term scales for the negative controls; leave at the default
 /// \throws InvalidArgument if `dy`, `input` or `target` does not match the cache.
 template <class Scalar>
-LossGrads<Scalar> smooth_l1_loss_backward_staged(const Tensor<Scalar>& dy, const Tensor<Scalar>& input,
-                                           const Tensor<Scalar>& target, const LossCache<Scalar>& cache,
-                                           const PointwiseLossTermScales& scales = {}) {
+LossGrads<Scalar> smooth_l1_loss_backward_staged(const Tensor<Scalar>& dy,
+                                                 const Tensor<Scalar>& input,
+                                                 const Tensor<Scalar>& target,
+                                                 const LossCache<Scalar>& cache,
+                                                 const PointwiseLossTermScales& scales = {}) {
   using namespace detail::losses;
   check_backward(dy, input, target, cache, kSmoothL1);
   LossGrads<Scalar> g{Tensor<Scalar>(cache.shape), Tensor<Scalar>(cache.shape)};
@@ -749,7 +790,8 @@ LossGrads<Scalar> smooth_l1_loss_backward_staged(const Tensor<Scalar>& dy, const
     //! [smooth_l1_loss.dreduce]
     const Scalar dl = Scalar(scales.dreduce) * upstream(dy, cache, i);  // dyᵢ, dy, or dy/n
     //! [smooth_l1_loss.dreduce]
-    // Step 2. ℓ = ½d²/β inside, |d| − ½β outside: ∂ℓ/∂d = d/β inside, ±1 outside (PyTorch: ±1 at |d| = β, +1 at d = 0 for β = 0).
+    // Step 2. ℓ = ½d²/β inside, |d| − ½β outside: ∂ℓ/∂d = d/β inside, ±1 outside (PyTorch: ±1 at
+    // |d| = β, +1 at d = 0 for β = 0).
     const Scalar d = input[i] - target[i];
     //! [smooth_l1_loss.dl_dd]
     const Scalar slope = smooth_l1_slope(d, b);
@@ -775,8 +817,9 @@ LossGrads<Scalar> smooth_l1_loss_backward_staged(const Tensor<Scalar>& dy, const
 /// \param dtarget  output, shape of `target`, or `nullptr`
 /// \throws InvalidArgument on mismatched shapes.
 template <class Scalar>
-void smooth_l1_loss_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& input, const Tensor<Scalar>& target,
-                            const LossCache<Scalar>& cache, Opt<Tensor<Scalar>> dx, Opt<Tensor<Scalar>> dtarget) {
+void smooth_l1_loss_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& input,
+                                  const Tensor<Scalar>& target, const LossCache<Scalar>& cache,
+                                  Opt<Tensor<Scalar>> dx, Opt<Tensor<Scalar>> dtarget) {
   using namespace detail::losses;
   check_backward(dy, input, target, cache, kSmoothL1);
   check_outputs(dx, dtarget, cache, kSmoothL1);
@@ -795,8 +838,9 @@ void smooth_l1_loss_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>
 
 /// \brief smooth_l1_loss fused backward (allocating wrapper of smooth_l1_loss_backward_into()).
 template <class Scalar>
-LossGrads<Scalar> smooth_l1_loss_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& input, const Tensor<Scalar>& target,
-                                    const LossCache<Scalar>& cache) {
+LossGrads<Scalar> smooth_l1_loss_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& input,
+                                          const Tensor<Scalar>& target,
+                                          const LossCache<Scalar>& cache) {
   LossGrads<Scalar> g{Tensor<Scalar>(cache.shape), Tensor<Scalar>(cache.shape)};
   smooth_l1_loss_backward_into(dy, input, target, cache, &g.dx, &g.dtarget);
   return g;

@@ -77,7 +77,8 @@ void shapes(const Shape& as, const Shape& bs, MatmulCache<Scalar>& c) {
   const auto rank_ok = [](const Shape& s, const char* name, const char* legend) {
     if (s.size() != 2 && s.size() != 3) {
       std::ostringstream msg;
-      msg << "matmul: " << name << " must have rank 2 " << legend << "; got shape " << to_string(s);
+      msg << "matmul: " << name << " must have rank 2 " << legend << "; got shape "
+          << to_string(s);
       throw InvalidArgument(msg.str());
     }
   };
@@ -86,15 +87,16 @@ void shapes(const Shape& as, const Shape& bs, MatmulCache<Scalar>& c) {
   const Index ka = as.back(), kb = bs[bs.size() - 2];
   if (ka != kb) {
     std::ostringstream msg;
-    msg << "matmul: the inner extents must agree: a of shape " << to_string(as) << " has k = " << ka
-        << ", b of shape " << to_string(bs) << " has k = " << kb;
+    msg << "matmul: the inner extents must agree: a of shape " << to_string(as)
+        << " has k = " << ka << ", b of shape " << to_string(bs) << " has k = " << kb;
     throw InvalidArgument(msg.str());
   }
   const Index Ba = as.size() == 3 ? as[0] : 1, Bb = bs.size() == 3 ? bs[0] : 1;
   if (Ba != Bb && Ba != 1 && Bb != 1) {
     std::ostringstream msg;
-    msg << "matmul: the batch extents of a of shape " << to_string(as) << " and b of shape " << to_string(bs)
-        << " do not broadcast: " << Ba << " and " << Bb << " (they must be equal or one of them 1)";
+    msg << "matmul: the batch extents of a of shape " << to_string(as) << " and b of shape "
+        << to_string(bs) << " do not broadcast: " << Ba << " and " << Bb
+        << " (they must be equal or one of them 1)";
     throw InvalidArgument(msg.str());
   }
   c.n = as[as.size() - 2];
@@ -118,7 +120,8 @@ void check_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& a, const Ten
   if (!same_shape(a.shape(), c.a_shape) || !same_shape(b.shape(), c.b_shape)) {
     std::ostringstream msg;
     msg << "matmul: cache was made for a of shape " << to_string(c.a_shape) << " and b of shape "
-        << to_string(c.b_shape) << " but a has shape " << to_string(a.shape()) << " and b " << to_string(b.shape());
+        << to_string(c.b_shape) << " but a has shape " << to_string(a.shape()) << " and b "
+        << to_string(b.shape());
     throw InvalidArgument(msg.str());
   }
   require_shape(dy, c.y_shape, kMatmul, "dy (must match y)");
@@ -136,8 +139,8 @@ void check_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& a, const Ten
 /// \throws InvalidArgument for a rank other than 2 or 3, inner extents that differ, batch extents
 ///         that do not broadcast, or `y` of another shape.
 template <class Scalar>
-void matmul_forward_into(const Tensor<Scalar>& a, const Tensor<Scalar>& b, const MatmulConfig& cfg, Tensor<Scalar>& y,
-                         MatmulCache<Scalar>& cache) {
+void matmul_forward_into(const Tensor<Scalar>& a, const Tensor<Scalar>& b,
+                         const MatmulConfig& cfg, Tensor<Scalar>& y, MatmulCache<Scalar>& cache) {
   (void)cfg;
   detail::matmul::shapes(a.shape(), b.shape(), cache);
   require_shape(y, cache.y_shape, detail::matmul::kMatmul, "y (output)");
@@ -164,7 +167,8 @@ void matmul_forward_into(const Tensor<Scalar>& a, const Tensor<Scalar>& b, const
 
 /// \brief Forward pass (allocating wrapper of matmul_forward_into()).
 template <class Scalar>
-MatmulForward<Scalar> matmul_forward(const Tensor<Scalar>& a, const Tensor<Scalar>& b, const MatmulConfig& cfg = {}) {
+MatmulForward<Scalar> matmul_forward(const Tensor<Scalar>& a, const Tensor<Scalar>& b,
+                                     const MatmulConfig& cfg = {}) {
   MatmulForward<Scalar> out;
   detail::matmul::shapes(a.shape(), b.shape(), out.cache);
   out.y = Tensor<Scalar>(out.cache.y_shape);
@@ -180,18 +184,22 @@ MatmulForward<Scalar> matmul_forward(const Tensor<Scalar>& a, const Tensor<Scala
 /// \param scales  term scales for the negative controls; leave at the default
 /// \throws InvalidArgument if `dy`, `a` or `b` does not match the cache.
 template <class Scalar>
-MatmulGrads<Scalar> matmul_backward_staged(const Tensor<Scalar>& dy, const Tensor<Scalar>& a, const Tensor<Scalar>& b,
-                                           const MatmulCache<Scalar>& cache, const MatmulTermScales& scales = {}) {
+MatmulGrads<Scalar> matmul_backward_staged(const Tensor<Scalar>& dy, const Tensor<Scalar>& a,
+                                           const Tensor<Scalar>& b,
+                                           const MatmulCache<Scalar>& cache,
+                                           const MatmulTermScales& scales = {}) {
   detail::matmul::check_backward(dy, a, b, cache);
   const Index n = cache.n, k = cache.k, m = cache.m;
   MatmulGrads<Scalar> g{Tensor<Scalar>(cache.a_shape), Tensor<Scalar>(cache.b_shape)};
   for (Index t = 0; t < cache.B; ++t) {
     const Index ta = cache.Ba == 1 ? 0 : t, tb = cache.Bb == 1 ? 0 : t;
-    const Scalar *at = a.data() + ta * n * k, *bt = b.data() + tb * k * m, *dyt = dy.data() + t * n * m;
+    const Scalar *at = a.data() + ta * n * k, *bt = b.data() + tb * k * m,
+                 *dyt = dy.data() + t * n * m;
     Scalar *dat = g.da.data() + ta * n * k, *dbt = g.db.data() + tb * k * m;
     // Step 1. (A_t)_{i,p} reaches (Y_t)_{i,j} for every j, with derivative (B_t)_{p,j}.
     //! [matmul.da]
-    // dA_t += dY_t B_tᵀ: (dA_t)_{i,p} = Σ_j (dY_t)_{i,j} (B_t)_{p,j}; summed over t when a is broadcast
+    // dA_t += dY_t B_tᵀ: (dA_t)_{i,p} = Σ_j (dY_t)_{i,j} (B_t)_{p,j}; summed over t when a is
+    // broadcast
     for (Index i = 0; i < n; ++i)
       for (Index p = 0; p < k; ++p) {
         Scalar acc = Scalar(0);
@@ -201,7 +209,8 @@ MatmulGrads<Scalar> matmul_backward_staged(const Tensor<Scalar>& dy, const Tenso
     //! [matmul.da]
     // Step 2. (B_t)_{p,j} reaches (Y_t)_{i,j} for every i, with derivative (A_t)_{i,p}.
     //! [matmul.db]
-    // dB_t += A_tᵀ dY_t: (dB_t)_{p,j} = Σ_i (A_t)_{i,p} (dY_t)_{i,j}; summed over t when b is broadcast
+    // dB_t += A_tᵀ dY_t: (dB_t)_{p,j} = Σ_i (A_t)_{i,p} (dY_t)_{i,j}; summed over t when b is
+    // broadcast
     for (Index p = 0; p < k; ++p)
       for (Index j = 0; j < m; ++j) {
         Scalar acc = Scalar(0);
@@ -223,8 +232,9 @@ MatmulGrads<Scalar> matmul_backward_staged(const Tensor<Scalar>& dy, const Tenso
 /// \param db     output, shape of `b`, or `nullptr` if not wanted
 /// \throws InvalidArgument on mismatched shapes of any argument or output.
 template <class Scalar>
-void matmul_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& a, const Tensor<Scalar>& b,
-                          const MatmulCache<Scalar>& cache, Opt<Tensor<Scalar>> da, Opt<Tensor<Scalar>> db) {
+void matmul_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& a,
+                          const Tensor<Scalar>& b, const MatmulCache<Scalar>& cache,
+                          Opt<Tensor<Scalar>> da, Opt<Tensor<Scalar>> db) {
   using namespace detail::matmul;
   check_backward(dy, a, b, cache);
   if (da) require_shape(*da, cache.a_shape, kMatmul, "da (output)");
@@ -236,10 +246,14 @@ void matmul_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& a, con
   // dimension runs over the whole batch.
   for (Index t = 0; t < cache.B; ++t) {
     const Index ta = cache.Ba == 1 ? 0 : t, tb = cache.Bb == 1 ? 0 : t;
-    const Scalar *at = a.data() + ta * n * k, *bt = b.data() + tb * k * m, *dyt = dy.data() + t * n * m;
-    if (da) detail::gemm(false, true, n, k, m, dyt, bt, da->data() + ta * n * k, cache.Ba == 1 && t > 0);
+    const Scalar *at = a.data() + ta * n * k, *bt = b.data() + tb * k * m,
+                 *dyt = dy.data() + t * n * m;
+    if (da)
+      detail::gemm(false, true, n, k, m, dyt, bt, da->data() + ta * n * k,
+                   cache.Ba == 1 && t > 0);
     if (db && !(cache.Bb == 1 && cache.Ba == cache.B && cache.B > 1))
-      detail::gemm(true, false, k, m, n, at, dyt, db->data() + tb * k * m, cache.Bb == 1 && t > 0);
+      detail::gemm(true, false, k, m, n, at, dyt, db->data() + tb * k * m,
+                   cache.Bb == 1 && t > 0);
   }
   if (db && cache.Bb == 1 && cache.Ba == cache.B && cache.B > 1)
     detail::gemm(true, false, k, m, cache.B * n, a.data(), dy.data(), db->data());
@@ -248,8 +262,8 @@ void matmul_backward_into(const Tensor<Scalar>& dy, const Tensor<Scalar>& a, con
 
 /// \brief Fused backward pass (allocating wrapper of matmul_backward_into()).
 template <class Scalar>
-MatmulGrads<Scalar> matmul_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& a, const Tensor<Scalar>& b,
-                                    const MatmulCache<Scalar>& cache) {
+MatmulGrads<Scalar> matmul_backward(const Tensor<Scalar>& dy, const Tensor<Scalar>& a,
+                                    const Tensor<Scalar>& b, const MatmulCache<Scalar>& cache) {
   MatmulGrads<Scalar> g{Tensor<Scalar>(cache.a_shape), Tensor<Scalar>(cache.b_shape)};
   matmul_backward_into(dy, a, b, cache, &g.da, &g.db);
   return g;
