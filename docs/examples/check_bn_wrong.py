@@ -36,5 +36,6 @@ dx = dy * gamma[None, :, None] * invstd
 dgamma = (dy * xhat).sum(axis=(0, 2))
 dbeta = dy.sum(axis=(0, 2))
 
-for name, a in dict(x=x, dy=dy, gamma=gamma, beta=beta, dx=dx, dgamma=dgamma, dbeta=dbeta).items():
+arrays = dict(x=x, dy=dy, gamma=gamma, beta=beta, dx=dx, dgamma=dgamma, dbeta=dbeta)
+for name, a in arrays.items():
     np.save(os.path.join(out, name + ".npy"), a)
