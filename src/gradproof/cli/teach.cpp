@@ -208,9 +208,8 @@ std::string cpp_runner(const Lesson& l) {
        "      env[name] = gradproof::io::read_npy(file).values;\n"
        "    } else if (op == \"call\") {\n      std::string fn, out, arg;\n      in >> fn >> out;\n"
        "      std::vector<const TensorD*> args;\n      std::string bad;\n"
-       "      while (in >> arg) {\n        if (failed.count(arg)) bad = arg;\n"
-       "        else args.push_back(&env.at(arg));\n      }\n"
-       "      if (!bad.empty()) {\n        failed[out] = \"not run: its argument \" + bad + \" failed\";\n        continue;\n      }\n"
+       "      while (in >> arg) {\n        if (failed.count(arg)) {\n          if (bad.empty()) bad = arg;\n        } else {\n          args.push_back(&env.at(arg));\n        }\n      }\n"
+              "      if (!bad.empty()) {\n        failed[out] = \"not run: its argument \" + bad + \" failed\";\n        continue;\n      }\n"
        "      try {\n        env[out] = call(fn, args);\n"
        "      } catch (const exercise::NotWritten&) {\n        failed[out] = \"not written yet\";\n"
        "      } catch (const std::exception& e) {\n        failed[out] = std::string(\"threw: \") + e.what();\n      }\n"
@@ -519,7 +518,8 @@ struct GradientGrade {
 struct Report {
   const Lesson* lesson = nullptr;
   std::string lang, describe;
-  bool built = true;
+  bool built = true;           // the student's code built and ran
+  std::string failure;         // "did not build" or "did not run"
   std::string build_log;
   std::vector<TermGrade> terms;
   std::vector<GradientGrade> gradients;
@@ -558,6 +558,7 @@ std::optional<fs::path> build_cpp(const fs::path& dir, const Manifest& m, const 
     const std::string gen = std::system("command -v ninja > /dev/null 2>&1") == 0 ? " -G Ninja" : "";
     if (run("cmake -S " + quote(dir.string()) + " -B " + quote(build.string()) + gen + " -Dgradproof_DIR=" + quote(package), log) != 0) {
       rep.built = false;
+      rep.failure = "did not build";
       rep.build_log = read_file(log);
       fs::remove_all(build);  // configure again next time
       return std::nullopt;
@@ -565,6 +566,7 @@ std::optional<fs::path> build_cpp(const fs::path& dir, const Manifest& m, const 
   }
   if (run("cmake --build " + quote(build.string()), log) != 0) {
     rep.built = false;
+    rep.failure = "did not build";
     rep.build_log = read_file(log);
     return std::nullopt;
   }
@@ -683,6 +685,14 @@ Report grade(const fs::path& dir, const std::optional<std::string>& pkg) {
     }
     rc = run("timeout 300 " + quote(runner->string()) + " " + quote((work / "calls.txt").string()), log);
   }
+  // A process that failed before its first result (an import error, a crash): its log, once.
+  if (rc != 0 && fs::is_empty(work / "out")) {
+    rep.built = false;
+    rep.failure = "did not run";
+    rep.build_log = read_file(log);
+    for (const auto& t : l.terms) rep.max_score += 1, (void)t;
+    return rep;
+  }
   const std::string run_log = read_file(log);
 
   // The gradients, chained from the student's own terms.
@@ -776,8 +786,8 @@ void print(std::ostream& out, const Report& r) {
       << wrap("", "each term is run on the verified values of its arguments, at this problem's point and at a "
                   "probe point (other arguments, where the terms that vanish here do not)", 0);
   if (!r.built) {
-    out << "\nyour code did not build:\n" << r.build_log.substr(r.build_log.size() > 3000 ? r.build_log.size() - 3000 : 0)
-        << "\nscore: 0 of " << r.max_score << " terms (it did not build)\n";
+    out << "\nyour code " << r.failure << ":\n" << r.build_log.substr(r.build_log.size() > 3000 ? r.build_log.size() - 3000 : 0)
+        << "\nscore: 0 of " << r.max_score << " terms (it " << r.failure << ")\n";
     return;
   }
   out << "\n";
@@ -815,7 +825,9 @@ void write_json(std::ostream& out, const Report& r) {
   string(out, r.lesson->op);
   out << ", \"lang\": ";
   string(out, r.lang);
-  out << ", \"built\": " << (r.built ? "true" : "false") << ", \"score\": ";
+  out << ", \"ran\": " << (r.built ? "true" : "false") << ", \"failure\": ";
+  string(out, r.failure);
+  out << ", \"score\": ";
   number(out, r.score);
   out << ", \"max_score\": ";
   number(out, r.max_score);
@@ -853,7 +865,7 @@ void write_json(std::ostream& out, const Report& r) {
   }
   out << "]";
   if (!r.built) {
-    out << ", \"build_log\": ";
+    out << ", \"log\": ";
     string(out, r.build_log);
   }
   out << "}\n";
