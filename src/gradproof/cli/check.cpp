@@ -529,10 +529,17 @@ VectorCase vector_case(const std::string& op) {
   Shape xs{4, 3, 5}, ps{3};
   if (op == "ln") ps = {5}, c.options["normalized-shape"] = "5";
   if (op == "gn") xs = {2, 4, 3}, ps = {4}, c.options["groups"] = "2";
-  if (op == "rms" || op == "softmax") xs = {4, 6}, ps = {6};
+  if (op == "rms" || op == "softmax" || op == "log_softmax") xs = {4, 6}, ps = {6};
+  if (op == "linear") {  // x (4, 5), weight (3, 5), bias (3), dy (4, 3)
+    c.arrays["x"] = wave({4, 5}, 0.9, 0.3, 0.0, 1.0);
+    c.arrays["weight"] = wave({3, 5}, 2.3, 0.5, 0.0, 0.5);
+    c.arrays["bias"] = wave({3}, 1.3, 0.2, 0.0, 0.3);
+    c.arrays["dy"] = wave({4, 3}, 1.7, 1.1, 0.0, 1.0);
+    return c;
+  }
   c.arrays["x"] = wave(xs, 0.9, 0.3, 1.0, 2.0);
   c.arrays["dy"] = wave(xs, 1.7, 1.1, 0.0, 1.0);
-  if (op != "softmax") c.arrays["gamma"] = wave(ps, 2.3, 0.5, 1.0, 0.5);
+  if (op != "softmax" && op != "log_softmax") c.arrays["gamma"] = wave(ps, 2.3, 0.5, 1.0, 0.5);
   if (op == "bn" || op == "ln" || op == "gn" || op == "in") c.arrays["beta"] = wave(ps, 1.3, 0.2, 0.0, 0.3);
   if (op == "rms") c.options["eps"] = "1e-06";
   return c;

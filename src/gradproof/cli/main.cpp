@@ -2,6 +2,7 @@
 // merge the result parts of a test run into results.json.
 #include "gradproof/catalog/catalog.hpp"
 #include "gradproof/cli/check.hpp"
+#include "gradproof/cli/teach.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -46,13 +47,20 @@ constexpr const char* kUsage =
     "                               is diagnosed (which path of the derivation is wrong)\n"
     "  vectors OP DIR               known-answer test vectors: inputs, dy, y and gradients,\n"
     "                               float64 and float32, as .npy with DIR/manifest.json\n"
+    "  exercise OP DIR [--lang cpp|python] [--gradproof-dir PKG]\n"
+    "                               a student workspace: one stub per chain-rule term of the\n"
+    "                               op's staged backward (signature, shapes, formula id, link)\n"
+    "  grade DIR [--json FILE] [--gradproof-dir PKG]\n"
+    "                               builds and runs the student's terms against the verified\n"
+    "                               ones, term by term, and says which are wrong and how\n"
     "\n"
     "exit status:\n"
     "  0  success: every check passed, every negative control behaved as derived, every row\n"
     "     collected passed\n"
     "  1  the command ran, and a check failed (verify), a negative control did not behave as\n"
     "     derived (ablate), a collected row had failed (collect), an oracle exceeded its\n"
-    "     float64 tolerance at the chosen step (sweep), or a gradient failed (check)\n"
+    "     float64 tolerance at the chosen step (sweep), a gradient failed (check), or a\n"
+    "     solution is short of full marks (grade)\n"
     "  2  usage or I/O error: unknown command or option, missing or repeated option value,\n"
     "     unknown op, no result parts, an output that cannot be written (nothing is reported\n"
     "     as written unless every byte was)\n";
@@ -63,6 +71,7 @@ std::string usage() {
   out << kUsage << "\nops (OP):\n";
   for (const auto& op : catalog::ops()) out << "  " << std::left << std::setw(29) << op.id << op.title << '\n';
   out << "\ncheck OP: the arrays and options of each op\n" << cli::check_usage();
+  out << "\nexercise OP: the ops with a lesson: " << cli::exercise_usage() << "\n";
   return out.str();
 }
 
@@ -349,9 +358,11 @@ int run(const std::vector<std::string>& args) {
     return args.size() == 3 ? cmd_collect(args[1], args[2]) : usage_error("collect: needs PARTS_DIR and OUT.json");
   }
   if (command == "sweep") return args.size() == 2 ? cmd_sweep(args[1]) : usage_error("sweep: needs OUT.json");
-  if (command == "check" || command == "vectors") {
+  if (command == "check" || command == "vectors" || command == "exercise" || command == "grade") {
     try {
       const std::vector<std::string> rest(args.begin() + 1, args.end());
+      if (command == "exercise") return cli::exercise_main(rest);
+      if (command == "grade") return cli::grade_main(rest);
       return command == "check" ? cli::check_main(rest) : cli::vectors_main(rest);
     } catch (const cli::UsageError& e) {
       return usage_error(e.what());
