@@ -16,12 +16,14 @@
 #include "gradproof/ops/groupnorm.hpp"
 #include "gradproof/ops/instancenorm.hpp"
 #include "gradproof/ops/layernorm.hpp"
+#include "gradproof/nn/networks.hpp"
 #include "support/record.hpp"
 
 #include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/batch_norm.h>
 #include <ATen/ops/binary_cross_entropy_with_logits.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/cross_entropy_loss.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/group_norm.h>
@@ -51,6 +53,7 @@
 
 #include <boost/test/unit_test.hpp>
 
+#include <algorithm>
 #include <cstdlib>
 #include <functional>
 #include <map>
@@ -118,19 +121,20 @@ at::Tensor torch_network(const std::string& net, const std::vector<at::Tensor>& 
   Slicer s{in[1]};
   const at::Tensor w1 = s.take({H, I}), b1 = s.take({H});
   at::Tensor h;
-  if (net == "mlp_bn") {
+  if (net == "mlp_bn") {  // relu(batch_norm(a))
     const at::Tensor g = s.take({H}), b = s.take({H});
-    h = at::batch_norm(at::linear(in[0], w1, b1), g, b, {}, {}, true, 0.1, eps, false);
-  } else if (net == "mlp_ln") {
+    h = at::relu(at::batch_norm(at::linear(in[0], w1, b1), g, b, {}, {}, true, 0.1, eps, false));
+  } else if (net == "mlp_ln") {  // gelu(layer_norm(a)), the erf form
     const at::Tensor g = s.take({H}), b = s.take({H});
-    h = at::layer_norm(at::linear(in[0], w1, b1), {H}, g, b, eps, false);
-  } else {  // resmlp: a + linear(layer_norm(a))
+    h = at::gelu(at::layer_norm(at::linear(in[0], w1, b1), {H}, g, b, eps, false), "none");
+  } else {  // resmlp: a + linear(relu(layer_norm(a)))
     const at::Tensor g = s.take({H}), b = s.take({H}), wr = s.take({H, H}), br = s.take({H});
     const at::Tensor a = at::linear(in[0], w1, b1);
-    h = a + at::linear(at::layer_norm(a, {H}, g, b, eps, false), wr, br);
+    h = a + at::linear(at::relu(at::layer_norm(a, {H}, g, b, eps, false)), wr, br);
   }
   const at::Tensor w2 = s.take({O, H}), b2 = s.take({O});
-  return at::linear(h, w2, b2);
+  // nn.CrossEntropyLoss(): mean over the batch, class-index targets (a constant of the problem)
+  return at::cross_entropy_loss(at::linear(h, w2, b2), to_torch(p.constant("target")).to(at::kLong));
 }
 
 const std::map<std::string, TorchForward>& torch_forwards() {
@@ -485,6 +489,116 @@ const std::map<std::string, std::function<void(std::vector<check::ResultRow>&, c
   return m;
 }
 
+// ---- 20 steps of SGD, gradproof against libtorch (derivations/backprop.md) ----------------------
+// The network of each catalog entry at a realistic size (its first projection case: the same
+// initial θ, x and targets as the oracle rows), float64, plain SGD θ ← θ − lr·∇L with lr = 0.1 on
+// both sides, each side stepping with its own gradients: at every step the loss and every
+// parameter's gradient agree within libtorch_policy() with the scale max |libtorch's values| of
+// that tensor: |ours − theirs| ≤ 1e-12 (max |theirs| + |theirs|), i.e. 1e-12 relative. A tensor
+// whose gradient is derived to be 0 (`zero`: the bias of the linear layer before batch norm, whose
+// output does not depend on a shift of its input) has only rounding on both sides; its scale is the
+// largest entry of the whole network's gradient at that step.
+template <class Net>
+void sgd_rows(std::vector<check::ResultRow>& rows, const std::string& op, const std::string& test, const PlainProblem& p,
+              bool staged, const std::vector<std::string>& zero = {}) {
+  const Index I = p.inputs[0].shape()[1];
+  const auto H = static_cast<Index>(p.option("hidden")), O = static_cast<Index>(p.option("out"));
+  const TensorD& x = p.inputs[0];
+  const TensorD& tf = p.constant("target");
+  Tensor<Index> target(tf.shape());
+  for (Index i = 0; i < tf.size(); ++i) target[i] = static_cast<Index>(tf[i]);
+  Net net(I, H, O);
+  nn::set_parameters(net, p.inputs[1]);
+  std::vector<std::string> names;
+  std::vector<at::Tensor> leaves;
+  net.for_each_parameter([&](auto& q) {
+    names.push_back(q.name);
+    leaves.push_back(to_torch(q.value).set_requires_grad(true));
+  });
+  const double lr = 0.1;
+  const int steps = 20;
+  const at::Tensor tx = to_torch(x);
+  // Worst over the steps, per quantity (0: the loss; 1 + j: parameter j's gradient).
+  std::vector<double> worst(names.size() + 1, 0.0), worst_rel(names.size() + 1, 0.0);
+  std::vector<int> worst_step(names.size() + 1, 0);
+  std::vector<bool> ok(names.size() + 1, true);
+  double first_loss = 0, last_loss = 0;
+  const nn::Backward b{staged ? nn::Pass::staged : nn::Pass::fused};
+  const auto note = [&](std::size_t q, double err, double scale, bool pass, int step) {
+    worst_rel[q] = std::max(worst_rel[q], err / scale);
+    if (err >= worst[q]) worst[q] = err, worst_step[q] = step;
+    ok[q] = ok[q] && pass;
+  };
+  for (int step = 0; step < steps; ++step) {
+    nn::zero_grad(net);
+    const auto out = net.forward(x, target);
+    net.backward(TensorD({}, 1.0), out.cache, b);
+    std::vector<at::Tensor> flat_leaves;
+    for (const auto& l : leaves) flat_leaves.push_back(l.reshape({-1}));
+    const at::Tensor loss = torch_network(op, {tx, at::cat(flat_leaves)}, p);
+    const auto grads = torch::autograd::grad({loss}, leaves);
+    const double theirs_loss = loss.item<double>();
+    if (step == 0) first_loss = theirs_loss;
+    last_loss = theirs_loss;
+    {
+      const Eigen::VectorXd a = Eigen::VectorXd::Constant(1, out.loss[0]), n = Eigen::VectorXd::Constant(1, theirs_loss);
+      const auto c = check::compare(a, n, check::libtorch_policy(std::abs(theirs_loss)));
+      note(0, c.max_abs_err, std::abs(theirs_loss), c.passed, step);
+    }
+    double net_scale = 0;
+    for (const auto& g : grads) net_scale = std::max(net_scale, flat(g).cwiseAbs().maxCoeff());
+    std::size_t j = 0;
+    net.for_each_parameter([&](auto& q) {
+      const Eigen::VectorXd ours = catalog::support::as_f64(q.grad), theirs = flat(grads[j]);
+      const bool derived_zero = std::find(zero.begin(), zero.end(), q.name) != zero.end();
+      const double scale = derived_zero ? net_scale : theirs.cwiseAbs().maxCoeff();
+      const auto c = check::compare(ours, theirs, check::libtorch_policy(scale));
+      note(j + 1, c.max_abs_err, scale, c.passed, step);
+      q.value.flat() -= lr * q.grad.flat();  // gradproof's step, with its own gradient
+      leaves[j] = (leaves[j].detach() - lr * grads[j]).set_requires_grad(true);  // libtorch's
+      ++j;
+    });
+  }
+  const std::string pass = staged ? "staged" : "fused";
+  for (std::size_t q = 0; q < worst.size(); ++q) {
+    check::ResultRow r{op + (q == 0 ? ".forward" : ".dparams"), test, "libtorch", "float64", "oracle", p.inputs[0].shape()};
+    r.max_abs_err = worst[q];
+    r.max_rel_err = worst_rel[q];
+    r.atol = 1e-12;
+    r.rtol = 1e-12;
+    r.passed = ok[q];
+    std::ostringstream s;
+    s.precision(3);
+    const bool derived_zero = q > 0 && std::find(zero.begin(), zero.end(), names[q - 1]) != zero.end();
+    s << (q == 0 ? std::string("the loss") : "the gradient of " + names[q - 1])
+      << (derived_zero ? " (derived to be 0: the scale is the largest entry of the network's gradient)" : "")
+      << " at each of " << steps
+      << " SGD steps (lr " << lr << ", " << pass << " backward, " << p.describe
+      << ") against libtorch 1.13's float64 autograd of the same network; largest error ÷ scale "
+      << worst_rel[q] << " at step " << worst_step[q] << "; libtorch's loss went " << first_loss << " → "
+      << last_loss;
+    r.note = s.str();
+    rows.push_back(r);
+  }
+}
+
+using Training = std::function<void(std::vector<check::ResultRow>&, const std::string&, const PlainProblem&)>;
+const std::map<std::string, Training>& trainings() {
+  static const std::map<std::string, Training> m = {
+      {"mlp_bn",
+       [](auto& rows, const std::string& t, const PlainProblem& p) {
+         for (bool st : {false, true}) sgd_rows<nn::MlpBn<double>>(rows, "mlp_bn", t, p, st, {"fc1.bias"});
+       }},
+      {"mlp_ln",
+       [](auto& rows, const std::string& t, const PlainProblem& p) {
+         for (bool st : {false, true}) sgd_rows<nn::MlpLn<double>>(rows, "mlp_ln", t, p, st);
+       }},
+      {"resmlp", [](auto& rows, const std::string& t, const PlainProblem& p) {
+         for (bool st : {false, true}) sgd_rows<nn::ResMlp<double>>(rows, "resmlp", t, p, st);
+       }}};
+  return m;
+}
+
 // `<op>/libtorch/staged_dx_matches_libtorch` and `fused_dx_...` (x), `d<name>_matches_libtorch`
 // (each parameter, both passes).
 void register_op(const std::string& op) {
@@ -547,6 +661,20 @@ void register_op(const std::string& op) {
         },
         "kink_derivative_matches_libtorch", __FILE__, __LINE__);
     tc->add_label(op + ".dx");
+    suite->add(tc);
+  }
+  if (const auto t = trainings().find(op); t != trainings().end()) {
+    const std::string test = op + "/libtorch/sgd_20_steps_match_libtorch";
+    auto* tc = utf::make_test_case(
+        [fn = t->second, test, get] {
+          std::vector<check::ResultRow> rows;
+          // The problems are the Jacobian cases, then the projection cases: [2] is (32, 16).
+          fn(rows, test, get().problems.at(2));
+          record_and_check(rows);
+        },
+        "sgd_20_steps_match_libtorch", __FILE__, __LINE__);
+    tc->add_label(op + ".dparams");
+    tc->add_label(op + ".forward");
     suite->add(tc);
   }
 }

@@ -1,11 +1,21 @@
 // The declarations of the networks of derivations/backprop.md (mlp_bn, mlp_ln, resmlp): each
-// network, assembled from the modules of nn/module.hpp, is declared through the harness as one op
-// y = net(x; θ) whose inputs are x and the flat vector θ of all its parameters (nn::parameters()
-// order). The harness then checks the network's dx and dθ against every oracle, staged = fused,
-// and the negative controls at network level: a layer's term dropped inside the whole network.
+// network, assembled from the modules of nn/module.hpp and ending in its cross-entropy loss, is
+// declared through the harness as one op L = net(x; θ, t) whose inputs are x and the flat vector θ
+// of all its parameters (nn::parameters() order); the class targets t are a constant. The harness
+// then checks the network's dx and dθ against every oracle, staged = fused, and the negative
+// controls at network level: a layer's term dropped inside the whole network.
+//
+// Kinks. relu (mlp_bn after batch norm, resmlp inside its block) is not differentiable at 0, and a
+// central difference whose step crosses 0 sees a slope between 0 and 1. problem() therefore sets
+// the bias β of the norm before each relu so that every pre-activation of the problem is at least
+// kMargin from 0 (the norm's output without β, per feature, has a gap of width ≥ 2·kMargin, and
+// −β is put in its middle); check `<op>/sampling/pre_activations_keep_their_sign_under_every_step`
+// measures that no step of the difference oracles moves a pre-activation across 0.
+#include "gradproof/check/oracles.hpp"
 #include "gradproof/harness/checks.hpp"
 #include "gradproof/nn/networks.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <sstream>
@@ -24,7 +34,45 @@ struct NetTerms {
   double ln_dl_dmu = 1;    ///< layer norm's ∂L/∂μ path
   double ln_dvar_dmu = 1;  ///< layer norm's ∂σ²/∂μ (derived to be 0)
   double fan_out = 1;      ///< the residual's skip branch: one of the two uses of its input
+  double ce_dlse = 1;      ///< the loss's log-sum-exp edge: the softmax term of the collapse
+  double ce_dshift = 1;    ///< the loss's max shift (derived to be 0)
 };
+
+/// Every pre-activation of a relu is at least this far from 0 (see the top of this file).
+constexpr double kMargin = 0.05;
+
+/// \brief Sets `beta` so that `v + beta`, `v` `(N, H)` the norm's output without its bias, keeps
+/// every value at least kMargin from 0: for each feature j, −β_j is put in the middle of a gap of
+/// the sorted values v_{·j} of width ≥ 4·kMargin (the one nearest the median, so relu sees both
+/// sides), else of the widest gap of width ≥ 2·kMargin, else 2·kMargin below the smallest value.
+void place_relu_kinks(const TensorD& v, nn::Parameter<double>& beta) {
+  const Index N = v.shape()[0], H = v.shape()[1];
+  for (Index j = 0; j < H; ++j) {
+    std::vector<double> col(static_cast<std::size_t>(N));
+    for (Index n = 0; n < N; ++n) col[static_cast<std::size_t>(n)] = v[n * H + j] - beta.value[j];
+    std::sort(col.begin(), col.end());
+    double best = 0, best_width = 0;
+    std::size_t best_rank = 0;
+    bool found = false;
+    for (std::size_t i = 0; i + 1 < col.size(); ++i) {
+      const double width = col[i + 1] - col[i];
+      const std::size_t rank = std::min(i + 1, col.size() - i - 1);  // values on the smaller side
+      const bool wide = width >= 4 * kMargin;
+      if ((wide && (!found || rank > best_rank || best_width < 4 * kMargin)) ||
+          (!wide && width >= 2 * kMargin && best_width < 4 * kMargin && width > best_width)) {
+        best = 0.5 * (col[i] + col[i + 1]);
+        best_width = width;
+        best_rank = rank;
+        found = true;
+      }
+    }
+    // No such gap (values packed tightly, as in a wide batch): the kink below them all, so the
+    // feature is active on the whole batch, still kMargin away.
+    if (!found) best = col.front() - 2 * kMargin;
+    beta.value[j] = -best;
+  }
+}
+
 
 // ---- The three networks: what is particular to each -----------------------------------------
 
@@ -33,16 +81,21 @@ struct MlpBnNet {
   template <class S>
   using Net = nn::MlpBn<S>;
   static harness::Formulas formulas() {
-    return {{"mlp_bn.forward", "MLP linear → batch norm → linear: y = W₂ BN(W₁x + b₁) + b₂"},
+    return {{"mlp_bn.forward",
+             "MLP linear → batch norm → relu → linear → cross-entropy: L = CE(W₂ relu(BN(W₁x + b₁)) + b₂, t)"},
             {"mlp_bn.dx",
-             "∂L/∂x of the MLP: the layers' VJPs in reverse order, fc2 → bn → fc1 (staged ops)"},
+             "∂L/∂x of the MLP: the layers' VJPs in reverse order, ce → fc2 → relu → bn → fc1 (staged ops)"},
             {"mlp_bn.dx_fused", "∂L/∂x of the MLP with every layer's fused backward"},
             {"mlp_bn.dparams",
              "∂L/∂θ of every parameter (fc1, bn γ β, fc2), accumulated by the layers' backwards"},
             {"mlp_bn.bn_dl_dmu",
              "batch norm's ∂L/∂μ path inside the network (dropping it is caught)"},
             {"mlp_bn.bn_dvar_dmu",
-             "batch norm's ∂σ²/∂μ = 0 inside the network (dropping it changes nothing)"}};
+             "batch norm's ∂σ²/∂μ = 0 inside the network (dropping it changes nothing)"},
+            {"mlp_bn.ce_dlse",
+             "the loss's log-sum-exp edge, the softmax term of the collapse p − onehot (wrong: caught)"},
+            {"mlp_bn.ce_dshift",
+             "the loss's max shift, derived to be 0 (dropping it changes nothing)"}};
   }
   static nn::Backward backward_of(Pass pass, const NetTerms& t) {
     //! [mlp_bn.dx_fused]
@@ -55,18 +108,31 @@ struct MlpBnNet {
     //! [mlp_bn.bn_dvar_dmu]
     b.bn.dvar_dmu = t.bn_dvar_dmu;
     //! [mlp_bn.bn_dvar_dmu]
+    //! [mlp_bn.ce_dlse]
+    b.ce.dlse = t.ce_dlse;
+    //! [mlp_bn.ce_dlse]
+    //! [mlp_bn.ce_dshift]
+    b.ce.dshift = t.ce_dshift;
+    //! [mlp_bn.ce_dshift]
     return b;
   }
   static harness::Ablation<NetTerms> ablation() {
     return {{"mlp_bn.bn_dl_dmu", &NetTerms::bn_dl_dmu},
-            {"mlp_bn.bn_dvar_dmu", &NetTerms::bn_dvar_dmu, true}};
+            {"mlp_bn.bn_dvar_dmu", &NetTerms::bn_dvar_dmu, true},
+            {"mlp_bn.ce_dlse", &NetTerms::ce_dlse},
+            {"mlp_bn.ce_dshift", &NetTerms::ce_dshift, true}};
   }
   static std::string ablation_summary() {
     return "Inside the whole network, batch norm's ∂L/∂μ path dropped is caught (by dx and by "
            "fc1's\n"
            "gradients, which it reaches through fc1's backward); ∂σ²/∂μ, derived to be zero, "
+           "changes nothing.\n"
+           "The loss's softmax term replaced (dropped or negated) is caught; its max shift, zero, "
            "changes nothing.";
   }
+  // The relu's pre-activation is batch norm's output: its β places the kinks.
+  static nn::Parameter<double>* kink_bias(Net<double>& n) { return &n.bn.bias; }
+  static const TensorD* kink_input(const Net<double>::Out& o) { return &o.cache.relu.x; }
 };
 
 struct MlpLnNet {
@@ -74,14 +140,20 @@ struct MlpLnNet {
   template <class S>
   using Net = nn::MlpLn<S>;
   static harness::Formulas formulas() {
-    return {{"mlp_ln.forward", "MLP linear → layer norm → linear: y = W₂ LN(W₁x + b₁) + b₂"},
-            {"mlp_ln.dx", "∂L/∂x of the MLP: fc2 → ln → fc1 in reverse order (staged ops)"},
+    return {{"mlp_ln.forward",
+             "MLP linear → layer norm → gelu → linear → cross-entropy: L = CE(W₂ gelu(LN(W₁x + b₁)) + b₂, t)"},
+            {"mlp_ln.dx",
+             "∂L/∂x of the MLP: ce → fc2 → gelu → ln → fc1 in reverse order (staged ops)"},
             {"mlp_ln.dx_fused", "∂L/∂x of the MLP with every layer's fused backward"},
             {"mlp_ln.dparams", "∂L/∂θ of every parameter (fc1, ln γ β, fc2)"},
             {"mlp_ln.ln_dl_dmu",
              "layer norm's ∂L/∂μ path inside the network (dropping it is caught)"},
             {"mlp_ln.ln_dvar_dmu",
-             "layer norm's ∂σ²/∂μ = 0 inside the network (dropping it changes nothing)"}};
+             "layer norm's ∂σ²/∂μ = 0 inside the network (dropping it changes nothing)"},
+            {"mlp_ln.ce_dlse",
+             "the loss's log-sum-exp edge, the softmax term of the collapse p − onehot (wrong: caught)"},
+            {"mlp_ln.ce_dshift",
+             "the loss's max shift, derived to be 0 (dropping it changes nothing)"}};
   }
   static nn::Backward backward_of(Pass pass, const NetTerms& t) {
     //! [mlp_ln.dx_fused]
@@ -94,17 +166,29 @@ struct MlpLnNet {
     //! [mlp_ln.ln_dvar_dmu]
     b.norm.dvar_dmu = t.ln_dvar_dmu;
     //! [mlp_ln.ln_dvar_dmu]
+    //! [mlp_ln.ce_dlse]
+    b.ce.dlse = t.ce_dlse;
+    //! [mlp_ln.ce_dlse]
+    //! [mlp_ln.ce_dshift]
+    b.ce.dshift = t.ce_dshift;
+    //! [mlp_ln.ce_dshift]
     return b;
   }
   static harness::Ablation<NetTerms> ablation() {
     return {{"mlp_ln.ln_dl_dmu", &NetTerms::ln_dl_dmu},
-            {"mlp_ln.ln_dvar_dmu", &NetTerms::ln_dvar_dmu, true}};
+            {"mlp_ln.ln_dvar_dmu", &NetTerms::ln_dvar_dmu, true},
+            {"mlp_ln.ce_dlse", &NetTerms::ce_dlse},
+            {"mlp_ln.ce_dshift", &NetTerms::ce_dshift, true}};
   }
   static std::string ablation_summary() {
     return "Inside the whole network, layer norm's ∂L/∂μ path dropped is caught; ∂σ²/∂μ, derived "
            "to be\n"
-           "zero, changes nothing.";
+           "zero, changes nothing. The loss's softmax term replaced is caught; its max shift, zero, "
+           "changes nothing.";
   }
+  // gelu is smooth: no kinks to place.
+  static nn::Parameter<double>* kink_bias(Net<double>&) { return nullptr; }
+  static const TensorD* kink_input(const Net<double>::Out&) { return nullptr; }
 };
 
 struct ResMlpNet {
@@ -113,9 +197,10 @@ struct ResMlpNet {
   using Net = nn::ResMlp<S>;
   static harness::Formulas formulas() {
     return {
-        {"resmlp.forward", "residual MLP: a = W₁x + b₁, h = a + W_r LN(a) + b_r, y = W₂h + b₂"},
+        {"resmlp.forward",
+         "residual MLP: a = W₁x + b₁, h = a + W_r relu(LN(a)) + b_r, L = CE(W₂h + b₂, t)"},
         {"resmlp.dx",
-         "∂L/∂x of the residual MLP: fc2 → block → fc1 in reverse order (staged ops)"},
+         "∂L/∂x of the residual MLP: ce → fc2 → block → fc1 in reverse order (staged ops)"},
         {"resmlp.dx_fused", "∂L/∂x of the residual MLP with every layer's fused backward"},
         {"resmlp.dparams", "∂L/∂θ of every parameter (fc1, block.ln, block.fc, fc2)"},
         {"resmlp.fan_out",
@@ -144,6 +229,9 @@ struct ResMlpNet {
            "and by\n"
            "fc1's gradients; layer norm's ∂σ²/∂μ, zero, changes nothing.";
   }
+  // The relu's pre-activation is the block's layer-norm output: its β places the kinks.
+  static nn::Parameter<double>* kink_bias(Net<double>& n) { return &std::get<0>(n.block.body.layers).bias; }
+  static const TensorD* kink_input(const Net<double>::Out& o) { return &std::get<1>(o.cache.block).x; }
 };
 
 // ---- One declaration for every network ------------------------------------------------------
@@ -174,7 +262,8 @@ struct Network {
   struct Problem {
     Shape shape;
     Index H = 0, O = 0;
-    TensorD x, params, w;
+    TensorD x, params, w;   // w: shape (), the loss's upstream gradient
+    Tensor<Index> target;   // (N) class indices: a constant of the graph
   };
   static std::uint64_t seed(const Case& c) {
     std::uint64_t h = 1469598103934665603ull ^ std::string_view(op).size();
@@ -189,7 +278,9 @@ struct Network {
   }
   static Problem problem(const Case& c, std::uint64_t seed) {
     Rng rng(seed);
-    Problem p{c.shape, c.hidden, c.out, rng.normal_tensor(c.shape), {}, {}};
+    Problem p{c.shape, c.hidden, c.out, rng.normal_tensor(c.shape), {}, {}, Tensor<Index>({c.shape[0]})};
+    for (Index n = 0; n < c.shape[0]; ++n)
+      p.target[n] = std::min<Index>(c.out - 1, static_cast<Index>(rng.uniform(0, static_cast<double>(c.out))));
     Net<double> net(c.shape[1], c.hidden, c.out);
     // nn.Linear's scale U(−1/√in, 1/√in), kept away from 0; norm γ in [0.5, 1.5]; biases N(0,
     // 0.5²).
@@ -206,13 +297,18 @@ struct Network {
         }
       }
     });
+    if (nn::Parameter<double>* beta = Traits::kink_bias(net)) {
+      // β moves the pre-activations and nothing before them: one forward finds them.
+      place_relu_kinks(*Traits::kink_input(net.forward(p.x, p.target)), *beta);
+    }
     p.params = nn::parameters(net);
-    p.w = rng.normal_tensor({c.shape[0], c.out});
+    // L̃ = w·L with w of size one, |w| in [0.5, 1.5], either sign: the upstream gradient of the loss.
+    p.w = TensorD({}, rng.signed_uniform(0.5, 1.5));
     return p;
   }
   static std::string describe(const Problem& p) {
     std::ostringstream s;
-    s << op << " x " << to_string(p.shape) << ", hidden " << p.H << ", out " << p.O << ", "
+    s << op << " x " << to_string(p.shape) << ", hidden " << p.H << ", " << p.O << " classes, "
       << p.params.size() << " parameters";
     return s.str();
   }
@@ -226,11 +322,17 @@ struct Network {
     return {
         {"hidden", static_cast<double>(p.H)}, {"out", static_cast<double>(p.O)}, {"eps", 1e-5}};
   }
+  // The class targets, for the libtorch oracle (as float64; it casts them to int64).
+  static std::vector<std::pair<std::string, TensorD>> constants(const Problem& p) {
+    TensorD t(p.target.shape());
+    for (Index i = 0; i < t.size(); ++i) t[i] = static_cast<double>(p.target[i]);
+    return {{"target", t}};
+  }
   template <class S>
   static Tensor<S> forward(const Problem& p, const std::vector<Tensor<S>>& in) {
     Net<S> net = make<S>(p);
     nn::set_parameters(net, in[1]);
-    return net.forward(in[0]).y;
+    return net.forward(in[0], p.target).loss;
   }
   template <class T>
   struct Prepared {
@@ -245,12 +347,12 @@ struct Network {
     auto pr =
         std::make_shared<Prepared<T>>(Prepared<T>{p.x.template cast<T>(), make<T>(p), {}, {}});
     nn::set_parameters(pr->net, p.params.template cast<T>());
-    pr->out = pr->net.forward(pr->x);
+    pr->out = pr->net.forward(pr->x, p.target);
     return pr;
   }
   template <class T>
   static const Tensor<T>& output(const Prepared<T>& pr) {
-    return pr.out.y;
+    return pr.out.loss;
   }
   using Terms = NetTerms;
   template <class T>
@@ -267,33 +369,37 @@ struct Network {
   }
   static std::string ablation_summary() { return Traits::ablation_summary(); }
 
-  // y in long double: the network's own forward on complex<long double> with zero imaginary
+  // L in long double: the network's own forward on complex<long double> with zero imaginary
   // parts (the scalar the long-double gradient of the libtorch oracle runs on; the norm kernels
-  // have no plain long double). Its scale is that of the last layer's terms, max over outputs of
-  // Σₕ |hₕ W₂ₒₕ| + |b₂ₒ|, h the last layer's input.
+  // have no plain long double). Its scale: an error δ in the logits moves the mean cross-entropy
+  // by at most 2 max|δ| (its gradient in the logits, (p − onehot)/N, has row sums of |·| ≤ 2/N),
+  // and δ is at most rounding of the last layer's terms, max over logits of Σₕ |hₕ W₂ₒₕ| + |b₂ₒ|
+  // (h the last layer's input); so 2 · that + |L| for the loss's own rounding.
   static Eigen::VectorXd reference(const Problem& p, double& scale) {
     using C = harness::ComplexLD;
     Net<C> net = make<C>(p);
     nn::set_parameters(net, p.params.template cast<C>());
-    const auto out = net.forward(p.x.template cast<C>());
+    const auto out = net.forward(p.x.template cast<C>(), p.target);
     const Tensor<C>& h = out.cache.fc2.x;
     const Tensor<C>& W = net.fc2.weight.value;
     const Index N = p.shape[0], H = p.H, O = p.O;
-    scale = 0;
+    double zscale = 0;
     for (Index n = 0; n < N; ++n)
       for (Index o = 0; o < O; ++o) {
         long double mag = std::abs(net.fc2.bias.value[o].real());
         for (Index j = 0; j < H; ++j) mag += std::abs(h[n * H + j].real() * W[o * H + j].real());
-        scale = std::max(scale, static_cast<double>(mag));
+        zscale = std::max(zscale, static_cast<double>(mag));
       }
-    Eigen::VectorXd y(out.y.size());
-    for (Index i = 0; i < out.y.size(); ++i) y[i] = static_cast<double>(out.y[i].real());
+    Eigen::VectorXd y(out.loss.size());
+    for (Index i = 0; i < out.loss.size(); ++i) y[i] = static_cast<double>(out.loss[i].real());
+    scale = 2 * zscale + y.cwiseAbs().maxCoeff();
     return y;
   }
 
-  // Tolerance scales: the network's |J| (float64 staged backward of each unit vector), in x (k =
-  // 0) and in θ (k = 1). A network's Jacobian entries are sums over paths through its layers; the
-  // scale is the magnitude of the entries, and for a weighted sum Σⱼ cⱼ Jⱼᵢ the sum Σⱼ |cⱼ Jⱼᵢ|.
+  // Tolerance scales: the network's |J| (float64 staged backward of each unit vector; the loss is
+  // one value, so J is its gradient), in x (k = 0) and in θ (k = 1). A network's Jacobian entries
+  // are sums over paths through its layers; the scale is the magnitude of the entries, and for a
+  // weighted sum Σⱼ cⱼ Jⱼᵢ the sum Σⱼ |cⱼ Jⱼᵢ|.
   static const Eigen::MatrixXd& abs_jacobian(const Prepared<double>& pd, const Problem& p,
                                              std::size_t k) {
     if (pd.abs_jacobian.empty()) {
@@ -327,13 +433,21 @@ struct Network {
 
   static std::vector<harness::BadInput> bad_inputs() {
     const std::string o = op;
+    const Tensor<Index> t({4}, std::vector<Index>{0, 1, 1, 0});
     return {
         {"x_of_the_wrong_width_is_refused", o + ".forward",
-         [] {
+         [t] {
            Net<double> net(3, 4, 2);
-           net.forward(TensorD({4, 5}, 0.5));
+           net.forward(TensorD({4, 5}, 0.5), t);
          },
          {"last extent of x (in_features) must be 3", "x of shape (4, 5)"}},
+        {"a_target_class_out_of_range_is_refused", o + ".forward",
+         [] {
+           Net<double> net(3, 4, 2);
+           nn::set_parameters(net, TensorD({nn::parameters(net).size()}, 0.5));
+           net.forward(TensorD({4, 3}, 0.25), Tensor<Index>({4}, std::vector<Index>{0, 1, 2, 0}));
+         },
+         {"cross_entropy", "target value 2", "out of range [0, 2"}},
         {"params_of_the_wrong_size_is_refused", o + ".forward",
          [] {
            Net<double> net(3, 4, 2);
@@ -341,19 +455,82 @@ struct Network {
          },
          {"nn::set_parameters", "got a vector of shape (7,)"}},
         {"dy_of_the_wrong_shape_is_refused", o + ".dx",
-         [] {
+         [t] {
            Net<double> net(3, 4, 2);
            nn::set_parameters(net, TensorD({nn::parameters(net).size()}, 0.5));
-           const auto out = net.forward(TensorD({4, 3}, 0.25));
-           net.backward(TensorD({4, 3}), out.cache, {});
+           const auto out = net.forward(TensorD({4, 3}, 0.25), t);
+           net.backward(TensorD({4, 2}), out.cache, {});
          },
-         {"dy (must match y) must have shape (4, 2)", "got (4, 3)"}},
+         {"cross_entropy", "dy (must match the loss) must have shape ()", "got (4, 2)"}},
     };
   }
   // The modules allocate their outputs and caches (the layers' *_into calls are covered by the
   // layers' own allocation cases).
   static std::vector<harness::IntoCase> into_cases() { return {}; }
-  static void extra(harness::Checks<Network>&) {}
+  // The pre-activations of the relus at θ' = θ + s·h·u, for the input k (x or θ) moved.
+  static TensorD kinks_at(const Problem& p, std::size_t k, const Eigen::VectorXd& moved) {
+    Net<double> net = make<double>(p);
+    nn::set_parameters(net, k == 1 ? sup_from(p.params.shape(), moved) : p.params);
+    const auto out = net.forward(k == 0 ? sup_from(p.x.shape(), moved) : p.x, p.target);
+    return *Traits::kink_input(out);
+  }
+  static TensorD sup_from(const Shape& s, const Eigen::VectorXd& v) {
+    return from_vec(s, Vec<double>(v));
+  }
+  // The sampling's promise, measured: under every step the difference oracles take (central
+  // differences and Richardson's h and h/2, at the largest of them, Richardson's h; on every unit
+  // direction of the Jacobian cases and on 8 random directions of the projection cases, in x and
+  // in θ), no relu pre-activation changes sign. The row's error is the largest move of a
+  // pre-activation; it must stay below kMargin, and below the smallest |pre-activation|.
+  static void extra(harness::Checks<Network>& c) {
+    Net<double> probe(1, 1, 1);
+    if (!Traits::kink_bias(probe)) return;
+    c.add(harness::id<Network>("dx"),
+          harness::test_name<Network>("sampling/pre_activations_keep_their_sign_under_every_step"),
+          [](const std::string& test) {
+            std::vector<ResultRow> rows;
+            const auto one = [&](const Case& cs, bool full) {
+              const Problem p = harness::make<Network>(cs, harness::Salt::oracle);
+              const TensorD a0 = kinks_at(p, 0, as_f64(p.x));
+              const double smallest = a0.flat().abs().minCoeff();
+              double moved = 0;
+              bool flipped = false;
+              Rng rng(seed(cs) + 11);
+              for (std::size_t k = 0; k < 2; ++k) {
+                const Eigen::VectorXd x = as_f64(k == 0 ? p.x : p.params);
+                const Index dirs = full ? x.size() : 8;
+                for (Index d = 0; d < dirs; ++d) {
+                  Eigen::VectorXd u = Eigen::VectorXd::Zero(x.size());
+                  if (full) u[d] = 1;
+                  else for (Index i = 0; i < x.size(); ++i) u[i] = rng.normal(0, 1);
+                  const double h = check::StepPolicy::step(check::StepPolicy::richardson_base(), x, u);
+                  for (double sgn : {-1.0, 1.0}) {
+                    const TensorD a = kinks_at(p, k, x + sgn * h * u);
+                    for (Index i = 0; i < a.size(); ++i) {
+                      moved = std::max(moved, std::abs(a[i] - a0[i]));
+                      flipped = flipped || (a[i] > 0) != (a0[i] > 0);
+                    }
+                  }
+                }
+              }
+              ResultRow r{harness::id<Network>("dx"), test, "richardson", "float64", "property", p.shape};
+              r.max_abs_err = moved;
+              r.rel_defined = false;
+              r.atol = kMargin;
+              r.passed = !flipped && moved < kMargin && moved < smallest && smallest >= kMargin;
+              std::ostringstream note;
+              note << "largest move of a relu pre-activation under the difference oracles' steps ("
+                   << (full ? "every unit direction" : "8 random directions") << " of x and θ, "
+                   << describe(p) << "); smallest |pre-activation| " << smallest << ", margin " << kMargin
+                   << "; sign changes: " << (flipped ? "some" : "none");
+              r.note = note.str();
+              rows.push_back(r);
+            };
+            for (const auto& cs : cases().jacobian) one(cs, true);
+            for (const auto& cs : cases().projection) one(cs, false);
+            return rows;
+          });
+  }
 };
 
 }  // namespace
