@@ -159,7 +159,7 @@ BOOST_AUTO_TEST_CASE(check_bn_passes_the_right_gradients_and_names_the_wrong_one
   io::write_npy(path("g.npy"), p.gamma);
   io::write_npy(path("dx.npy"), p.ref);
   io::write_npy(path("bad.npy"), broken_bn_dx(p.x, p.dy, p.gamma, 1e-5, Bug::stats_constant));
-  CheckArgs args{"bn", {{"x", path("x.npy")}, {"dy", path("dy.npy")}, {"gamma", path("g.npy")}, {"dx", path("dx.npy")}}, {}, {}};
+  CheckArgs args{"bn", {{"x", path("x.npy")}, {"dy", path("dy.npy")}, {"gamma", path("g.npy")}, {"dx", path("dx.npy")}}, {}, {}, {}, false};
   const CheckReport good = run_check(args);
   BOOST_TEST(good.passed());
   BOOST_TEST(good.dtype == "float64");
@@ -190,7 +190,7 @@ BOOST_AUTO_TEST_CASE(check_ln_names_a_missing_gamma) {
   io::write_npy(path("g.npy"), gamma, io::NpyDtype::float32);
   io::write_npy(path("dx.npy"), wrong, io::NpyDtype::float32);
   const CheckReport r = run_check({"ln", {{"x", path("x.npy")}, {"dy", path("dy.npy")}, {"gamma", path("g.npy")},
-                                          {"dx", path("dx.npy")}, {"normalized-shape", "8"}}, {}, {}});
+                                          {"dx", path("dx.npy")}, {"normalized-shape", "8"}}, {}, {}, {}, false});
   BOOST_TEST(r.dtype == "float32");
   BOOST_TEST(!r.passed());
   BOOST_REQUIRE(r.diagnosis.has_value());

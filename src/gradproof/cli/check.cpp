@@ -33,6 +33,15 @@ std::string index_string(const std::vector<std::int64_t>& v) {
   return s + (v.size() == 1 ? ",)" : ")");
 }
 
+// How an argument is named in a message: `--running-mean` on the command line, `running_mean=`
+// for the Python module (the same check, called with keyword arguments).
+std::string arg_name(const CheckArgs& args, const std::string& n) {
+  if (!args.python) return "--" + n;
+  std::string k = n;
+  std::replace(k.begin(), k.end(), '-', '_');
+  return k + "=";
+}
+
 // The arrays of one check, read from their files.
 struct Loaded {
   const CheckArgs* args = nullptr;
@@ -46,7 +55,7 @@ struct Loaded {
     char* end = nullptr;
     const double v = std::strtod(it->second.c_str(), &end);
     if (it->second.empty() || *end != '\0' || !std::isfinite(v))
-      throw UsageError("check " + args->op + ": --" + n + " needs a number; got '" + it->second + "'");
+      throw UsageError("check " + args->op + ": " + arg_name(*args, n) + " needs a number; got '" + it->second + "'");
     return v;
   }
   bool training() const { return !args->flags.count("eval"); }
@@ -162,7 +171,7 @@ Shape parse_shape(const std::string& op, const std::string& text) {
 
 Index as_count(const Loaded& in, const std::string& name) {
   const double v = in.number(name, 0);
-  if (v != std::floor(v) || v < 1) throw UsageError("check " + in.args->op + ": --" + name + " needs a positive integer; got '" + in.args->values.at(name) + "'");
+  if (v != std::floor(v) || v < 1) throw UsageError("check " + in.args->op + ": " + arg_name(*in.args, name) + " needs a positive integer; got '" + in.args->values.at(name) + "'");
   return static_cast<Index>(v);
 }
 
@@ -248,7 +257,7 @@ const std::vector<Adapter>& adapters() {
        {"x", "dy"}, {}, {"eps", "groups"}, false,
        [](const Loaded& in, CheckReport& rep, auto& ref, auto& scale, auto& diag) {
          const TensorD& x = in["x"];
-         if (!in.args->values.count("groups")) throw UsageError("check gn: --groups is required (num_groups has no default, as in PyTorch)");
+         if (!in.args->values.count("groups")) throw UsageError("check gn: " + arg_name(*in.args, "groups") + " is required (num_groups has no default, as in PyTorch)");
          ops::GroupNormConfig cfg{as_count(in, "groups"), in.number("eps", 1e-5)};
          const auto r = family_reference(in, [&] {
            auto f = ops::groupnorm_forward<double>(x, in.opt("gamma"), in.opt("beta"), cfg);
@@ -323,27 +332,34 @@ CheckReport run_check(const CheckArgs& args) {
     throw UsageError("check: unknown op '" + args.op + "' (check knows " + known + ")");
   }
   const Adapter& a = *it;
+  const auto arg = [&](const std::string& n) { return arg_name(args, n); };
+  const auto given = [&](const std::string& n) { return args.values.count(n) != 0 || args.arrays.count(n) != 0; };
+  const auto source = [&](const std::string& n) {
+    return args.values.count(n) ? " " + args.values.at(n) : std::string(" (array)");
+  };
   std::set<std::string> array_names{"dy"};
   for (const auto& n : a.inputs) array_names.insert(n), array_names.insert("d" + n);
   for (const auto& n : a.arrays) array_names.insert(n);
   for (const auto& [k, v] : args.values) {
     if (!array_names.count(k) && std::find(a.options.begin(), a.options.end(), k) == a.options.end())
-      throw UsageError("check " + a.op + ": unknown option '--" + k + "'");
+      throw UsageError("check " + a.op + ": unknown option '" + arg(k) + "'");
   }
+  for (const auto& [k, v] : args.arrays)
+    if (!array_names.count(k)) throw UsageError("check " + a.op + ": unknown array argument '" + arg(k) + "'");
   for (const auto& f : args.flags)
-    if (!a.has_mode) throw UsageError("check " + a.op + ": unknown option '--" + f + "' (" + a.op + " has no training/eval mode)");
+    if (!a.has_mode) throw UsageError("check " + a.op + ": unknown option '" + arg(f) + "' (" + a.op + " has no training/eval mode)");
   if (args.flags.count("training") && args.flags.count("eval")) throw UsageError("check " + a.op + ": --training and --eval exclude each other");
   for (const auto& r : a.required)
-    if (!args.values.count(r)) throw UsageError("check " + a.op + ": --" + r + " FILE is required");
+    if (!given(r)) throw UsageError("check " + a.op + ": " + arg(r) + (args.python ? " (an array)" : " FILE") + " is required");
   bool any_gradient = false;
   for (const auto& n : a.inputs) {
-    if (!args.values.count("d" + n)) continue;
+    if (!given("d" + n)) continue;
     any_gradient = true;
-    if (!args.values.count(n)) throw UsageError("check " + a.op + ": --d" + n + " needs --" + n + " (the input it is the gradient of)");
+    if (!given(n)) throw UsageError("check " + a.op + ": " + arg("d" + n) + " needs " + arg(n) + " (the input it is the gradient of)");
   }
   if (!any_gradient) {
     std::string list;
-    for (const auto& n : a.inputs) list += (list.empty() ? "--d" : ", --d") + n;
+    for (const auto& n : a.inputs) list += (list.empty() ? "" : ", ") + arg("d" + n);
     throw UsageError("check " + a.op + ": no gradient to check: give at least one of " + list);
   }
 
@@ -353,15 +369,19 @@ CheckReport run_check(const CheckArgs& args) {
   rep.op = a.op;
   int worst = 4;
   std::map<std::string, std::string> by_dtype;  // dtype → the arrays in it
-  for (const auto& [k, path] : args.values) {
-    if (!array_names.count(k)) continue;
-    io::NpyArray arr = io::read_npy(path);
+  const auto take = [&](const std::string& k, io::NpyArray arr) {
     if (!io::is_float(arr.dtype))
-      throw UsageError("check " + a.op + ": --" + k + " " + path + " holds " + io::name(arr.dtype) +
+      throw UsageError("check " + a.op + ": " + arg(k) + source(k) + " holds " + io::name(arr.dtype) +
                        "; expected floating point (float16, bfloat16, float32, float64)");
     by_dtype[io::name(arr.dtype)] += (by_dtype[io::name(arr.dtype)].empty() ? "" : ", ") + k;
     if (precision_rank(arr.dtype) < worst) worst = precision_rank(arr.dtype), rep.dtype = io::name(arr.dtype);
     in.arrays.emplace(k, std::move(arr));
+  };
+  for (const auto& [k, path] : args.values)
+    if (array_names.count(k)) take(k, io::read_npy(path));
+  for (const auto& [k, arr] : args.arrays) {
+    if (args.values.count(k)) throw UsageError("check " + a.op + ": " + arg(k) + " given twice (a file and an array)");
+    take(k, arr);
   }
   for (const auto& [d, names] : by_dtype) rep.dtype_reason += (rep.dtype_reason.empty() ? "" : "; ") + d + ": " + names;
   std::map<std::string, TensorD> ref;
@@ -374,10 +394,10 @@ CheckReport run_check(const CheckArgs& args) {
     if (!in.has(g)) continue;
     const TensorD& yours = in[g];
     if (!ref.count(g))
-      throw UsageError("check " + a.op + ": --" + g + " given, but the op has no " + g + " here (no --" + n + ")");
+      throw UsageError("check " + a.op + ": " + arg(g) + " given, but the op has no " + g + " here (no " + arg(n) + ")");
     const TensorD& r = ref.at(g);
     if (yours.shape() != r.shape())
-      throw UsageError("check " + a.op + ": --" + g + " " + args.values.at(g) + " has shape " + to_string(yours.shape()) +
+      throw UsageError("check " + a.op + ": " + arg(g) + source(g) + " has shape " + to_string(yours.shape()) +
                        "; expected " + to_string(r.shape()) + " (the shape of " + n + ")");
     OutputCheck o;
     o.name = g;

@@ -26,6 +26,10 @@ struct CheckArgs {
   std::map<std::string, std::string> values;  // option name without "--" → its value
   std::set<std::string> flags;                // --training, --eval
   std::optional<std::string> json;
+  /// Arrays given in memory rather than as files (the Python module's `check`), by the same names.
+  std::map<std::string, io::NpyArray> arrays;
+  /// Name the arguments as Python keywords (`running_mean=`) rather than options (`--running-mean`).
+  bool python = false;
 };
 
 // One compared gradient.
