@@ -10,12 +10,14 @@
 /// convolutional network can be assembled from the same pieces).
 ///
 /// The modules hold no math of their own: each calls one op's public forward and its staged or
-/// fused backward (ops/linear.hpp, ops/batchnorm.hpp, ops/layernorm.hpp). The one operation a
-/// module adds is the fan-out sum of Residual: a value used twice receives the sum of the
-/// gradients of its uses.
+/// fused backward (ops/linear.hpp, ops/batchnorm.hpp, ops/layernorm.hpp, ops/activations.hpp,
+/// ops/cross_entropy.hpp). The one operation a module adds is the fan-out sum of Residual: a
+/// value used twice receives the sum of the gradients of its uses.
 #pragma once
 
+#include "gradproof/ops/activations.hpp"
 #include "gradproof/ops/batchnorm.hpp"
+#include "gradproof/ops/cross_entropy.hpp"
 #include "gradproof/ops/layernorm.hpp"
 #include "gradproof/ops/linear.hpp"
 #include "gradproof/tensor.hpp"
@@ -23,6 +25,7 @@
 #include <cstddef>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -40,6 +43,9 @@ struct Backward {
   Pass pass = Pass::fused;             ///< staged or fused backward of every op
   ops::BatchNormTermScales bn{};       ///< terms of every batch norm's staged backward
   ops::NormTermScales norm{};          ///< terms of every layer norm's staged backward
+  ops::ReluConfig::Terms relu{};       ///< terms of every relu's staged backward
+  ops::GeluConfig::Terms gelu{};       ///< terms of every gelu's staged backward
+  ops::CrossEntropyTermScales ce{};    ///< terms of the cross-entropy loss's staged backward
   double skip = 1;                     ///< Residual: the gradient of the skip branch, \f$dy\f$
   double branch = 1;                   ///< Residual: the gradient through the body
 };
@@ -60,6 +66,14 @@ Parameter<S> parameter(std::string name, const Shape& shape, S fill = S(0)) {
 template <class S>
 void accumulate(Tensor<S>& into, const Tensor<S>& g) {
   if (!g.empty()) into.flat() += g.flat();
+}
+/// The one step every normalization module's backward ends with: add the op's \f$d\gamma\f$,
+/// \f$d\beta\f$ to the affine parameters' `grad` and hand back \f$dx\f$.
+template <class S, class Grads>
+Tensor<S> affine_grads(Grads&& g, Parameter<S>& weight, Parameter<S>& bias) {
+  accumulate(weight.grad, g.dgamma);
+  accumulate(bias.grad, g.dbeta);
+  return std::move(g.dx);
 }
 }  // namespace detail
 
@@ -151,11 +165,11 @@ struct BatchNorm1d {
   /// \param b   staged (with `b.bn`'s term scales) or fused
   /// \return `dx`; adds \f$d\gamma\f$, \f$d\beta\f$ to the parameters' `grad`.
   Tensor<S> backward(const Tensor<S>& dy, const Cache& c, const Backward& b) {
-    auto g = b.pass == Pass::staged ? ops::batchnorm_backward_staged(dy, c.x, &weight.value, c.op, b.bn)
-                                    : ops::batchnorm_backward(dy, c.x, &weight.value, c.op);
-    detail::accumulate(weight.grad, g.dgamma);
-    detail::accumulate(bias.grad, g.dbeta);
-    return std::move(g.dx);
+    const Tensor<S>* g = &weight.value;
+    return detail::affine_grads(b.pass == Pass::staged
+                                    ? ops::batchnorm_backward_staged(dy, c.x, g, c.op, b.bn)
+                                    : ops::batchnorm_backward(dy, c.x, g, c.op),
+                                weight, bias);
   }
   /// Calls `f(Parameter&)` for each parameter, in state-dict order.
   template <class F>
@@ -198,11 +212,11 @@ struct LayerNorm {
   /// \param b   staged (with `b.norm`'s term scales) or fused
   /// \return `dx`; adds \f$d\gamma\f$, \f$d\beta\f$ to the parameters' `grad`.
   Tensor<S> backward(const Tensor<S>& dy, const Cache& c, const Backward& b) {
-    auto g = b.pass == Pass::staged ? ops::layernorm_backward_staged(dy, c.x, &weight.value, c.op, b.norm)
-                                    : ops::layernorm_backward(dy, c.x, &weight.value, c.op);
-    detail::accumulate(weight.grad, g.dgamma);
-    detail::accumulate(bias.grad, g.dbeta);
-    return std::move(g.dx);
+    const Tensor<S>* g = &weight.value;
+    return detail::affine_grads(b.pass == Pass::staged
+                                    ? ops::layernorm_backward_staged(dy, c.x, g, c.op, b.norm)
+                                    : ops::layernorm_backward(dy, c.x, g, c.op),
+                                weight, bias);
   }
   /// Calls `f(Parameter&)` for each parameter, in state-dict order.
   template <class F>
@@ -210,6 +224,126 @@ struct LayerNorm {
     f(weight);
     f(bias);
   }
+};
+
+namespace detail {
+/// The term scales of `b` that belong to the activation `Config` (relu or gelu).
+template <class Config>
+typename Config::Terms activation_terms(const Backward& b) {
+  if constexpr (std::is_same_v<Config, ops::ReluConfig>) return b.relu;
+  else if constexpr (std::is_same_v<Config, ops::GeluConfig>) return b.gelu;
+  else return {};
+}
+}  // namespace detail
+
+/// \brief An element-wise activation as a module (ops/activations.hpp): no parameters; the cache
+/// keeps what the op's backwards read, `x` for the staged one and `y` or `x` for the fused one
+/// (`Config::saves_output`, as PyTorch).
+template <class S, class Config>
+struct Activation {
+  using Scalar = S;  ///< the scalar
+  Config cfg{};      ///< the activation and its parameters (PyTorch's names and defaults)
+  /// What the backward needs.
+  struct Cache {
+    Tensor<S> x;                          ///< the forward input (staged backward)
+    Tensor<S> y;                          ///< the output, kept when the fused backward reads it
+    ops::ActivationCache<Config> op;      ///< shape and parameters
+  };
+  /// Output and cache of a forward pass.
+  struct Out {
+    Tensor<S> y;  ///< shape of `x`
+    Cache cache;  ///< for backward()
+  };
+  /// \param c  the activation's parameters, e.g. `{.approximate = "tanh"}` for GELU
+  /// \throws InvalidArgument on a bad parameter (checked here, not at the first forward).
+  explicit Activation(Config c = {}) : cfg(std::move(c)) { cfg.validate(); }
+  /// \param x  any shape
+  Out forward(const Tensor<S>& x) const {
+    auto f = ops::activation_forward<S>(x, cfg);
+    Tensor<S> kept = Config::saves_output ? f.y : Tensor<S>();
+    return {std::move(f.y), {x, std::move(kept), std::move(f.cache)}};
+  }
+  /// \param dy  shape of `x`
+  /// \param c   the cache of the forward pass
+  /// \param b   staged (with this activation's term scales in `b`) or fused
+  /// \return `dx`, shape of `x`.
+  Tensor<S> backward(const Tensor<S>& dy, const Cache& c, const Backward& b) const {
+    if (b.pass == Pass::staged)
+      return ops::activation_backward_staged(dy, c.x, c.op, detail::activation_terms<Config>(b)).dx;
+    return ops::activation_backward(dy, Config::saves_output ? c.y : c.x, c.op).dx;
+  }
+  /// No parameters.
+  template <class F>
+  void for_each_parameter(F&&) {}
+};
+
+/// `nn.ReLU()`: \f$\max(x, 0)\f$; at the kink \f$x = 0\f$ the gradient is 0 (PyTorch's).
+template <class S>
+using ReLU = Activation<S, ops::ReluConfig>;
+
+/// `nn.GELU(approximate='none')`: \f$x\,\Phi(x)\f$, or its tanh form with `{.approximate = "tanh"}`.
+template <class S>
+using GELU = Activation<S, ops::GeluConfig>;
+
+/// \brief `nn.CrossEntropyLoss(weight=None, ignore_index=-100, reduction='mean',
+/// label_smoothing=0.0)` with class-index targets (ops/cross_entropy.hpp): log_softmax over the
+/// class axis, then the negative log-likelihood of the targets. It ends a network, so its
+/// forward takes the target too and returns the loss; its backward takes the loss's upstream
+/// gradient (1 for the loss itself) and returns \f$\partial L/\partial\,\text{logits}\f$.
+///
+/// Shape legend: `logits` `(N, C)` (or `(N, C, d1, ...)`, `(C)`), `target` `(N)` (or
+/// `(N, d1, ...)`, `()`), the loss `()` for mean and sum, the target's shape for none.
+template <class S>
+struct CrossEntropyLoss {
+  using Scalar = S;              ///< the scalar
+  ops::CrossEntropyConfig cfg;   ///< ignore_index, reduction, label_smoothing
+  Tensor<S> weight;              ///< `(C)` class weights, or empty (none, PyTorch's default)
+  /// What the backward needs: the logits, the targets and the per-sample statistics.
+  struct Cache {
+    Tensor<S> logits;             ///< the forward input
+    Tensor<Index> target;         ///< the class indices (a constant of the graph)
+    ops::ClassLossCache<S> op;    ///< per sample: max, \f$\sum e^{z}\f$, argmax, \f$Q_r\f$; \f$D\f$
+  };
+  /// Loss and cache of a forward pass.
+  struct Out {
+    Tensor<S> loss;  ///< `()` for mean and sum
+    Cache cache;     ///< for backward()
+  };
+  /// \param c  PyTorch's options (defaults: mean, no smoothing, ignore_index −100)
+  /// \param w  `(C)` class weights, or empty
+  explicit CrossEntropyLoss(ops::CrossEntropyConfig c = {}, Tensor<S> w = {})
+      : cfg(c), weight(std::move(w)) {}
+  /// \param logits  `(N, C)`
+  /// \param target  `(N)` class indices in `[0, C)` or `ignore_index`
+  /// \return the loss and the cache.
+  /// \throws InvalidArgument on a target of the wrong shape or out of range (the op's checks).
+  Out forward(const Tensor<S>& logits, const Tensor<Index>& target) const {
+    auto f = ops::cross_entropy_forward<S>(logits, target, weight_ptr(), cfg);
+    return {std::move(f.loss), {logits, target, std::move(f.cache)}};
+  }
+  /// \param dloss  upstream gradient, the shape of the loss (`()` for mean and sum)
+  /// \param c      the cache of the forward pass
+  /// \param b      staged (the chain log_softmax → NLL, with `b.ce`'s term scales) or fused
+  ///               (the collapsed form \f$g\,(Q\,p - q)\f$)
+  /// \return `dlogits`, shape of the logits.
+  Tensor<S> backward(const Tensor<S>& dloss, const Cache& c, const Backward& b) const {
+    if (b.pass == Pass::staged)
+      return ops::cross_entropy_backward_staged(dloss, c.logits, c.target, weight_ptr(), cfg, c.op, b.ce)
+          .dx;
+    return ops::cross_entropy_backward(dloss, c.logits, c.target, weight_ptr(), cfg, c.op).dx;
+  }
+  /// \param c  the cache of the forward pass
+  /// \param b  staged or fused
+  /// \return \f$\partial L/\partial\,\text{logits}\f$ of the loss itself (upstream gradient 1).
+  Tensor<S> backward(const Cache& c, const Backward& b) const {
+    return backward(Tensor<S>(ops::detail::xent::loss_shape(c.target.shape(), cfg.reduction), S(1)), c, b);
+  }
+  /// No parameters (the class weights are constants).
+  template <class F>
+  void for_each_parameter(F&&) {}
+
+ private:
+  const Tensor<S>* weight_ptr() const { return weight.empty() ? nullptr : &weight; }
 };
 
 /// \brief Sequential composition \f$y = f_K(\cdots f_2(f_1(x)))\f$: forward runs the modules
