@@ -149,7 +149,8 @@ class Adam {
     // [adam-step]
     const double bc1 = 1 - std::pow(cfg_.beta1, double(t_));  // 1 − β₁ᵗ
     const double bc2 = 1 - std::pow(cfg_.beta2, double(t_));  // 1 − β₂ᵗ
-    const S b1 = S(cfg_.beta1), b2 = S(cfg_.beta2), a1 = S(1 - cfg_.beta1), a2 = S(1 - cfg_.beta2);
+    const S b1 = S(cfg_.beta1), a1 = S(1 - cfg_.beta1);
+    const S b2 = S(cfg_.beta2), a2 = S(1 - cfg_.beta2);
     const S step_size = S(cfg_.lr / bc1), sqrt_bc2 = S(std::sqrt(bc2));
     const S eps = S(cfg_.eps), wd = S(cfg_.weight_decay);
     detail::each_parameter(net, [&](auto& p, std::size_t k) {
@@ -162,7 +163,7 @@ class Adam {
         m[i] = b1 * m[i] + a1 * g;                       // m = β₁ m + (1 − β₁) g
         v[i] = b2 * v[i] + a2 * g * g;                   // v = β₂ v + (1 − β₂) g²
         const S denom = std::sqrt(v[i]) / sqrt_bc2 + eps;  // √v̂ + ε, v̂ = v / (1 − β₂ᵗ)
-        theta[i] -= step_size * m[i] / denom;           // θ ← θ − η m̂ / (√v̂ + ε), m̂ = m / (1 − β₁ᵗ)
+        theta[i] -= step_size * m[i] / denom;  // θ ← θ − η m̂ / (√v̂ + ε), m̂ = m / (1 − β₁ᵗ)
       }
     });
     // [adam-step]

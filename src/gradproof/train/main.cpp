@@ -114,15 +114,20 @@ int run(const std::vector<std::string>& args) {
       return 2;
     }
     const std::string& v = args[++i];
-    if (a == "--data") data = v;
-    else if (a == "--out") out = v;
-    else if (a == "--epochs") cfg.epochs = to_int(a, v, 1);
-    else if (a == "--hidden") cfg.hidden = to_int(a, v, 1);
-    else if (a == "--seed") cfg.seed = static_cast<std::uint64_t>(to_int(a, v, 0));
-    else if (a == "--threads") threads = static_cast<int>(to_int(a, v, 1));
-    else {
-      std::cerr << "gradproof_train: unknown option '" << a << "'\n";
-      usage(std::cerr);
+    try {
+      if (a == "--data") data = v;
+      else if (a == "--out") out = v;
+      else if (a == "--epochs") cfg.epochs = to_int(a, v, 1);
+      else if (a == "--hidden") cfg.hidden = to_int(a, v, 1);
+      else if (a == "--seed") cfg.seed = static_cast<std::uint64_t>(to_int(a, v, 0));
+      else if (a == "--threads") threads = static_cast<int>(to_int(a, v, 1));
+      else {
+        std::cerr << "gradproof_train: unknown option '" << a << "'\n";
+        usage(std::cerr);
+        return 2;
+      }
+    } catch (const InvalidArgument& e) {
+      std::cerr << "gradproof_train: " << e.what() << "\n";
       return 2;
     }
   }
@@ -140,7 +145,13 @@ int run(const std::vector<std::string>& args) {
     }
   }
   const auto t0 = std::chrono::steady_clock::now();
-  const Digits all = load_digits(data);
+  Digits all;
+  try {
+    all = load_digits(data);
+  } catch (const InvalidArgument& e) {  // a missing or unreadable file: an I/O error
+    std::cerr << "gradproof_train: " << e.what() << "\n";
+    return 2;
+  }
   const Split split = stratified_split(all.labels, kTest, kSplitSeed);
   const Digits train = subset(all, split.train), test = subset(all, split.test);
   parallel::set_threads(threads);
