@@ -10,7 +10,9 @@
     {training}`KEY`
         one figure in prose: accuracy, seconds, total_seconds, misclassified, epochs, steps,
         hidden, batch, train, test, threads, or `diff RUN` / `acc RUN` (a run's largest change of a
-        step's loss from the staged run as derived / its final test accuracy).
+        step's loss from the staged run as derived / its final test accuracy), `bias RUN` /
+        `others RUN` (its largest change of fc1.bias / of any other parameter from that run),
+        `accdiff RUN` (its largest change of an epoch's test accuracy).
 
 The run is training.json, written by build/<preset>/gradproof_train in the site build's training
 stage (build.sh); conf.py hands its path over as gradproof_training. The pages depend on it, so a
@@ -82,8 +84,16 @@ def figure(d: dict[str, Any], key: str) -> str:
     """The text of {training}`KEY`."""
     head = run_of(d, "adam")
     parts = key.split()
-    if len(parts) == 2 and parts[0] in ("diff", "acc") and parts[1] in RUN_LABELS:
+    if len(parts) == 2 and parts[0] in ("bias", "others") and parts[1] in RUN_LABELS:
+        # The largest change of fc1.bias / of every other parameter from the run as derived.
+        by = run_of(d, parts[1])["vs_staged"].get("max_parameter_diff_by_name")
+        if not by or "fc1.bias" not in by:
+            raise TrainingError("training role: the run has no max_parameter_diff_by_name with fc1.bias")
+        return fmt(by["fc1.bias"] if parts[0] == "bias" else max(v for k, v in by.items() if k != "fc1.bias"))
+    if len(parts) == 2 and parts[0] in ("diff", "acc", "accdiff") and parts[1] in RUN_LABELS:
         r = run_of(d, parts[1])
+        if parts[0] == "accdiff":  # the largest change of an epoch's test accuracy, in points
+            return f"{100 * r['vs_staged']['max_test_acc_diff']:.2f} points"
         if parts[0] == "acc":
             return pct(r["epochs"]["test_acc"][-1])
         return fmt(r["vs_staged"]["max_step_loss_diff"])

@@ -38,7 +38,12 @@ std::vector<std::vector<float>> gradient_sequence() {
   return g;
 }
 
-// Largest |ours − torch| / (|torch| + lr) over all parameters and steps.
+// The largest |ours − torch| after step t, over every parameter and step, as a fraction of its
+// bound 4 u t · (max |θ| so far + η), u = 2^-24. Why that bound: the gradients are given (they do
+// not depend on θ), so the two runs part only by rounding, and each step rounds θ's update in
+// each implementation a few times at the scale of the largest |θ| or step (libtorch's vectorised
+// kernels contract a multiply and an add into one FMA where ours rounds twice, and vice versa);
+// the differences add up at most linearly in the number of steps. A ratio ≤ 1 passes.
 template <class Ours, class Theirs>
 double compare(Ours ours, Theirs make_theirs, double lr) {
   const auto grads = gradient_sequence();
@@ -48,25 +53,26 @@ double compare(Ours ours, Theirs make_theirs, double lr) {
   for (Index i = 0; i < kSize; ++i) net.p.value[i] = float(u(rng));
   torch::Tensor w = torch::from_blob(net.p.value.data(), {kSize}, torch::kFloat32).clone().set_requires_grad(true);
   auto theirs = make_theirs(std::vector<torch::Tensor>{w});
-  double worst = 0;
+  double worst = 0, scale = 0;
   for (int t = 0; t < kSteps; ++t) {
     std::copy(grads[std::size_t(t)].begin(), grads[std::size_t(t)].end(), net.p.grad.data());
     ours.step(net);
     w.mutable_grad() = torch::from_blob(net.p.grad.data(), {kSize}, torch::kFloat32).clone();
     theirs.step();
     const float* tw = w.data_ptr<float>();
-    for (Index i = 0; i < kSize; ++i)
-      worst = std::max(worst, std::abs(double(net.p.value[i]) - double(tw[i])) / (std::abs(double(tw[i])) + lr));
+    double diff = 0;
+    for (Index i = 0; i < kSize; ++i) {
+      scale = std::max(scale, std::abs(double(tw[i])));
+      diff = std::max(diff, std::abs(double(net.p.value[i]) - double(tw[i])));
+    }
+    worst = std::max(worst, diff / (4 * 0x1.0p-24 * (t + 1) * (scale + lr)));
   }
   return worst;
 }
 
 }  // namespace
 
-// Tolerance 1e-6 relative to |θ| + η (about 17 u, u = 2^-24): each step rounds a handful of
-// float32 operations in both implementations, and libtorch's vectorised kernels may contract
-// a multiply and an add into one FMA where ours rounds twice (or the reverse); over 50 steps the
-// measured difference stays at a few u (printed by the test).
+// Each case passes when compare() ≤ 1 (its bound is explained there); the measured fraction is printed.
 BOOST_AUTO_TEST_CASE(adam_matches_torch_optim_adam_over_50_steps) {
   for (const nn::AdamConfig c : {nn::AdamConfig{}, nn::AdamConfig{.lr = 0.01, .beta1 = 0.8, .beta2 = 0.99, .eps = 1e-6,
                                                                    .weight_decay = 0.01}}) {
@@ -74,8 +80,8 @@ BOOST_AUTO_TEST_CASE(adam_matches_torch_optim_adam_over_50_steps) {
       return torch::optim::Adam(p, torch::optim::AdamOptions(c.lr).betas({c.beta1, c.beta2}).eps(c.eps)
                                        .weight_decay(c.weight_decay));
     }, c.lr);
-    BOOST_TEST_MESSAGE("Adam lr " << c.lr << ": largest |ours - torch| / (|torch| + lr) = " << d);
-    BOOST_TEST(d <= 1e-6);
+    BOOST_TEST_MESSAGE("Adam lr " << c.lr << ": largest difference, as a fraction of its bound: " << d);
+    BOOST_TEST(d <= 1.0);
   }
 }
 
@@ -87,7 +93,7 @@ BOOST_AUTO_TEST_CASE(sgd_matches_torch_optim_sgd_over_50_steps) {
       return torch::optim::SGD(p, torch::optim::SGDOptions(c.lr).momentum(c.momentum).dampening(c.dampening)
                                       .weight_decay(c.weight_decay).nesterov(c.nesterov));
     }, c.lr);
-    BOOST_TEST_MESSAGE("SGD lr " << c.lr << " momentum " << c.momentum << ": largest relative difference " << d);
-    BOOST_TEST(d <= 1e-6);
+    BOOST_TEST_MESSAGE("SGD lr " << c.lr << " momentum " << c.momentum << ": largest difference, as a fraction of its bound: " << d);
+    BOOST_TEST(d <= 1.0);
   }
 }
