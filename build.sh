@@ -124,6 +124,27 @@ site_bench() {
   export GRADPROOF_BENCH="$out"
 }
 
+# The training run of the training page (derivations/training.md): build/<preset>/gradproof_train
+# trains the digits MLP (Adam, SGD and the batch-norm ablation, about 10 s) and writes
+# training.json, which docs/conf.py hands to the {gradproof-training} directives
+# (GRADPROOF_TRAINING). Not rerun when the code it runs did not change since the file was written.
+site_training() {
+  local build=$1 out="$1/training/training.json" key
+  key=$(key_of src CMakeLists.txt CMakePresets.json cmake)-$SITE_PRESET
+  export GRADPROOF_TRAINING="$out"
+  if [ -f "$out" ] && unchanged training "$key"; then
+    log "training not rerun: the code is unchanged since ${out#$here/} was written (status $last_status)"
+    return "$last_status"
+  fi
+  log "training (digits MLP: Adam, SGD, the batch-norm ablation)"
+  mkdir -p "$(dirname "$out")"
+  local st=0
+  "$build/gradproof_train" --out "$out.new" || st=1
+  if [ "$st" = 0 ]; then mv "$out.new" "$out"; else rm -f "$out.new" "$out"; fi
+  stamp training "$key" "$st"
+  return "$st"
+}
+
 # Doxygen's XML and the unit tests of the Sphinx extension: independent of the C++ build, so
 # cmd_site runs them in the background while it compiles. Each is skipped when its inputs did not
 # change. Messages go to $SITE_DIR/prep.log, shown when cmd_site waits for them.
@@ -180,6 +201,7 @@ cmd_site() {
   fi
 
   site_bench
+  site_training "$build" || status=1
 
   # Doxygen and the extension's unit tests need no build: they ran in the background meanwhile.
   wait "$prep_pid" || { cat "$SITE_DIR/prep.log"; die "site: doxygen or the extension's unit tests failed"; }

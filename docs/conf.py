@@ -2,6 +2,7 @@
 
 GRADPROOF_RESULTS      results.json of the test run of this build (default: preset release)
 GRADPROOF_BENCH        bench/results.json of this build's benchmark run, if any
+GRADPROOF_TRAINING     training.json of this build's training run (the training page)
 GRADPROOF_DOXYGEN_XML  Doxygen's XML output for Breathe
 GRADPROOF_GENERATED    where figures made at build time (the benchmark plot) are written
 GRADPROOF_SITE_DIR     the site's build directory (build/site), for the defaults of the two above
@@ -27,6 +28,7 @@ extensions = [
     "sphinx.ext.graphviz",
     "breathe",
     "gradproof_sphinx",
+    "gradproof_training",
 ]
 source_suffix = {".md": "markdown"}
 root_doc = "index"
@@ -40,6 +42,8 @@ myst_dmath_double_inline = True
 gradproof_results = os.environ.get("GRADPROOF_RESULTS",
                                    str(root / "build" / "release" / "verification" / "results.json"))
 gradproof_bench = os.environ.get("GRADPROOF_BENCH", str(root / "build" / "bench" / "bench" / "results.json"))
+gradproof_training = os.environ.get("GRADPROOF_TRAINING",
+                                    str(root / "build" / "release" / "training" / "training.json"))
 gradproof_generated_dir = os.environ.get("GRADPROOF_GENERATED", str(site / "generated"))
 
 # Math: MathJax 2.7 copied from Debian's libjs-mathjax into _static by the extension; nothing is

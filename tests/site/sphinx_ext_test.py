@@ -273,6 +273,90 @@ class EdgesTest(unittest.TestCase):
         self.assertIn("says met=True", warnings)
 
 
+
+# ---- docs/_ext/gradproof_training.py: the training page's directives and role ------------------
+
+def training_json(acc=0.975):
+    def run(name, diff):
+        return {"name": name, "optimizer": "adam", "backward": "staged", "what": name, "seconds": 0.5,
+                "epochs": {"train_loss": [1.0, 0.5], "test_loss": [1.1, 0.6], "train_acc": [0.9, 0.99],
+                           "test_acc": [0.9, acc]},
+                "step_loss": [2.0, 1.0, 0.5], "bn_terms": {},
+                "vs_staged": {"identical_bits": diff == 0, "max_step_loss_diff": diff, "max_test_acc_diff": 0,
+                              "max_parameter_diff": diff}}
+    return {"data": {"train": 1437, "test": 360}, "threads": 1, "total_seconds": 9.5,
+            "config": {"hidden": 64, "epochs": 2, "batch": 64, "seed": 1, "adam": {"lr": 0.001}},
+            "runs": [run("adam", 2.4e-7), run("sgd", 0.5), run("staged", 0), run("no_dvar_dmu", 2.4e-7),
+                     run("no_dl_dmu", 0.65), run("no_dl_dvar", 0.14)],
+            "confusion": [[36 if t == p else 0 for p in range(10)] for t in range(10)],
+            "misclassified_count": 1, "misclassified": [{"row": 3, "label": 3, "predicted": 8, "pixels": [0] * 64}],
+            "determinism": {"rerun_identical": True, "threads_identical": True, "threads_epochs": 2}}
+
+
+def build_training(tmp: Path, page: str, data):
+    src, out = tmp / "src", tmp / "out"
+    src.mkdir(exist_ok=True)
+    path = tmp / "training.json"
+    if data is not None:
+        path.write_text(json.dumps(data))
+    (src / "conf.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(EXT)!r})\n"
+        "extensions = ['myst_parser', 'gradproof_sphinx', 'gradproof_training']\n"
+        f"gradproof_training = {str(path)!r}\ngradproof_generated_dir = {str(tmp / 'generated')!r}\n")
+    (src / "index.md").write_text(page)
+    warnings = io.StringIO()
+    with docutils_namespace():
+        app = Sphinx(str(src), str(src), str(out), str(tmp / "doctrees"), "html",
+                     status=io.StringIO(), warning=warnings, freshenv=True)
+        app.build()
+    return (out / "index.html").read_text(encoding="utf-8"), warnings.getvalue()
+
+
+TRAINING_PAGE = """# Training
+
+Accuracy {training}`accuracy`, without dl_dmu {training}`diff no_dl_dmu`.
+
+```{gradproof-training} summary
+```
+
+```{gradproof-training} confusion
+```
+
+```{gradproof-training} misclassified
+```
+
+```{gradproof-training} ablation
+```
+"""
+
+
+class TrainingTest(unittest.TestCase):
+    def test_the_figures_come_from_the_run(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            html, warnings = build_training(Path(tmp), TRAINING_PAGE, training_json())
+            self.assertEqual(warnings.strip(), "")
+            t = text(html)
+            self.assertIn("Accuracy 97.5%", t)
+            self.assertIn("without dl_dmu 0.65", t)
+            self.assertIn("Measured in this build: 97.5% test accuracy", t)
+            self.assertIn("the same bits", t)
+            self.assertIn("3 read as 8", html)  # the misclassified digit's alt text
+            self.assertTrue((Path(tmp) / "generated" / "training_ablation.svg").exists())
+            self.assertTrue((Path(tmp) / "generated" / "training_misclassified.svg").exists())
+
+    def test_without_a_run_the_page_says_so(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            html, _ = build_training(Path(tmp), TRAINING_PAGE, None)
+            self.assertIn("No training run in this build", text(html))
+            self.assertIn("(no training run in this build)", text(html))
+
+    def test_a_run_without_an_ablation_run_is_a_warning(self):
+        d = training_json()
+        d["runs"] = [r for r in d["runs"] if r["name"] != "no_dl_dmu"]
+        with tempfile.TemporaryDirectory() as tmp:
+            _, warnings = build_training(Path(tmp), TRAINING_PAGE, d)
+            self.assertIn("no run 'no_dl_dmu'", warnings)
+
 if __name__ == "__main__":
     import warnings
     warnings.simplefilter("ignore", DeprecationWarning)  # docutils 0.19 about MyST 0.18's option parser
