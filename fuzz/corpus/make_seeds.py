@@ -12,6 +12,9 @@ from the bytes left, then from a generator seeded by the input):
   in:   affine, with_beta, into, misuse, eps, momentum, eval (0: eval), with_running,
         one byte per channel (running variance), seed
   rms:  affine, into, misuse, k, has_eps [, eps], seed
+  ops:  op (index into the catalog's declared ops, modulo their number), threads-1, mode (0: a
+        problem, 14: an *_into call, 15: a bad input), then for a problem: case, mutate (odd: the
+        extents follow, as many as the case's rank), 8 bytes of seed; for the others: which one
 
 Run it from anywhere: python3 fuzz/corpus/make_seeds.py
 """
@@ -106,6 +109,21 @@ SEEDS = {
         "misuse-gamma": rms([2, 5, 7], misuse=0),
     },
 }
+
+# Every declared op (40 covers the ops of catalog/ops.def with room to grow; an index past their
+# number wraps): its first case as declared, the same case at ragged shapes of rank 2 and 3 (a
+# case of another rank reads the extents it needs and the rest as seed), 2 threads, every bad
+# input and *_into call (the second byte picks one; 0-7 cover the declarations' lists).
+SEEDS["ops"] = {}
+for op in range(40):
+    seed = [0, 0, 0, 0, 0, 0, 0, op + 1]
+    SEEDS["ops"]["%02d-case0" % op] = [op, 0, 0, 0, 0] + seed
+    SEEDS["ops"]["%02d-17x33" % op] = [op, 0, 0, 0, 1] + extent(17) + extent(33) + seed
+    SEEDS["ops"]["%02d-3x5x65-threads2" % op] = [op, 1, 0, 1, 1] + extent(3) + extent(5) + extent(65) + seed
+    for k in range(8):
+        SEEDS["ops"]["%02d-bad%d" % (op, k)] = [op, 0, 15, k]
+    SEEDS["ops"]["%02d-into0" % op] = [op, 0, 14, 0]
+    SEEDS["ops"]["%02d-into1" % op] = [op, 0, 14, 1]
 
 for harness, seeds in SEEDS.items():
     os.makedirs(os.path.join(HERE, harness), exist_ok=True)

@@ -174,6 +174,24 @@ inline Index until_aligned(const S* p, Index n) noexcept {
   return std::min<Index>(n, mis ? static_cast<Index>((kVectorBytes - mis) / sizeof(S)) : 0);
 }
 
+/// \brief The type of a kernel's output pointer: `S* __restrict` when the call is out of place,
+/// plain `S*` when it is in place (the output is one of the inputs).
+///
+/// `__restrict` on the output lets the compiler keep what the map captures in registers across
+/// the stores, and the out-of-place kernels are compiled with it. An in-place call (dx written over
+/// dy, y over x: the ops document and test it) must not be: a restrict-qualified pointer that
+/// aliases another is undefined behaviour, and it would allow a load of an input to be moved
+/// after the store to the same element. The public kernels test for it (is_one_of()) and run the
+/// body compiled for the case; the in-place body is the same code without the promise.
+template <class S, bool kInPlace>
+using OutPtr = std::conditional_t<kInPlace, S*, S* __restrict>;
+
+/// Whether `dst` is one of `src` (an in-place call).
+template <class S, class... P>
+inline bool is_one_of(const S* dst, const P*... src) noexcept {
+  return ((static_cast<const void*>(dst) == static_cast<const void*>(src)) || ...);
+}
+
 }  // namespace detail
 /// \endcond
 
@@ -280,20 +298,10 @@ inline std::pair<double, double> sum2(Index n, const F& terms, const P*... src) 
   return acc.total();
 }
 
-/// \brief `dst[i] = f(src[i]...)` over a contiguous run.
-///
-/// `f` is called on native vectors of `S` and on `S`, so it is written once as a generic lambda.
-/// With `nontemporal`, the aligned body of the run is written with streaming stores and its
-/// ragged ends with scalar stores (masked vector stores to lines that are not in cache stall
-/// for a memory round trip on AMD Zen 4; a scalar store does not); the caller issues
-/// stream_fence() before another thread may read `dst`.
-/// \param dst          output run, `n` values
-/// \param n            length
-/// \param nontemporal  bypass the caches for the output (see should_stream())
-/// \param f            `S(S...)` and `Vec<S>(Vec<S>...)`
-/// \param src          input runs, `n` values each
-template <class S, class F, class... P>
-inline void map(S* __restrict dst, Index n, bool nontemporal, const F& f, const P*... src) noexcept {
+/// \cond INTERNAL
+namespace detail {
+template <bool kInPlace, class S, class F, class... P>
+inline void map_run(OutPtr<S, kInPlace> dst, Index n, bool nontemporal, const F& f, const P*... src) noexcept {
   using V = Vec<S>;
   constexpr Index W = kLanes<S>;
   Index i = 0;
@@ -304,6 +312,27 @@ inline void map(S* __restrict dst, Index n, bool nontemporal, const F& f, const 
     for (; i + W <= n; i += W) store(dst + i, f(load<V>(src + i)...));
   }
   for (; i < n; ++i) dst[i] = f(src[i]...);
+}
+}  // namespace detail
+/// \endcond
+
+/// \brief `dst[i] = f(src[i]...)` over a contiguous run.
+///
+/// `f` is called on native vectors of `S` and on `S`, so it is written once as a generic lambda.
+/// With `nontemporal`, the aligned body of the run is written with streaming stores and its
+/// ragged ends with scalar stores (masked vector stores to lines that are not in cache stall
+/// for a memory round trip on AMD Zen 4; a scalar store does not); the caller issues
+/// stream_fence() before another thread may read `dst`.
+/// \param dst          output run, `n` values; may be one of `src` (in place), or overlap none
+/// \param n            length
+/// \param nontemporal  bypass the caches for the output (see should_stream())
+/// \param f            `S(S...)` and `Vec<S>(Vec<S>...)`
+/// \param src          input runs, `n` values each
+template <class S, class F, class... P>
+inline void map(S* dst, Index n, bool nontemporal, const F& f, const P*... src) noexcept {
+  // `dst` may be one of `src` (in place): see detail::OutPtr.
+  if (detail::is_one_of(dst, src...)) detail::map_run<true, S>(dst, n, nontemporal, f, src...);
+  else detail::map_run<false, S>(dst, n, nontemporal, f, src...);
 }
 
 /// How far ahead the two-phase kernels prefetch their reads from memory, in bytes per stream.
@@ -392,8 +421,8 @@ struct SegmentSums {
 /// run over each summed segment from its own start (SegmentSums), in the same loop as far as
 /// both have whole vectors. So the sums never depend on the alignment of `dst` or on where the
 /// block starts, and nothing past a summed segment is read.
-template <bool kNonTemporal, class S, class MapOf, class TermsOf, class... P>
-inline void map_sum2_segments(Sums2<S>* acc, Index summed, S* __restrict dst, Index L, Index segments,
+template <bool kNonTemporal, bool kInPlace, class S, class MapOf, class TermsOf, class... P>
+inline void map_sum2_segments(Sums2<S>* acc, Index summed, OutPtr<S, kInPlace> dst, Index L, Index segments,
                               const MapOf& map_of, const TermsOf& terms_of, Index ahead, Index next,
                               const P*... src) noexcept {
   using V = Vec<S>;
@@ -479,14 +508,19 @@ inline void map_sum2_segments(Sums2<S>* acc, Index summed, S* __restrict dst, In
 ///                     no run is summed after this one
 /// \param src          input runs
 template <class S, class MapOf, class TermsOf, class... P>
-inline void map_sum2_segments(Sums2<S>* acc, Index summed, S* __restrict dst, Index L, Index segments, bool nontemporal,
+inline void map_sum2_segments(Sums2<S>* acc, Index summed, S* dst, Index L, Index segments, bool nontemporal,
                               const MapOf& map_of, const TermsOf& terms_of, Index ahead, Index next,
                               const P*... src) noexcept {
-  if (nontemporal) {
-    detail::map_sum2_segments<true>(acc, summed, dst, L, segments, map_of, terms_of, ahead, next, src...);
-  } else {
-    detail::map_sum2_segments<false>(acc, summed, dst, L, segments, map_of, terms_of, ahead, next, src...);
-  }
+  // `dst` may be one of `src` (in place): see detail::OutPtr.
+  const bool in_place = detail::is_one_of(dst, src...);
+  const auto run = [&](auto nt, auto ip) {
+    detail::map_sum2_segments<decltype(nt)::value, decltype(ip)::value, S>(acc, summed, dst, L, segments, map_of,
+                                                                           terms_of, ahead, next, src...);
+  };
+  using T = std::true_type;
+  using F = std::false_type;
+  if (nontemporal) in_place ? run(T{}, T{}) : run(T{}, F{});
+  else in_place ? run(F{}, T{}) : run(F{}, F{});
 }
 
 /// \brief The sums of map_sum2_segments() alone, over one run of `segments` segments of `L`
@@ -634,22 +668,15 @@ inline double* zeroed_scratch(Index n) {
   return buffer.data();
 }
 
-/// \brief Pass 2 of a row-normalization backward over a block of `K` rows at once:
-/// `dst_k[i] = f(k, src_k[i]..., shared[i])` for the rows `k < K` (row `k` of every array at
-/// offset `k·stride`), and the rows' contributions to two column sums,
-/// `col0[i] += Σ_k c0`, `col1[i] += Σ_k c1` with `(c0, c1) = col_terms(k, src_k[i]...)`.
-///
-/// Handling `K` rows per pass over the columns loads and stores each column sum once per `K`
-/// rows instead of once per row, and the shared per-column input (γ) once: the loads and stores
-/// of the per-row version are what bound it when the row is in cache. `shared` may be `nullptr`
-/// (then `f` gets 1). `col0`/`col1` may be `nullptr` (skipped). With `nontemporal`, every row
-/// must have the same alignment (`stride·sizeof(S)` a multiple of kVectorBytes).
-template <int K, class S, class F, class G, class... P>
-inline void map_columns_rows(S* __restrict dst, Index stride, Index n, bool nontemporal, const F& f,
-                             std::type_identity_t<S>* __restrict col0, std::type_identity_t<S>* __restrict col1,
-                             const G& col_terms, const std::type_identity_t<S>* shared, const P*... src) noexcept {
-  // __restrict: the outputs alias nothing else here, so the constants that `f` and `col_terms`
-  // capture stay in registers instead of being reloaded after every store.
+/// \cond INTERNAL
+namespace detail {
+template <int K, bool kInPlace, class S, class F, class G, class... P>
+inline void map_columns_rows_run(OutPtr<S, kInPlace> dst, Index stride, Index n, bool nontemporal, const F& f,
+                                 std::type_identity_t<S>* __restrict col0, std::type_identity_t<S>* __restrict col1,
+                                 const G& col_terms, const std::type_identity_t<S>* shared, const P*... src) noexcept {
+  // __restrict: the column sums alias nothing, and out of place neither does `dst`
+  // (detail::OutPtr), so the constants that `f` and `col_terms` capture stay in registers
+  // instead of being reloaded after every store.
   using V = Vec<S>;
   constexpr Index W = kLanes<S>;
   const auto column = [&](Index i, auto tag) {  // every row at column i (a vector or a scalar)
@@ -685,6 +712,30 @@ inline void map_columns_rows(S* __restrict dst, Index stride, Index n, bool nont
     for (const Index head = detail::until_aligned(dst, n); i < head; ++i) column(i, S{});
   for (; i + W <= n; i += W) column(i, V{});
   for (; i < n; ++i) column(i, S{});
+}
+}  // namespace detail
+/// \endcond
+
+/// \brief Pass 2 of a row-normalization backward over a block of `K` rows at once:
+/// `dst_k[i] = f(k, src_k[i]..., shared[i])` for the rows `k < K` (row `k` of every array at
+/// offset `k·stride`), and the rows' contributions to two column sums,
+/// `col0[i] += Σ_k c0`, `col1[i] += Σ_k c1` with `(c0, c1) = col_terms(k, src_k[i]...)`.
+///
+/// Handling `K` rows per pass over the columns loads and stores each column sum once per `K`
+/// rows instead of once per row, and the shared per-column input (γ) once: the loads and stores
+/// of the per-row version are what bound it when the row is in cache. `shared` may be `nullptr`
+/// (then `f` gets 1). `col0`/`col1` may be `nullptr` (skipped). With `nontemporal`, every row
+/// must have the same alignment (`stride·sizeof(S)` a multiple of kVectorBytes). `dst` may be
+/// one of `src` (in place).
+template <int K, class S, class F, class G, class... P>
+inline void map_columns_rows(S* dst, Index stride, Index n, bool nontemporal, const F& f,
+                             std::type_identity_t<S>* __restrict col0, std::type_identity_t<S>* __restrict col1,
+                             const G& col_terms, const std::type_identity_t<S>* shared, const P*... src) noexcept {
+  // `dst` may be one of `src` (in place: dx over dy or x): see detail::OutPtr.
+  if (detail::is_one_of(dst, src...))
+    detail::map_columns_rows_run<K, true, S>(dst, stride, n, nontemporal, f, col0, col1, col_terms, shared, src...);
+  else
+    detail::map_columns_rows_run<K, false, S>(dst, stride, n, nontemporal, f, col0, col1, col_terms, shared, src...);
 }
 
 /// \brief The variance and \f$1/\sqrt{\sigma^2+\varepsilon}\f$ of a set from its variance as

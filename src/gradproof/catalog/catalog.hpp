@@ -10,6 +10,8 @@
 #include "gradproof/check/step_sweep.hpp"
 #include "gradproof/harness/op.hpp"
 
+#include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <stdexcept>
 #include <utility>
@@ -146,6 +148,23 @@ struct OpEntry {
 const std::vector<OpEntry>& ops();
 
 /// Everything one op family contributes to the catalog.
+/// \brief A finding of a fuzz target (FuzzTarget): a fused backward that disagrees with the staged
+/// one, a bad input that was accepted, or an exception other than InvalidArgument. The libFuzzer
+/// harness (fuzz/ops.cpp) turns it into a crash report.
+class FuzzFinding : public std::logic_error {
+ public:
+  using std::logic_error::logic_error;
+};
+
+/// \brief The fuzz target of a declared op, made from its declaration by harness::register_op():
+/// `run(data, size)` decodes a problem from the fuzz input and checks it (harness/fuzz.hpp says
+/// how). Returns normally when every check holds or the op refused the input with
+/// InvalidArgument; \throws FuzzFinding otherwise.
+struct FuzzTarget {
+  std::string op;
+  std::function<void(const std::uint8_t* data, std::size_t size, std::int64_t max_values)> run;
+};
+
 struct Registry {
   std::vector<Formula> formulas;
   std::vector<Check> checks;
@@ -155,6 +174,7 @@ struct Registry {
   std::vector<IntoCase> into_cases;
   std::vector<PlainProblems> plain;  ///< each declared op's problems as plain data
   std::vector<FromArrays> from_arrays;  ///< the declared ops `gradproof check` recomputes
+  std::vector<FuzzTarget> fuzz;  ///< one per declared op (fuzz/ops.cpp)
 };
 
 /// The whole catalog (built once, on first use).

@@ -62,7 +62,7 @@ struct Embedding {
     Problem p{c.shape, {c.num, c.dim, c.padding}, IndexTensor(c.shape), rng.normal_tensor({c.num, c.dim}), {}};
     for (Index q = 0; q < p.indices.size(); ++q)
       p.indices[q] = std::min<Index>(c.num - 1, static_cast<Index>(rng.uniform(0, static_cast<double>(c.num))));
-    if (c.padding) p.indices[0] = *c.padding < 0 ? *c.padding + c.num : *c.padding;
+    if (c.padding && p.indices.size() > 0) p.indices[0] = *c.padding < 0 ? *c.padding + c.num : *c.padding;
     Shape ys = c.shape;
     ys.push_back(c.dim);
     p.w = rng.normal_tensor(ys);

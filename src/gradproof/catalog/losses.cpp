@@ -526,7 +526,9 @@ std::vector<ResultRow> check_seam(const std::string& test) {
   const std::vector<std::pair<double, double>> at = Tr::is_huber
       ? std::vector<std::pair<double, double>>{{1.0, 1.0}, {1.0, -1.0}, {0.5, 0.5}, {0.5, -0.5}}
       : std::vector<std::pair<double, double>>{{1.0, 1.0}, {1.0, -1.0}, {2.0, 2.0}, {0.0, 0.0}};  // (b, d)
-  for (const auto& [b, d] : at) {
+  for (const auto& bd : at) {
+    // Not a structured binding: clang 14 (the fuzz preset) cannot capture one in a lambda.
+    const double b = bd.first, d = bd.second;
     const double t = 0.25, x = t + d;  // exact in binary: d = x − t is ±b exactly
     const auto ell = [b](long double dd) {
       const long double ad = std::abs(dd), bb = b;

@@ -18,11 +18,13 @@
 /// - the declaration's bad inputs and `*_into` cases, which the test runner and the allocation
 ///   binary turn into tests;
 /// - its Jacobian and projection problems as plain data (plain_problem()), which the libtorch
-///   oracle (tests/torch/oracle.test.cpp) compares with libtorch's autograd.
+///   oracle (tests/torch/oracle.test.cpp) compares with libtorch's autograd;
+/// - its fuzz target (harness/fuzz.hpp), which fuzz/ops.cpp runs under libFuzzer.
 #pragma once
 
 #include "gradproof/catalog/catalog.hpp"
 #include "gradproof/catalog/support.hpp"
+#include "gradproof/harness/fuzz.hpp"
 #include "gradproof/harness/op.hpp"
 #include "gradproof/harness/plain.hpp"
 
@@ -433,6 +435,9 @@ void register_op(catalog::Registry& r) {
                                return g;
                              }});
   }
+  r.fuzz.push_back({D::op, [](const std::uint8_t* data, std::size_t size, std::int64_t max_values) {
+                      fuzz_one<D>(data, size, max_values);
+                    }});
   for (auto& b : D::bad_inputs()) r.bad_inputs.push_back({D::op, std::move(b)});
   for (auto& i : D::into_cases()) r.into_cases.push_back({D::op, std::move(i)});
   D::extra(c);
