@@ -82,19 +82,12 @@ struct LogSoftmax {
     return {{"dim", static_cast<double>(p.dim)}};
   }
   // `gradproof check log_softmax`: the user's x and dy, dim as given (PyTorch's default here: -1).
-  static Problem from_arrays(const std::vector<TensorD>& in, const TensorD& dy,
-                             const std::vector<std::pair<std::string, double>>& options) {
-    const TensorD& x = in.at(0);
-    Index dim = -1;
-    for (const auto& [k, v] : options)
-      if (k == "dim") {
-        if (v != std::floor(v)) throw InvalidArgument("log_softmax: dim must be an integer; got " + std::to_string(v));
-        dim = static_cast<Index>(v);
-      }
-    if (x.rank() < 1 || x.empty()) throw InvalidArgument("log_softmax: x must not be empty; got shape " + to_string(x.shape()));
-    if (dy.shape() != x.shape())
-      throw InvalidArgument("log_softmax: dy must have the shape of x " + to_string(x.shape()) + "; got " + to_string(dy.shape()));
-    Problem p{x.shape(), dim, x, dy};
+  static Problem from_arrays(const UserArrays& ua) {
+    const UserInput in("log_softmax", ua);
+    const TensorD& x = in.input(0);
+    in.not_empty("x", x);
+    in.shape("dy", in.dy().shape(), x.shape(), "the shape of x");
+    Problem p{x.shape(), in.integer("dim", -1), x, in.dy()};
     p.rows();  // refuses a dim outside [-rank, rank), naming it
     return p;
   }

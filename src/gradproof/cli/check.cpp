@@ -109,6 +109,7 @@ struct Adapter {
   std::function<void(const Loaded&, CheckReport&, std::map<std::string, TensorD>&,
                      std::map<std::string, double>&, std::optional<DiagSets>&)>
       reference;
+  std::set<std::string> integer_ok = {};        // of the arrays, those that may hold integers
 };
 
 // bn, ln, gn, in: their public API (not yet declared through the harness).
@@ -211,12 +212,16 @@ Adapter declared_adapter(const catalog::FromArrays& decl) {
   a.required = decl.inputs;
   a.required.push_back("dy");
   for (const auto& o : decl.options) a.options.push_back(flag_of(o));
+  for (const auto& n : decl.arrays) a.arrays.push_back(flag_of(n)), a.integer_ok.insert(flag_of(n));
   a.reference = [decl](const Loaded& in, CheckReport& rep, auto& ref, auto& scale, auto&) {
     catalog::UserArrays ua;
     for (const auto& n : decl.inputs) ua.inputs.push_back(in[n]);
     ua.dy = in["dy"];
+    for (const auto& n : decl.arrays)
+      if (in.has(flag_of(n)))
+        ua.arrays[n] = {in[flag_of(n)], !io::is_float(in.arrays.at(flag_of(n)).dtype)};
     for (const auto& o : decl.options)
-      if (in.args->values.count(flag_of(o))) ua.options.emplace_back(o, in.number(flag_of(o), 0));
+      if (in.args->values.count(flag_of(o))) ua.options.emplace_back(o, in.args->values.at(flag_of(o)));
     const catalog::UserGradients g = decl.run(ua);
     ref["y"] = g.y;
     for (std::size_t k = 0; k < decl.inputs.size(); ++k) {
@@ -370,9 +375,13 @@ CheckReport run_check(const CheckArgs& args) {
   int worst = 4;
   std::map<std::string, std::string> by_dtype;  // dtype → the arrays in it
   const auto take = [&](const std::string& k, io::NpyArray arr) {
-    if (!io::is_float(arr.dtype))
-      throw UsageError("check " + a.op + ": " + arg(k) + source(k) + " holds " + io::name(arr.dtype) +
-                       "; expected floating point (float16, bfloat16, float32, float64)");
+    if (!io::is_float(arr.dtype)) {
+      if (!a.integer_ok.count(k))
+        throw UsageError("check " + a.op + ": " + arg(k) + source(k) + " holds " + io::name(arr.dtype) +
+                         "; expected floating point (float16, bfloat16, float32, float64)");
+      in.arrays.emplace(k, std::move(arr));  // indices or classes: no part in the tolerance
+      return;
+    }
     by_dtype[io::name(arr.dtype)] += (by_dtype[io::name(arr.dtype)].empty() ? "" : ", ") + k;
     if (precision_rank(arr.dtype) < worst) worst = precision_rank(arr.dtype), rep.dtype = io::name(arr.dtype);
     in.arrays.emplace(k, std::move(arr));
