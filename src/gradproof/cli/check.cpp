@@ -318,7 +318,7 @@ bool CheckReport::passed() const {
 std::string check_usage() {
   std::ostringstream out;
   for (const auto& a : adapters()) {
-    out << "  " << std::left << std::setw(8) << a.op << a.title << "\n           ";
+    out << "  " << std::left << std::setw(15) << a.op << " " << a.title << "\n           ";
     for (const auto& n : a.inputs) out << " --" << n << " --d" << n;
     out << " --dy";
     for (const auto& n : a.arrays) out << " --" << n;
