@@ -22,7 +22,7 @@ TESTED_ELSEWHERE = {"bn", "ln", "gn", "in", "rms", "softmax", "log_softmax", "li
 def test_every_op_of_check_has_a_case():
     """A new op that gets check through its declaration needs its cases here."""
     missing = set(gradproof.check_ops()) - TESTED_ELSEWHERE - {c.op for c in CASES}
-    assert not missing, f"ops check knows without a case in tests/cli/check_cases.py: {sorted(missing)}"
+    assert not missing, f"ops that check knows, without a case in check_cases.py: {sorted(missing)}"
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -36,7 +36,8 @@ def test_right_gradients_pass(case):
 BROKEN = [(c, g, a, w) for c in CASES for (g, a, w) in c.broken]
 
 
-@pytest.mark.parametrize("case,grad,array,what", BROKEN, ids=[f"{c.name}-{g}-{w}" for c, g, a, w in BROKEN])
+@pytest.mark.parametrize("case,grad,array,what", BROKEN,
+                         ids=[f"{c.name}-{g}-{w}" for c, g, a, w in BROKEN])
 def test_a_broken_gradient_fails_named(case, grad, array, what):
     grads = dict(case.grads)
     grads[grad] = array
@@ -49,7 +50,8 @@ def test_a_broken_gradient_fails_named(case, grad, array, what):
 BAD = [(c, w, ch, m) for c in CASES for (w, ch, m) in c.bad]
 
 
-@pytest.mark.parametrize("case,what,changes,message", BAD, ids=[f"{c.name}-{w}" for c, w, ch, m in BAD])
+@pytest.mark.parametrize("case,what,changes,message", BAD,
+                         ids=[f"{c.name}-{w}" for c, w, ch, m in BAD])
 def test_a_bad_input_is_refused(case, what, changes, message):
     arrays, options = check_cases.call(case, changes)
     with pytest.raises(ValueError) as e:

@@ -59,25 +59,30 @@ def activation_cases(rng):
     a = {"x": x, "dy": dy}
     c.append(Case("relu", "relu", a, {}, {"dx": dy * (x > 0)})
              .breaks("dx", dy * (x >= -1), "the step at -1")
-             .refuses("dy of another shape", {"dy": dy[:, :4]}, r"relu: dy must have the shape of x \(4, 5\); got \(4, 4\)")
-             .refuses("an empty x", {"x": np.zeros((0, 5)), "dy": np.zeros((0, 5)), "dx": np.zeros((0, 5))},
+             .refuses("dy of another shape", {"dy": dy[:, :4]},
+                      r"relu: dy must have the shape of x \(4, 5\); got \(4, 4\)")
+             .refuses("an empty x", {k: np.zeros((0, 5)) for k in ("x", "dy", "dx")},
                       r"relu: x must not be empty; got shape \(0, 5\)"))
-    c.append(Case("sigmoid", "sigmoid", a, {}, {"dx": dy * s * (1 - s)}).breaks("dx", dy * s, "σ' taken as σ"))
+    c.append(Case("sigmoid", "sigmoid", a, {}, {"dx": dy * s * (1 - s)})
+             .breaks("dx", dy * s, "σ' taken as σ"))
     c.append(Case("tanh", "tanh", a.copy(), {}, {"dx": (dy * (1 - t * t)).astype(np.float32)})
              .breaks("dx", (-dy * (1 - t * t)).astype(np.float32), "the sign"))
     c[-1].arrays = {"x": x.astype(np.float32), "dy": dy.astype(np.float32)}
-    c.append(Case("leaky_relu", "leaky_relu", a, {"negative_slope": 0.2}, {"dx": dy * np.where(x > 0, 1, 0.2)})
-             .breaks("dx", dy * np.where(x > 0, 1, 0.01), "PyTorch's default slope, not the one used")
+    c.append(Case("leaky_relu", "leaky_relu", a, {"negative_slope": 0.2},
+                  {"dx": dy * np.where(x > 0, 1, 0.2)})
+             .breaks("dx", dy * np.where(x > 0, 1, 0.01), "the default slope")
              .refuses("a slope that is not a number", {"negative_slope": "steep"},
                       r"leaky_relu: negative_slope must be a finite number; got 'steep'"))
     c.append(Case("elu", "elu", a, {"alpha": 0.5}, {"dx": dy * np.where(x > 0, 1, 0.5 * np.exp(x))})
              .breaks("dx", dy * np.where(x > 0, 1, np.exp(x)), "alpha forgotten"))
-    c.append(Case("gelu", "gelu", a, {}, {"dx": dy * (Phi + x * phi)}).breaks("dx", dy * Phi, "the x·φ(x) term missing")
+    c.append(Case("gelu", "gelu", a, {}, {"dx": dy * (Phi + x * phi)})
+             .breaks("dx", dy * Phi, "the x·φ(x) term missing")
              .refuses("approximate other than none or tanh", {"approximate": "erf"},
                       r"gelu: approximate must be one of 'none', 'tanh'; got 'erf'"))
     c.append(Case("gelu_tanh", "gelu", a, {"approximate": "tanh"}, {"dx": dy * gelu_tanh})
              .breaks("dx", dy * (Phi + x * phi) * 1.01, "the erf form, scaled: not the tanh form"))
-    c.append(Case("silu", "silu", a, {}, {"dx": dy * s * (1 + x * (1 - s))}).breaks("dx", dy * s, "the x σ' term missing"))
+    c.append(Case("silu", "silu", a, {}, {"dx": dy * s * (1 + x * (1 - s))})
+             .breaks("dx", dy * s, "the x σ' term missing"))
     beta, thr = 2.0, 5.0
     c.append(Case("softplus", "softplus", a, {"beta": beta, "threshold": thr},
                   {"dx": dy * np.where(beta * x > thr, 1, sigmoid(beta * x))})
@@ -92,7 +97,8 @@ def loss_cases(rng):
     dy = np.array(rng.standard_normal())
     d = x - t
     g = 2 * d / x.size * dy
-    c.append(Case("mse_loss", "mse_loss", {"x": x, "target": t, "dy": dy}, {}, {"dx": g, "dtarget": -g})
+    c.append(Case("mse_loss", "mse_loss", {"x": x, "target": t, "dy": dy}, {},
+                  {"dx": g, "dtarget": -g})
              .breaks("dx", d / x.size * dy, "the factor 2 missing")
              .breaks("dtarget", g, "the sign of dtarget")
              .refuses("dy of a per-element loss for reduction mean", {"dy": np.ones((3, 4))},
@@ -108,7 +114,8 @@ def loss_cases(rng):
     ell = 1 + (pw - 1) * t
     dx = dy * w * ((1 - t) - ell * sigmoid(-x))
     dt = dy * w * (-x + (pw - 1) * softplus(-x))
-    c.append(Case("bce_with_logits", "bce_with_logits", {"x": x, "target": t, "dy": dy, "weight": w, "pos_weight": pw},
+    c.append(Case("bce_with_logits", "bce_with_logits",
+                  {"x": x, "target": t, "dy": dy, "weight": w, "pos_weight": pw},
                   {"reduction": "sum"}, {"dx": dx, "dtarget": dt})
              .breaks("dx", dy * w * (sigmoid(x) - t), "pos_weight forgotten")
              .breaks("dtarget", -dy * w * x, "pos_weight's term of dtarget missing"))
@@ -117,12 +124,14 @@ def loss_cases(rng):
     d = x - t
     dyn = rng.standard_normal((2, 5))
     hub = dyn * np.clip(d, -0.5, 0.5)
-    c.append(Case("huber_loss", "huber_loss", {"x": x, "target": t, "dy": dyn}, {"reduction": "none", "delta": 0.5},
+    c.append(Case("huber_loss", "huber_loss", {"x": x, "target": t, "dy": dyn},
+                  {"reduction": "none", "delta": 0.5},
                   {"dx": hub, "dtarget": -hub})
              .breaks("dx", dyn * np.clip(d / 0.5, -1, 1), "smooth L1's derivative (off by delta)"))
     dy = np.array(1.3)
     sl1 = dy * np.clip(d / 0.5, -1, 1) / d.size
-    c.append(Case("smooth_l1_loss", "smooth_l1_loss", {"x": x, "target": t, "dy": dy}, {"beta": 0.5},
+    c.append(Case("smooth_l1_loss", "smooth_l1_loss", {"x": x, "target": t, "dy": dy},
+                  {"beta": 0.5},
                   {"dx": sl1, "dtarget": -sl1})
              .breaks("dx", sl1 * d.size, "the mean's 1/n missing")
              .refuses("beta negative", {"beta": -1}, r"smooth_l1_loss: .*beta"))
@@ -140,13 +149,18 @@ def class_cases(rng):
     dx[np.arange(N), tgt] = -w[tgt] * dy / w[tgt].sum()
     wrong = np.zeros((N, C))
     wrong[np.arange(N), tgt] = -w[tgt] * dy / N
-    c.append(Case("nll_loss", "nll_loss", {"x": logp, "dy": dy, "target": tgt, "weight": w}, {}, {"dx": dx})
+    c.append(Case("nll_loss", "nll_loss", {"x": logp, "dy": dy, "target": tgt, "weight": w}, {},
+                  {"dx": dx})
              .breaks("dx", wrong, "the mean over N instead of the sum of the weights")
-             .refuses("no target", {"target": None}, r"nll_loss: target \(class indices as integers\) is required")
+             .refuses("no target", {"target": None},
+                      r"nll_loss: target \(class indices as integers\) is required")
              .refuses("a target of floats", {"target": tgt.astype(np.float64)},
-                      r"nll_loss: target must be class indices \(an integer array: int64 or int32\); got floating point")
+                      r"nll_loss: target must be class indices "
+                      r"\(an integer array: int64 or int32\); "
+                      r"got floating point")
              .refuses("a class out of range", {"target": np.where(np.arange(N) == 3, C, tgt)},
-                      r"nll_loss: target must hold class indices in \[0, 5\) or ignore_index -100; got 5 at flat index 3")
+                      r"nll_loss: target must hold class indices in \[0, 5\) or ignore_index -100; "
+                      r"got 5 at flat index 3")
              .refuses("a weight per sample, not per class", {"weight": np.ones(N)},
                       r"nll_loss: weight must have one value per class: \(5,\); got \(6,\)")
              .refuses("an ignore_index that is not an integer", {"ignore_index": 1.5},
@@ -167,13 +181,15 @@ def class_cases(rng):
                   {"reduction": "none", "ignore_index": 2}, {"dx": dx3})
              .breaks("dx", wrong3, "the ignored entries given a gradient")
              .refuses("dy of the reduced shape for reduction none", {"dy": np.array(1.0)},
-                      r"nll_loss: dy must have reduction 'none': the shape of the target \(3, 2\); got \(\)"))
+                      r"nll_loss: dy must have reduction 'none': the shape of the target \(3, 2\); "
+                      r"got \(\)"))
     # cross_entropy, class indices, label_smoothing 0.1, mean
     x = rng.standard_normal((N, C))
     eps = 0.1
     q = (1 - eps) * np.eye(C)[tgt] + eps / C
     dx = (softmax(x, 1) - q) / N * dy
-    c.append(Case("cross_entropy", "cross_entropy", {"x": x, "dy": dy, "target": tgt}, {"label_smoothing": eps},
+    c.append(Case("cross_entropy", "cross_entropy", {"x": x, "dy": dy, "target": tgt},
+                  {"label_smoothing": eps},
                   {"dx": dx})
              .breaks("dx", (softmax(x, 1) - np.eye(C)[tgt]) / N * dy, "label smoothing forgotten")
              .refuses("label_smoothing above 1", {"label_smoothing": 2},
@@ -183,11 +199,12 @@ def class_cases(rng):
     dys = np.array(1.1)
     dx = (softmax(x, 1) - p) * dys
     c.append(Case("cross_entropy_probs", "cross_entropy",
-                  {"x": x.astype(np.float32), "dy": dys.astype(np.float32), "target": p.astype(np.float32)},
+                  {k: v.astype(np.float32) for k, v in (("x", x), ("dy", dys), ("target", p))},
                   {"reduction": "sum"}, {"dx": dx.astype(np.float32)})
              .breaks("dx", (-dx).astype(np.float32), "the sign")
              .refuses("probabilities of another shape", {"target": p[:, :4]},
-                      r"cross_entropy: target must have \(class probabilities\) the shape of x \(6, 5\); got \(6, 4\)"))
+                      r"cross_entropy: target must have \(class probabilities\) the shape of x "
+                      r"\(6, 5\); got \(6, 4\)"))
     return c
 
 
@@ -210,16 +227,22 @@ def other_cases(rng):
     dx = m * dy / 0.7
     c.append(Case("dropout_y", "dropout", {"x": x, "dy": dy, "y": y}, {"p": 0.3}, {"dx": dx})
              .breaks("dx", m * dy, "the scale 1/(1 − p) missing")
-             .refuses("y of another p", {"p": 0.5}, r"dropout: y must be 0 or x/\(1 − p\) with p = 0.5 \(is p right\?\)")
+             .refuses("y of another p", {"p": 0.5},
+                      r"dropout: y must be 0 or x/\(1 − p\) with p = 0.5 \(is p right\?\)")
              .refuses("x with a zero", {"x": np.where(np.arange(24).reshape(4, 6) == 7, 0.0, x)},
-                      r"dropout: y cannot give the mask where x = 0 .*give mask instead; got x = 0 at flat index 7")
-             .refuses("both y and mask", {"mask": m}, r"dropout: needs exactly one of mask .*; got 2 of them")
-             .refuses("neither y nor mask nor seed", {"y": None}, r"dropout: needs exactly one of mask .*; got 0 of them")
+                      r"dropout: y cannot give the mask where x = 0 .*give mask instead; "
+                      r"got x = 0 at flat index 7")
+             .refuses("both y and mask", {"mask": m},
+                      r"dropout: needs exactly one of mask .*; got 2 of them")
+             .refuses("neither y nor mask nor seed", {"y": None},
+                      r"dropout: needs exactly one of mask .*; got 0 of them")
              .refuses("p above 1", {"p": 1.5}, r"dropout: p must be in \[0, 1\]; got 1.5"))
-    c.append(Case("dropout_mask", "dropout", {"x": x.astype(np.float32), "dy": dy.astype(np.float32), "mask": m},
+    c.append(Case("dropout_mask", "dropout",
+                  {"x": x.astype(np.float32), "dy": dy.astype(np.float32), "mask": m},
                   {"p": 0.3}, {"dx": dx.astype(np.float32)})
              .breaks("dx", (m * dy / 0.5).astype(np.float32), "scaled by PyTorch's default p")
-             .refuses("a mask that is not 0/1", {"mask": m * 2}, r"dropout: mask must hold 0 \(dropped\) and 1 \(kept\); got 2 at flat index"))
+             .refuses("a mask that is not 0/1", {"mask": m * 2},
+                      r"dropout: mask must hold 0 \(dropped\) and 1 \(kept\); got 2 at flat index"))
     # embedding, padding_idx 1
     V, D = 6, 3
     wt = rng.standard_normal((V, D))
@@ -229,14 +252,19 @@ def other_cases(rng):
     np.add.at(dw, idx.reshape(-1), dy.reshape(-1, D))
     wrong = dw.copy()
     dw[1] = 0
-    c.append(Case("embedding", "embedding", {"weight": wt, "dy": dy, "indices": idx}, {"padding_idx": 1}, {"dweight": dw})
+    c.append(Case("embedding", "embedding", {"weight": wt, "dy": dy, "indices": idx},
+                  {"padding_idx": 1}, {"dweight": dw})
              .breaks("dweight", wrong, "the padding row given a gradient")
              .refuses("indices as floats", {"indices": idx.astype(np.float32)},
-                      r"embedding: indices must be an integer array \(int64 or int32\); got floating point")
+                      r"embedding: indices must be an integer array \(int64 or int32\); "
+                      r"got floating point")
              .refuses("an index out of range", {"indices": np.where(idx == 5, 6, idx)},
-                      r"embedding: indices must hold rows of weight, in \[0, 6\); got 6 at flat index 4")
-             .refuses("no indices", {"indices": None}, r"embedding: indices \(the input of F.embedding, integers\) is required")
-             .refuses("a padding_idx out of range", {"padding_idx": 9}, r"embedding: padding_idx must be within num_embeddings"))
+                      r"embedding: indices must hold rows of weight, in \[0, 6\); "
+                      r"got 6 at flat index 4")
+             .refuses("no indices", {"indices": None},
+                      r"embedding: indices \(the input of F.embedding, integers\) is required")
+             .refuses("a padding_idx out of range", {"padding_idx": 9},
+                      r"embedding: padding_idx must be within num_embeddings"))
     return c
 
 

@@ -43,13 +43,15 @@ def expect(what, r, rc, out=None, err=None):
     if err and not re.search(err, r.stderr, re.S):
         problems.append(f"stderr does not match {err!r}")
     if problems:
-        failures.append(f"{what}: " + "; ".join(problems) + f"\n--- stdout\n{r.stdout}--- stderr\n{r.stderr}")
+        failures.append(f"{what}: " + "; ".join(problems) +
+                        f"\n--- stdout\n{r.stdout}--- stderr\n{r.stderr}")
     else:
         print(f"ok: {what}")
 
 
 n = len(case.grads)
-expect("the right gradients pass", run(*check_cases.call(case)), 0, out=rf"pass: 0 of {n} gradients failed")
+expect("the right gradients pass", run(*check_cases.call(case)), 0,
+       out=rf"pass: 0 of {n} gradients failed")
 for grad, array, what in case.broken:
     grads = dict(case.grads)
     grads[grad] = array

@@ -96,10 +96,7 @@ struct Activation {
   static std::vector<std::string> check_options() { return Tr::check_options(); }
   static Problem from_arrays(const UserArrays& ua) {
     const UserInput in(op, ua);
-    const TensorD& x = in.input(0);
-    in.not_empty("x", x);
-    in.shape("dy", in.dy().shape(), x.shape(), "the shape of x");
-    Problem p{x.shape(), Tr::user_config(in), x, in.dy()};
+    Problem p{in.input(0).shape(), Tr::user_config(in), in.x_shaped_like_dy(), in.dy()};
     p.cfg.validate();
     return p;
   }
@@ -491,7 +488,9 @@ struct GeluTr {
   static double sample(Rng& rng, const Config&, Index) { return rng.normal(0, 2); }
   static std::string describe(const Config& c) { return "gelu(approximate='" + c.approximate + "')"; }
   static std::vector<std::string> check_options() { return {"approximate"}; }
-  static Config user_config(const UserInput& in) { return {in.word("approximate", "none", {"none", "tanh"})}; }
+  static Config user_config(const UserInput& in) {
+    return {in.word("approximate", "none", {"none", "tanh"})};
+  }
   static std::vector<std::pair<std::string, double>> options(const Config& c) {
     return {{"approximate_tanh", c.tanh_form() ? 1.0 : 0.0}};
   }

@@ -62,8 +62,11 @@ struct Dropout {
   static std::string describe(const Problem& p) {
     std::ostringstream s;
     s << "dropout(p=" << p.p << ", training=True), x " << to_string(p.shape);
-    if (p.mask.empty()) s << ", mask seed " << p.seed;
-    else s << ", the mask given (" << std::count(p.mask.begin(), p.mask.end(), 1) << " of " << p.mask.size() << " kept)";
+    if (p.mask.empty())
+      s << ", mask seed " << p.seed;
+    else
+      s << ", the mask given (" << std::count(p.mask.begin(), p.mask.end(), 1) << " of "
+        << p.mask.size() << " kept)";
     return s.str();
   }
   static const harness::Inputs& inputs() {
@@ -82,15 +85,14 @@ struct Dropout {
   static std::vector<std::string> check_arrays() { return {"mask", "y"}; }
   static Problem from_arrays(const UserArrays& ua) {
     const UserInput in("dropout", ua);
-    const TensorD& x = in.input(0);
-    in.not_empty("x", x);
-    in.shape("dy", in.dy().shape(), x.shape(), "the shape of x");
+    const TensorD& x = in.x_shaped_like_dy();
     Problem p{x.shape(), in.number_in("p", 0.5, 0.0, 1.0), 0, x, in.dy()};
     const catalog::UserArray *mask = in.array("mask"), *y = in.array("y");
     if ((mask != nullptr) + (y != nullptr) + in.given("seed") != 1)
-      in.fail("needs exactly one of mask (1 kept, 0 dropped), y (the output: the mask is where "
-              "y ≠ 0) and seed (gradproof's generator)",
-              std::to_string((mask != nullptr) + (y != nullptr) + in.given("seed")) + " of them");
+      in.fail(
+          "needs exactly one of mask (1 kept, 0 dropped), y (the output: the mask is where "
+          "y ≠ 0) and seed (gradproof's generator)",
+          std::to_string((mask != nullptr) + (y != nullptr) + in.given("seed")) + " of them");
     if (in.given("seed")) {
       const Index seed = in.integer("seed", 0);
       if (seed < 0) in.fail("seed must be >= 0", std::to_string(seed));
@@ -110,13 +112,15 @@ struct Dropout {
         continue;
       }
       if (x[i] == 0)
-        in.fail("y cannot give the mask where x = 0 (y = 0 whether kept or dropped): give mask instead",
-                "x = 0" + at);
+        in.fail(
+            "y cannot give the mask where x = 0 (y = 0 whether kept or dropped): give mask instead",
+            "x = 0" + at);
       p.mask[static_cast<std::size_t>(i)] = m[i] != 0;
       // A kept element is x/(1 − p): to the precision of float16 and bfloat16 (2⁻⁸), with margin.
       if (m[i] != 0 && std::abs(m[i] - x[i] * scale) > 1e-2 * std::abs(x[i] * scale))
-        in.fail("y must be 0 or x/(1 − p) with p = " + UserInput::num(p.p) + " (is p right?)",
-                "y = " + UserInput::num(m[i]) + ", x/(1 − p) = " + UserInput::num(x[i] * scale) + at);
+        in.fail(
+            "y must be 0 or x/(1 − p) with p = " + UserInput::num(p.p) + " (is p right?)",
+            "y = " + UserInput::num(m[i]) + ", x/(1 − p) = " + UserInput::num(x[i] * scale) + at);
     }
     return p;
   }

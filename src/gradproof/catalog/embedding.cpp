@@ -98,11 +98,14 @@ struct Embedding {
   static Problem from_arrays(const UserArrays& ua) {
     const UserInput in("embedding", ua);
     const TensorD& weight = in.input(0);
-    if (weight.rank() != 2) in.fail("weight must be (num_embeddings, embedding_dim)", to_string(weight.shape()));
+    if (weight.rank() != 2)
+      in.fail("weight must be (num_embeddings, embedding_dim)", to_string(weight.shape()));
     const Index V = weight.shape()[0], D = weight.shape()[1];
     const catalog::UserArray& idx = in.required("indices", "the input of F.embedding, integers");
-    in.indices("indices", idx, 0, static_cast<double>(V - 1), "rows of weight, in [0, " + std::to_string(V) + ")");
-    Problem p{idx.values.shape(), {V, D, std::nullopt}, IndexTensor(idx.values.shape()), weight, in.dy()};
+    in.indices("indices", idx, 0, static_cast<double>(V - 1),
+               "rows of weight, in [0, " + std::to_string(V) + ")");
+    Problem p{
+        idx.values.shape(), {V, D, std::nullopt}, IndexTensor(idx.values.shape()), weight, in.dy()};
     for (Index q = 0; q < p.indices.size(); ++q) p.indices[q] = static_cast<Index>(idx.values[q]);
     if (in.given("padding_idx")) p.cfg.padding_idx = in.integer("padding_idx", 0);
     Shape ys = p.shape;

@@ -323,24 +323,29 @@ struct Loss {
   // huber's delta or smooth L1's beta with PyTorch's defaults ('mean', 1.0); BCE's weight and
   // pos_weight as arrays (broadcast as PyTorch does; the op refuses shapes that do not).
   static std::vector<std::string> check_options() {
-    if constexpr (requires { Tr::param_name; }) return {"reduction", Tr::param_name};
-    else return {"reduction"};
+    if constexpr (requires { Tr::param_name; })
+      return {"reduction", Tr::param_name};
+    else
+      return {"reduction"};
   }
   static std::vector<std::string> check_arrays() {
-    if constexpr (std::is_same_v<Tr, BceTraits>) return {"weight", "pos_weight"};
-    else return {};
+    if constexpr (std::is_same_v<Tr, BceTraits>)
+      return {"weight", "pos_weight"};
+    else
+      return {};
   }
   static Problem from_arrays(const UserArrays& ua) {
     const UserInput in(op, ua);
     const TensorD &x = in.input(0), &t = in.input(1);
     in.not_empty("x", x);
     in.shape("target", t.shape(), x.shape(), "the shape of x");
-    Problem p{x.shape(), in.reduction(), x, t, in.dy(), false, false, TensorD(Shape{0}),
-              TensorD(Shape{0}), 1.0};
+    Problem p{x.shape(),         in.reduction(),    x,  t, in.dy(), false, false,
+              TensorD(Shape{0}), TensorD(Shape{0}), 1.0};
     if constexpr (requires { Tr::param_name; }) p.param = in.number(Tr::param_name, 1.0);
     if constexpr (std::is_same_v<Tr, BceTraits>) {
       if (const auto* w = in.array("weight")) p.has_weight = true, p.weight = w->values;
-      if (const auto* pw = in.array("pos_weight")) p.has_pos_weight = true, p.pos_weight = pw->values;
+      if (const auto* pw = in.array("pos_weight"))
+        p.has_pos_weight = true, p.pos_weight = pw->values;
     }
     if (p.reduction == "none")
       in.shape("dy", in.dy().shape(), x.shape(), "reduction 'none': the shape of x");

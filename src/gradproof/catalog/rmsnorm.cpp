@@ -224,7 +224,8 @@ struct RMSNorm {
     if (in.given("eps")) p.eps = in.number("eps", 0);
     const Index axes = in.integer("normalized_ndim", 1);
     if (axes < 1 || axes > p.x.rank())
-      in.fail("normalized_ndim must be an integer in [1, rank of x = " + std::to_string(p.x.rank()) + "]",
+      in.fail("normalized_ndim must be an integer in [1, rank of x = " +
+                  std::to_string(p.x.rank()) + "]",
               std::to_string(axes));
     p.normalized = Shape(p.shape.end() - axes, p.shape.end());
     p.sets = ops::norm::detail::layernorm_sets(p.shape, p.normalized, "rmsnorm");

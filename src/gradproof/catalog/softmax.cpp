@@ -86,10 +86,7 @@ struct Softmax {
   // gradproof check: softmax over any axis dim in [-rank, rank), as PyTorch (default -1).
   static Problem from_arrays(const UserArrays& ua) {
     const UserInput in("softmax", ua);
-    const TensorD& x = in.input(0);
-    in.not_empty("x", x);
-    in.shape("dy", in.dy().shape(), x.shape(), "the shape of x");
-    Problem p{x.shape(), in.integer("dim", -1), x, in.dy()};
+    Problem p{in.input(0).shape(), in.integer("dim", -1), in.x_shaped_like_dy(), in.dy()};
     p.rows();  // refuses a dim outside [-rank, rank), naming it
     return p;
   }

@@ -367,7 +367,8 @@ class UserInput {
     if (!t) return fallback;
     char* end = nullptr;
     const double v = std::strtod(t->c_str(), &end);
-    if (t->empty() || *end != '\0' || !std::isfinite(v)) fail(name + " must be a finite number", "'" + *t + "'");
+    if (t->empty() || *end != '\0' || !std::isfinite(v))
+      fail(name + " must be a finite number", "'" + *t + "'");
     return v;
   }
   /// A number in [lo, hi].
@@ -409,13 +410,22 @@ class UserInput {
     return *a;
   }
   /// Refuses an array `name` whose shape is not `want` (`what` says what that shape is).
-  void shape(const std::string& name, ShapeView got, ShapeView want, const std::string& what) const {
+  void shape(const std::string& name, ShapeView got, ShapeView want,
+             const std::string& what) const {
     if (Shape(got.begin(), got.end()) != Shape(want.begin(), want.end()))
       fail(name + " must have " + what + " " + to_string(want), to_string(got));
   }
   /// Refuses an empty array `name`.
   void not_empty(const std::string& name, const TensorD& t) const {
-    if (t.rank() < 1 || t.empty()) fail(name + " must not be empty", "shape " + to_string(t.shape()));
+    if (t.rank() < 1 || t.empty())
+      fail(name + " must not be empty", "shape " + to_string(t.shape()));
+  }
+  /// The input x of an op whose y has the shape of x: refused when empty or when dy's shape
+  /// differs.
+  const TensorD& x_shaped_like_dy() const {
+    not_empty("x", input(0));
+    shape("dy", dy().shape(), input(0).shape(), "the shape of x");
+    return input(0);
   }
   /// Refuses an array `name` that is not stored as integers, or holds a value outside [lo, hi].
   void indices(const std::string& name, const catalog::UserArray& a, double lo, double hi,
@@ -423,7 +433,8 @@ class UserInput {
     if (!a.integer) fail(name + " must be an integer array (int64 or int32)", "floating point");
     for (Index i = 0; i < a.values.size(); ++i)
       if (a.values[i] < lo || a.values[i] > hi)
-        fail(name + " must hold " + range, num(a.values[i]) + " at flat index " + std::to_string(i));
+        fail(name + " must hold " + range,
+             num(a.values[i]) + " at flat index " + std::to_string(i));
   }
   /// Throws the InvalidArgument "<op>: <what>; got <got>".
   [[noreturn]] void fail(const std::string& what, const std::string& got) const {
