@@ -222,6 +222,36 @@ Problem ln_problem() {
   return p;
 }
 
+// The last two steps of a max-shifted softmax, the same in softmax and cross-entropy: the shift m's
+// gradient −Σ ∂L/∂z, and the assembly of dx from the z path and, at each row's argmax, the shift
+// path. `dz` names the term before them, `cls` the letter of the class axis, `j` its subscript.
+void push_shift_terms(std::vector<Term>& t, const std::string& op, const std::string& dz,
+                      const std::string& cls, const std::string& j, const std::string& zero_m) {
+  const std::string zj = "z" + j, xj = "x" + j;
+  t.push_back({"dshift", op + ".dshift", "∂L/∂m", {dz}, "(R)",
+               "the max shift m reaches every " + zj + " = " + xj + " − m, with ∂" + zj +
+                   "/∂m = −1",
+               {{"−Σ" + j + " ∂L/∂" + zj, ""}}, zero_m,
+               [](const Args& a, bool mag) {
+                 const TensorD& dz = *a[0];
+                 TensorD o({rows(dz)});
+                 for (Index i = 0; i < dz.size(); ++i) o[i / cols(dz)] += mabs(-dz[i], mag);
+                 return std::vector<TensorD>{o};
+               }, {}});
+  t.push_back({"dx", op + ".dx", "∂L/∂x", {dz, "dshift", "is_max"}, "(R, " + cls + ")",
+               xj + " reaches " + zj + ", and at the argmax of its row also m",
+               {{"the z path ∂L/∂" + zj, ""}, {"the shift path ∂L/∂m at the argmax", zero_m}}, "",
+               [](const Args& a, bool mag) {
+                 const TensorD &dz = *a[0], &dm = *a[1], &is_max = *a[2];
+                 TensorD p1(dz.shape()), p2(dz.shape());
+                 for (Index i = 0; i < dz.size(); ++i) {
+                   p1[i] = mabs(dz[i], mag);
+                   p2[i] = mabs(dm[i / cols(dz)] * is_max[i], mag);
+                 }
+                 return std::vector<TensorD>{p1, p2};
+               }, {}});
+}
+
 // ---- softmax over the last axis of (R, M) -----------------------------------------------------
 std::vector<Term> softmax_terms() {
   const std::string zero_m = "y does not depend on the shift m: softmax(x − m) = softmax(x), so Σⱼ ∂L/∂zⱼ = 0";
@@ -271,26 +301,7 @@ std::vector<Term> softmax_terms() {
                    for (Index i = 0; i < e.size(); ++i) o[i] = e[i] * de[i] + ds[i / cols(e)];
                    return o;
                  }}}});
-  t.push_back({"dshift", "softmax.dshift", "∂L/∂m", {"dl_dz"}, "(R)",
-               "the max shift m reaches every zⱼ = xⱼ − m, with ∂zⱼ/∂m = −1", {{"−Σⱼ ∂L/∂zⱼ", ""}}, zero_m,
-               [](const Args& a, bool mag) {
-                 const TensorD& dz = *a[0];
-                 TensorD o({rows(dz)});
-                 for (Index i = 0; i < dz.size(); ++i) o[i / cols(dz)] += mabs(-dz[i], mag);
-                 return std::vector<TensorD>{o};
-               }, {}});
-  t.push_back({"dx", "softmax.dx", "∂L/∂x", {"dl_dz", "dshift", "is_max"}, "(R, M)",
-               "xⱼ reaches zⱼ, and at the argmax of its row also m",
-               {{"the z path ∂L/∂zⱼ", ""}, {"the shift path ∂L/∂m at the argmax", zero_m}}, "",
-               [](const Args& a, bool mag) {
-                 const TensorD &dz = *a[0], &dm = *a[1], &is_max = *a[2];
-                 TensorD p1(dz.shape()), p2(dz.shape());
-                 for (Index i = 0; i < dz.size(); ++i) {
-                   p1[i] = mabs(dz[i], mag);
-                   p2[i] = mabs(dm[i / cols(dz)] * is_max[i], mag);
-                 }
-                 return std::vector<TensorD>{p1, p2};
-               }, {}});
+  push_shift_terms(t, "softmax", "dl_dz", "M", "ⱼ", zero_m);
   Term fused{"dx_fused", "softmax.dx_fused", "∂L/∂x, collapsed", {"dy", "y"}, "(R, M)",
              "the staged terms collapsed into one expression in dy and y = e/s",
              {{"yⱼ·dyⱼ", ""}, {"−yⱼ·⟨dy, y⟩", ""}}, "",
@@ -401,26 +412,7 @@ std::vector<Term> xent_terms() {
                  }
                  return std::vector<TensorD>{p1, p2};
                }, {}});
-  t.push_back({"dshift", "cross_entropy.dshift", "∂L/∂m", {"dz"}, "(R)",
-               "the max shift m reaches every z_c = x_c − m with ∂z_c/∂m = −1", {{"−Σ_c ∂L/∂z_c", ""}}, zero_m,
-               [](const Args& a, bool mag) {
-                 const TensorD& dz = *a[0];
-                 TensorD o({rows(dz)});
-                 for (Index i = 0; i < dz.size(); ++i) o[i / cols(dz)] += mabs(-dz[i], mag);
-                 return std::vector<TensorD>{o};
-               }, {}});
-  t.push_back({"dx", "cross_entropy.dx", "∂L/∂x", {"dz", "dshift", "is_max"}, "(R, C)",
-               "x_c reaches z_c, and at the argmax of its row also m",
-               {{"the z path ∂L/∂z_c", ""}, {"the shift path ∂L/∂m at the argmax", zero_m}}, "",
-               [](const Args& a, bool mag) {
-                 const TensorD &dz = *a[0], &dm = *a[1], &is_max = *a[2];
-                 TensorD p1(dz.shape()), p2(dz.shape());
-                 for (Index i = 0; i < dz.size(); ++i) {
-                   p1[i] = mabs(dz[i], mag);
-                   p2[i] = mabs(dm[i / cols(dz)] * is_max[i], mag);
-                 }
-                 return std::vector<TensorD>{p1, p2};
-               }, {}});
+  push_shift_terms(t, "cross_entropy", "dz", "C", "_c", zero_m);
   t.push_back({"dx_fused", "cross_entropy.dx_fused", "∂L/∂x, collapsed", {"dy", "p", "q"}, "(R, C)",
                "the staged terms collapsed: the softmax minus the target, scaled",
                {{"(dy/R)·p", ""}, {"−(dy/R)·q", ""}}, "",
