@@ -630,6 +630,8 @@ cli::CheckReport check_arrays(const std::string& op, py::kwargs kw) {
       if (dt == "float16") arr.dtype = io::NpyDtype::float16;
       else if (dt == "float32") arr.dtype = io::NpyDtype::float32;
       else if (dt == "float64") arr.dtype = io::NpyDtype::float64;
+      else if (dt == "int32") arr.dtype = io::NpyDtype::int32;  // indices: check decides
+      else if (dt == "int64") arr.dtype = io::NpyDtype::int64;
       else bad("check " + op + ": " + key.cast<std::string>() + "= holds " + dt + "; expected floating point (float16, float32, float64)");
       const auto c = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(a);
       arr.values = TensorD(shape_of(a));

@@ -91,6 +91,15 @@ struct Activation {
   }
   static const TensorD& input(const Problem& p, std::size_t) { return p.x; }
   static std::vector<std::pair<std::string, double>> options(const Problem& p) { return Tr::options(p.cfg); }
+  // `gradproof check`: x and dy of any shape, the activation's options with PyTorch's names and
+  // defaults (negative_slope 0.01, alpha 1, approximate 'none', beta 1, threshold 20).
+  static std::vector<std::string> check_options() { return Tr::check_options(); }
+  static Problem from_arrays(const UserArrays& ua) {
+    const UserInput in(op, ua);
+    Problem p{in.input(0).shape(), Tr::user_config(in), in.x_shaped_like_dy(), in.dy()};
+    p.cfg.validate();
+    return p;
+  }
   template <class S>
   static Tensor<S> forward(const Problem& p, const std::vector<Tensor<S>>& in) {
     return ops::activation_forward(in[0], p.cfg).y;
@@ -332,6 +341,8 @@ struct ReluTr {
   static std::uint64_t variant(const Config&) { return 0; }
   static double sample(Rng& rng, const Config&, Index) { return away_from_zero(rng); }
   static std::string describe(const Config&) { return "relu"; }
+  static std::vector<std::string> check_options() { return {}; }
+  static Config user_config(const UserInput&) { return {}; }
   static std::vector<std::pair<std::string, double>> options(const Config&) { return {}; }
   static std::vector<double> kinks(const Config&) { return {0.0}; }
 };
@@ -352,6 +363,8 @@ struct SigmoidTr {
   static std::uint64_t variant(const Config&) { return 0; }
   static double sample(Rng& rng, const Config&, Index) { return rng.normal(0, 2); }
   static std::string describe(const Config&) { return "sigmoid"; }
+  static std::vector<std::string> check_options() { return {}; }
+  static Config user_config(const UserInput&) { return {}; }
   static std::vector<std::pair<std::string, double>> options(const Config&) { return {}; }
   static std::vector<double> edges() { return {-100.0, 100.0}; }
   static long double exact_derivative(const Config&, long double x) {
@@ -386,6 +399,8 @@ struct TanhTr {
   static std::uint64_t variant(const Config&) { return 0; }
   static double sample(Rng& rng, const Config&, Index) { return rng.normal(0, 1.5); }
   static std::string describe(const Config&) { return "tanh"; }
+  static std::vector<std::string> check_options() { return {}; }
+  static Config user_config(const UserInput&) { return {}; }
   static std::vector<std::pair<std::string, double>> options(const Config&) { return {}; }
   static std::vector<double> edges() { return {-100.0, 100.0}; }
   static long double exact_derivative(const Config&, long double x) {
@@ -422,6 +437,8 @@ struct LeakyReluTr {
   static std::uint64_t variant(const Config& c) { return static_cast<std::uint64_t>(c.negative_slope * 1e6); }
   static double sample(Rng& rng, const Config&, Index) { return away_from_zero(rng); }
   static std::string describe(const Config& c) { return "leaky_relu(negative_slope=" + num(c.negative_slope) + ")"; }
+  static std::vector<std::string> check_options() { return {"negative_slope"}; }
+  static Config user_config(const UserInput& in) { return {in.number("negative_slope", 0.01)}; }
   static std::vector<std::pair<std::string, double>> options(const Config& c) { return {{"negative_slope", c.negative_slope}}; }
   static std::vector<double> kinks(const Config&) { return {0.0}; }
 };
@@ -445,6 +462,8 @@ struct EluTr {
   static std::uint64_t variant(const Config& c) { return static_cast<std::uint64_t>(c.alpha * 1e6); }
   static double sample(Rng& rng, const Config&, Index) { return away_from_zero(rng); }
   static std::string describe(const Config& c) { return "elu(alpha=" + num(c.alpha) + ")"; }
+  static std::vector<std::string> check_options() { return {"alpha"}; }
+  static Config user_config(const UserInput& in) { return {in.number("alpha", 1.0)}; }
   static std::vector<std::pair<std::string, double>> options(const Config& c) { return {{"alpha", c.alpha}}; }
   static std::vector<double> kinks(const Config&) { return {0.0}; }
 };
@@ -468,6 +487,10 @@ struct GeluTr {
   static std::uint64_t variant(const Config& c) { return c.tanh_form() ? 1 : 0; }
   static double sample(Rng& rng, const Config&, Index) { return rng.normal(0, 2); }
   static std::string describe(const Config& c) { return "gelu(approximate='" + c.approximate + "')"; }
+  static std::vector<std::string> check_options() { return {"approximate"}; }
+  static Config user_config(const UserInput& in) {
+    return {in.word("approximate", "none", {"none", "tanh"})};
+  }
   static std::vector<std::pair<std::string, double>> options(const Config& c) {
     return {{"approximate_tanh", c.tanh_form() ? 1.0 : 0.0}};
   }
@@ -496,6 +519,8 @@ struct SiluTr {
   static std::uint64_t variant(const Config&) { return 0; }
   static double sample(Rng& rng, const Config&, Index) { return rng.normal(0, 2); }
   static std::string describe(const Config&) { return "silu"; }
+  static std::vector<std::string> check_options() { return {}; }
+  static Config user_config(const UserInput&) { return {}; }
   static std::vector<std::pair<std::string, double>> options(const Config&) { return {}; }
 };
 
@@ -529,6 +554,10 @@ struct SoftplusTr {
   }
   static std::string describe(const Config& c) {
     return "softplus(beta=" + num(c.beta) + ", threshold=" + num(c.threshold) + ")";
+  }
+  static std::vector<std::string> check_options() { return {"beta", "threshold"}; }
+  static Config user_config(const UserInput& in) {
+    return {in.number("beta", 1.0), in.number("threshold", 20.0)};
   }
   static std::vector<std::pair<std::string, double>> options(const Config& c) {
     return {{"beta", c.beta}, {"threshold", c.threshold}};

@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <stdexcept>
 #include <utility>
 #include <string>
@@ -110,12 +111,22 @@ struct PlainProblems {
   std::function<std::vector<PlainProblem>()> make;
 };
 
+/// An array given from outside that is not differentiated (a target, indices, a mask), with
+/// whether it was stored as integers (an op such as cross_entropy reads class indices from an
+/// integer array and class probabilities from a floating-point one).
+struct UserArray {
+  TensorD values;        ///< the values, row-major, exact in float64
+  bool integer = false;  ///< stored as int32 or int64
+};
+
 /// \brief Arrays given from outside (`gradproof check`): the op's differentiable inputs in
-/// `inputs()` order, the upstream gradient and the options the user set (PyTorch's names).
+/// `inputs()` order, the upstream gradient, the other arrays it reads and the options the user
+/// set (PyTorch's names, their text as given: numbers, or words such as `reduction`'s `sum`).
 struct UserArrays {
-  std::vector<TensorD> inputs;                 ///< `x` first, then the parameters
-  TensorD dy;                                  ///< the upstream gradient, shape of `y`
-  std::vector<std::pair<std::string, double>> options;  ///< only those given
+  std::vector<TensorD> inputs;  ///< `x` first, then the parameters
+  TensorD dy;                   ///< the upstream gradient, shape of `y`
+  std::map<std::string, UserArray> arrays;                   ///< the other arrays given, by name
+  std::vector<std::pair<std::string, std::string>> options;  ///< only those given
 };
 
 /// gradproof's float64 gradients on user arrays, with the scales of their terms.
@@ -127,12 +138,13 @@ struct UserGradients {
 };
 
 /// A declared op that `gradproof check` can recompute on user arrays (the declaration's optional
-/// `from_arrays(inputs, dy, options)`): the names of its inputs and options come from the
+/// `from_arrays(arrays)`): the names of its inputs, other arrays and options come from the
 /// declaration, so a new declared op needs no code in the command.
 struct FromArrays {
   std::string op;
   std::vector<std::string> inputs;   ///< differentiable inputs, `x` first
-  std::vector<std::string> options;  ///< the option names of `options(p)`
+  std::vector<std::string> options;  ///< `check_options()`, else the option names of `options(p)`
+  std::vector<std::string> arrays;   ///< `check_arrays()`: the other arrays it reads, if any
   std::function<UserGradients(const UserArrays&)> run;
 };
 

@@ -84,6 +84,57 @@ Problem sample(const Case& c, std::uint64_t seed, bool logits) {
   return p;
 }
 
+// `gradproof check`: input x ((C), (N, C) or (N, C, d1, ...); log-probabilities for NLL, logits
+// for cross-entropy), target as class indices (an integer array, the shape of x without the class
+// axis) or, for cross-entropy, class probabilities (floating point, the shape of x); weight (C)
+// optional; reduction, ignore_index and label_smoothing with PyTorch's defaults ('mean', -100, 0).
+Problem user_problem(const UserInput& in, bool ce) {
+  const TensorD& x = in.input(0);
+  if (x.rank() < 1) in.fail("x must have rank >= 1: (C), (N, C) or (N, C, d1, ...)", "shape ()");
+  const std::string red = in.reduction();
+  Case c{x.shape(), red == "none"  ? Reduction::none
+                    : red == "sum" ? Reduction::sum
+                                   : Reduction::mean};
+  Problem p{x.shape(), c, x, in.dy(), Tensor<Index>(Shape{}), TensorD(Shape{}), TensorD({1})};
+  const ops::AxisRows a = p.rows();
+  p.ignore_index = in.integer("ignore_index", -100);
+  p.c.ignore = p.ignore_index != -100;
+  if (ce) p.c.eps = in.number_in("label_smoothing", 0.0, 0.0, 1.0);
+  const catalog::UserArray& t =
+      in.required("target", ce ? "class indices as integers, or class probabilities"
+                               : "class indices as integers");
+  const Shape ts = ops::detail::xent::target_shape(x.shape());
+  if (t.integer) {
+    in.shape("target", t.values.shape(), ts,
+             "(class indices) the shape of x without the class axis");
+    p.target = Tensor<Index>(ts);
+    for (Index r = 0; r < t.values.size(); ++r) {
+      const double v = t.values[r];
+      if (v != static_cast<double>(p.ignore_index) && (v < 0 || v >= static_cast<double>(a.M)))
+        in.fail("target must hold class indices in [0, " + std::to_string(a.M) +
+                    ") or ignore_index " + std::to_string(p.ignore_index),
+                UserInput::num(v) + " at flat index " + std::to_string(r));
+      p.target[r] = static_cast<Index>(v);
+    }
+  } else {
+    if (!ce)
+      in.fail("target must be class indices (an integer array: int64 or int32)", "floating point");
+    in.shape("target", t.values.shape(), x.shape(), "(class probabilities) the shape of x");
+    p.c.probs = true;
+    p.probs = t.values;
+  }
+  if (const catalog::UserArray* w = in.array("weight")) {
+    in.shape("weight", w->values.shape(), Shape{a.M}, "one value per class:");
+    p.c.weighted = true;
+    p.weight = w->values;
+  }
+  const bool per_sample = c.reduction == Reduction::none;
+  in.shape(
+      "dy", in.dy().shape(), per_sample ? ts : Shape{},
+      per_sample ? "reduction 'none': the shape of the target" : "reduction '" + red + "': shape");
+  return p;
+}
+
 std::string describe_of(const char* op, const Problem& p) {
   std::ostringstream s;
   s << op << ", " << (p.c.probs ? "class probabilities" : "class indices") << ", " << p.rows().R() << " samples of "
@@ -246,6 +297,11 @@ struct NllLoss {
   static constexpr std::uint64_t benchmark_seed = 1200;
   static Problem problem(const Case& c, std::uint64_t seed) { return sample(c, seed, false); }
   static std::string describe(const Problem& p) { return describe_of("nll_loss", p); }
+  static std::vector<std::string> check_options() { return {"reduction", "ignore_index"}; }
+  static std::vector<std::string> check_arrays() { return {"target", "weight"}; }
+  static Problem from_arrays(const UserArrays& ua) {
+    return user_problem(UserInput(op, ua), false);
+  }
   static const harness::Inputs& inputs() {
     static const harness::Inputs in = {{"x"}};
     return in;
@@ -334,6 +390,11 @@ struct CrossEntropy {
   static constexpr std::uint64_t benchmark_seed = 1201;
   static Problem problem(const Case& c, std::uint64_t seed) { return sample(c, seed, true); }
   static std::string describe(const Problem& p) { return describe_of("cross_entropy", p); }
+  static std::vector<std::string> check_options() {
+    return {"reduction", "ignore_index", "label_smoothing"};
+  }
+  static std::vector<std::string> check_arrays() { return {"target", "weight"}; }
+  static Problem from_arrays(const UserArrays& ua) { return user_problem(UserInput(op, ua), true); }
   static const harness::Inputs& inputs() {
     static const harness::Inputs in = {{"x"}};
     return in;

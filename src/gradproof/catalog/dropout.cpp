@@ -5,6 +5,7 @@
 #include "gradproof/harness/checks.hpp"
 #include "gradproof/ops/dropout.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <sstream>
@@ -43,6 +44,7 @@ struct Dropout {
     double p = 0.5;
     std::uint64_t seed = 0;
     TensorD x, w;
+    std::vector<std::uint8_t> mask = {};  // given by the user (gradproof check); else from seed
   };
   static std::uint64_t seed(const Case& c) {
     std::uint64_t h = 1099511628211ull;
@@ -59,7 +61,12 @@ struct Dropout {
   static ops::DropoutConfig config(const Problem& p) { return {p.p, true, p.seed}; }
   static std::string describe(const Problem& p) {
     std::ostringstream s;
-    s << "dropout(p=" << p.p << ", training=True), x " << to_string(p.shape) << ", mask seed " << p.seed;
+    s << "dropout(p=" << p.p << ", training=True), x " << to_string(p.shape);
+    if (p.mask.empty())
+      s << ", mask seed " << p.seed;
+    else
+      s << ", the mask given (" << std::count(p.mask.begin(), p.mask.end(), 1) << " of "
+        << p.mask.size() << " kept)";
     return s.str();
   }
   static const harness::Inputs& inputs() {
@@ -68,6 +75,55 @@ struct Dropout {
   }
   static const TensorD& input(const Problem& p, std::size_t) { return p.x; }
   static std::vector<std::pair<std::string, double>> options(const Problem& p) { return {{"p", p.p}}; }
+  // `gradproof check` (training mode; in eval dropout is the identity, dx = dy): x, dy and p
+  // (default 0.5), and the mask in one of three ways. PyTorch does not expose its mask, but y = 0
+  // exactly where an element was dropped, so `y` (the output of the same forward) gives the mask
+  // wherever x ≠ 0; where x = 0 it cannot tell, and `mask` (1 kept, 0 dropped; e.g.
+  // `(y != 0).float()` when x has no zeros) must be given instead. `seed` is gradproof's own
+  // generator's (ops/dropout.hpp), for masks made by gradproof.
+  static std::vector<std::string> check_options() { return {"p", "seed"}; }
+  static std::vector<std::string> check_arrays() { return {"mask", "y"}; }
+  static Problem from_arrays(const UserArrays& ua) {
+    const UserInput in("dropout", ua);
+    const TensorD& x = in.x_shaped_like_dy();
+    Problem p{x.shape(), in.number_in("p", 0.5, 0.0, 1.0), 0, x, in.dy()};
+    const catalog::UserArray *mask = in.array("mask"), *y = in.array("y");
+    if ((mask != nullptr) + (y != nullptr) + in.given("seed") != 1)
+      in.fail(
+          "needs exactly one of mask (1 kept, 0 dropped), y (the output: the mask is where "
+          "y ≠ 0) and seed (gradproof's generator)",
+          std::to_string((mask != nullptr) + (y != nullptr) + in.given("seed")) + " of them");
+    if (in.given("seed")) {
+      const Index seed = in.integer("seed", 0);
+      if (seed < 0) in.fail("seed must be >= 0", std::to_string(seed));
+      p.seed = static_cast<std::uint64_t>(seed);
+      return p;
+    }
+    const TensorD& m = mask ? mask->values : y->values;
+    in.shape(mask ? "mask" : "y", m.shape(), x.shape(), "the shape of x");
+    p.mask.resize(static_cast<std::size_t>(x.size()));
+    const double scale = p.p == 1 ? 0.0 : 1 / (1 - p.p);
+    for (Index i = 0; i < x.size(); ++i) {
+      const std::string at = " at flat index " + std::to_string(i);
+      if (mask) {
+        if (m[i] != 0 && m[i] != 1)
+          in.fail("mask must hold 0 (dropped) and 1 (kept)", UserInput::num(m[i]) + at);
+        p.mask[static_cast<std::size_t>(i)] = m[i] == 1;
+        continue;
+      }
+      if (x[i] == 0)
+        in.fail(
+            "y cannot give the mask where x = 0 (y = 0 whether kept or dropped): give mask instead",
+            "x = 0" + at);
+      p.mask[static_cast<std::size_t>(i)] = m[i] != 0;
+      // A kept element is x/(1 − p): to the precision of float16 and bfloat16 (2⁻⁸), with margin.
+      if (m[i] != 0 && std::abs(m[i] - x[i] * scale) > 1e-2 * std::abs(x[i] * scale))
+        in.fail(
+            "y must be 0 or x/(1 − p) with p = " + UserInput::num(p.p) + " (is p right?)",
+            "y = " + UserInput::num(m[i]) + ", x/(1 − p) = " + UserInput::num(x[i] * scale) + at);
+    }
+    return p;
+  }
   // The mask as a 0/1 tensor: libtorch's generator differs, its oracle multiplies by this one.
   static std::vector<std::pair<std::string, TensorD>> constants(const Problem& p) {
     const auto f = ops::dropout_forward(p.x, config(p));
@@ -75,9 +131,19 @@ struct Dropout {
     for (Index i = 0; i < m.size(); ++i) m[i] = f.cache.mask[static_cast<std::size_t>(i)];
     return {{"mask", m}};
   }
+  // The forward with the problem's mask: the seed's, or the one the user gave.
+  template <class S>
+  static ops::DropoutForward<S> run(const Problem& p, const Tensor<S>& x) {
+    ops::DropoutForward<S> f = ops::dropout_forward(x, config(p));
+    if (p.mask.empty()) return f;
+    f.cache.mask = p.mask;
+    for (Index i = 0; i < x.size(); ++i)
+      f.y[i] = p.mask[static_cast<std::size_t>(i)] ? S(x[i] * S(f.cache.scale)) : S(0);
+    return f;
+  }
   template <class S>
   static Tensor<S> forward(const Problem& p, const std::vector<Tensor<S>>& in) {
-    return ops::dropout_forward(in[0], config(p)).y;
+    return run(p, in[0]).y;
   }
   template <class T>
   struct Prepared {
@@ -85,7 +151,7 @@ struct Dropout {
   };
   template <class T>
   static std::shared_ptr<const Prepared<T>> prepare(const Problem& p) {
-    return std::make_shared<const Prepared<T>>(Prepared<T>{ops::dropout_forward(p.x.cast<T>(), config(p))});
+    return std::make_shared<const Prepared<T>>(Prepared<T>{run(p, p.x.cast<T>())});
   }
   template <class T>
   static const Tensor<T>& output(const Prepared<T>& pr) {

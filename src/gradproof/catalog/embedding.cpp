@@ -91,6 +91,28 @@ struct Embedding {
   static std::vector<std::pair<std::string, TensorD>> constants(const Problem& p) {
     return {{"indices", p.indices.cast<double>()}};
   }
+  // `gradproof check`: weight (num_embeddings, embedding_dim), the indices as an integer array of
+  // any shape (F.embedding's input), padding_idx (default None) as PyTorch; dy (..., D).
+  static std::vector<std::string> check_options() { return {"padding_idx"}; }
+  static std::vector<std::string> check_arrays() { return {"indices"}; }
+  static Problem from_arrays(const UserArrays& ua) {
+    const UserInput in("embedding", ua);
+    const TensorD& weight = in.input(0);
+    if (weight.rank() != 2)
+      in.fail("weight must be (num_embeddings, embedding_dim)", to_string(weight.shape()));
+    const Index V = weight.shape()[0], D = weight.shape()[1];
+    const catalog::UserArray& idx = in.required("indices", "the input of F.embedding, integers");
+    in.indices("indices", idx, 0, static_cast<double>(V - 1),
+               "rows of weight, in [0, " + std::to_string(V) + ")");
+    Problem p{
+        idx.values.shape(), {V, D, std::nullopt}, IndexTensor(idx.values.shape()), weight, in.dy()};
+    for (Index q = 0; q < p.indices.size(); ++q) p.indices[q] = static_cast<Index>(idx.values[q]);
+    if (in.given("padding_idx")) p.cfg.padding_idx = in.integer("padding_idx", 0);
+    Shape ys = p.shape;
+    ys.push_back(D);
+    in.shape("dy", in.dy().shape(), ys, "the shape of y, the indices' and embedding_dim");
+    return p;
+  }
   // The padding row is a constant of the graph: the oracles' function holds it at the problem's
   // value, so that the difference oracles too (which run in double, where the op cannot tell a
   // constant) differentiate the function whose gradient PyTorch's backward gives.

@@ -69,22 +69,21 @@ struct Linear {
   }
   // `gradproof check linear`: the user's x (..., I), weight (O, I), bias (O) and dy (..., O); the
   // loss weights are dy (L = <dy, y>). Shapes that do not fit are refused, naming the array.
-  static Problem from_arrays(const std::vector<TensorD>& in, const TensorD& dy,
-                             const std::vector<std::pair<std::string, double>>&) {
-    const TensorD &x = in.at(0), &weight = in.at(1), &bias = in.at(2);
-    if (x.rank() < 1 || x.empty()) throw InvalidArgument("linear: x must not be empty; got shape " + to_string(x.shape()));
+  static Problem from_arrays(const UserArrays& ua) {
+    const UserInput in("linear", ua);
+    const TensorD &x = in.input(0), &weight = in.input(1), &bias = in.input(2);
+    in.not_empty("x", x);
     const Index I = x.shape().back();
     if (weight.rank() != 2 || weight.shape()[1] != I)
-      throw InvalidArgument("linear: weight must be (out_features, " + std::to_string(I) + "), the last extent of x " +
-                            to_string(x.shape()) + "; got " + to_string(weight.shape()));
+      in.fail("weight must be (out_features, " + std::to_string(I) + "), the last extent of x " +
+                  to_string(x.shape()),
+              to_string(weight.shape()));
     const Index O = weight.shape()[0];
-    if (bias.shape() != Shape{O})
-      throw InvalidArgument("linear: bias must be (" + std::to_string(O) + ",); got " + to_string(bias.shape()));
+    in.shape("bias", bias.shape(), Shape{O}, "the shape");
     Shape ys = x.shape();
     ys.back() = O;
-    if (dy.shape() != ys)
-      throw InvalidArgument("linear: dy must have the shape of y " + to_string(ys) + "; got " + to_string(dy.shape()));
-    return Problem{x.shape(), x, weight, bias, dy};
+    in.shape("dy", in.dy().shape(), ys, "the shape of y");
+    return Problem{x.shape(), x, weight, bias, in.dy()};
   }
   static std::string describe(const Problem& p) {
     return "x " + to_string(p.shape) + ", weight " + to_string(p.weight.shape()) + ", bias " + to_string(p.bias.shape());

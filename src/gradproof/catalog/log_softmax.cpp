@@ -82,19 +82,9 @@ struct LogSoftmax {
     return {{"dim", static_cast<double>(p.dim)}};
   }
   // `gradproof check log_softmax`: the user's x and dy, dim as given (PyTorch's default here: -1).
-  static Problem from_arrays(const std::vector<TensorD>& in, const TensorD& dy,
-                             const std::vector<std::pair<std::string, double>>& options) {
-    const TensorD& x = in.at(0);
-    Index dim = -1;
-    for (const auto& [k, v] : options)
-      if (k == "dim") {
-        if (v != std::floor(v)) throw InvalidArgument("log_softmax: dim must be an integer; got " + std::to_string(v));
-        dim = static_cast<Index>(v);
-      }
-    if (x.rank() < 1 || x.empty()) throw InvalidArgument("log_softmax: x must not be empty; got shape " + to_string(x.shape()));
-    if (dy.shape() != x.shape())
-      throw InvalidArgument("log_softmax: dy must have the shape of x " + to_string(x.shape()) + "; got " + to_string(dy.shape()));
-    Problem p{x.shape(), dim, x, dy};
+  static Problem from_arrays(const UserArrays& ua) {
+    const UserInput in("log_softmax", ua);
+    Problem p{in.input(0).shape(), in.integer("dim", -1), in.x_shaped_like_dy(), in.dy()};
     p.rows();  // refuses a dim outside [-rank, rank), naming it
     return p;
   }

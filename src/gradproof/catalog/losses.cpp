@@ -11,6 +11,7 @@
 #include <cmath>
 #include <memory>
 #include <sstream>
+#include <type_traits>
 
 namespace gradproof::catalog {
 namespace {
@@ -317,6 +318,40 @@ struct Loss {
     auto o = Tr::options(p);
     o.push_back({"reduction", p.reduction == "none" ? 0.0 : p.reduction == "mean" ? 1.0 : 2.0});  // at::Reduction
     return o;
+  }
+  // `gradproof check`: input x and target of one shape (both differentiated), reduction and
+  // huber's delta or smooth L1's beta with PyTorch's defaults ('mean', 1.0); BCE's weight and
+  // pos_weight as arrays (broadcast as PyTorch does; the op refuses shapes that do not).
+  static std::vector<std::string> check_options() {
+    if constexpr (requires { Tr::param_name; })
+      return {"reduction", Tr::param_name};
+    else
+      return {"reduction"};
+  }
+  static std::vector<std::string> check_arrays() {
+    if constexpr (std::is_same_v<Tr, BceTraits>)
+      return {"weight", "pos_weight"};
+    else
+      return {};
+  }
+  static Problem from_arrays(const UserArrays& ua) {
+    const UserInput in(op, ua);
+    const TensorD &x = in.input(0), &t = in.input(1);
+    in.not_empty("x", x);
+    in.shape("target", t.shape(), x.shape(), "the shape of x");
+    Problem p{x.shape(),         in.reduction(),    x,  t, in.dy(), false, false,
+              TensorD(Shape{0}), TensorD(Shape{0}), 1.0};
+    if constexpr (requires { Tr::param_name; }) p.param = in.number(Tr::param_name, 1.0);
+    if constexpr (std::is_same_v<Tr, BceTraits>) {
+      if (const auto* w = in.array("weight")) p.has_weight = true, p.weight = w->values;
+      if (const auto* pw = in.array("pos_weight"))
+        p.has_pos_weight = true, p.pos_weight = pw->values;
+    }
+    if (p.reduction == "none")
+      in.shape("dy", in.dy().shape(), x.shape(), "reduction 'none': the shape of x");
+    else
+      in.shape("dy", in.dy().shape(), Shape{}, "reduction '" + p.reduction + "': the shape of y");
+    return p;
   }
   static std::vector<std::pair<std::string, TensorD>> constants(const Problem& p) {
     std::vector<std::pair<std::string, TensorD>> c;

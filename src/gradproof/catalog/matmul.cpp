@@ -73,6 +73,15 @@ struct Matmul {
     return in;
   }
   static const TensorD& input(const Problem& p, std::size_t k) { return k == 0 ? p.a : p.b; }
+  // `gradproof check`: torch.matmul's operands a and b (the op refuses shapes it does not take,
+  // naming them) and dy of the shape of y.
+  static Problem from_arrays(const UserArrays& ua) {
+    const UserInput in("matmul", ua);
+    Problem p{ua.inputs.at(0).shape(), in.input(0), in.input(1), in.dy(), {}};
+    p.dims = ops::matmul_forward(p.a, p.b).cache;
+    in.shape("dy", in.dy().shape(), p.dims.y_shape, "the shape of y = a @ b");
+    return p;
+  }
   template <class S>
   static Tensor<S> forward(const Problem&, const std::vector<Tensor<S>>& in) {
     return ops::matmul_forward<S>(in[0], in[1]).y;

@@ -213,32 +213,24 @@ struct RMSNorm {
   }
   // gradproof check: normalized_ndim trailing axes (default 1), eps (default None, as PyTorch:
   // the machine epsilon of the reference's dtype, float64).
-  static Problem from_arrays(const std::vector<TensorD>& in, const TensorD& dy,
-                             const std::vector<std::pair<std::string, double>>& options) {
+  static Problem from_arrays(const UserArrays& ua) {
+    const UserInput in("rmsnorm", ua);
     Problem p;
-    p.x = in.at(0);
-    p.gamma = in.at(1);
-    p.w = dy;
+    p.x = in.input(0);
+    p.gamma = in.input(1);
+    p.w = in.dy();
     p.shape = p.x.shape();
     p.eps = std::nullopt;
-    Index axes = 1;
-    for (const auto& [k, v] : options) {
-      if (k == "eps") p.eps = v;
-      if (k == "normalized_ndim") {
-        if (v != std::floor(v) || v < 1 || v > static_cast<double>(p.x.rank()))
-          throw InvalidArgument("rmsnorm: normalized_ndim must be an integer in [1, rank of x = " +
-                                std::to_string(p.x.rank()) + "]; got " + std::to_string(v));
-        axes = static_cast<Index>(v);
-      }
-    }
-    if (p.x.rank() < static_cast<Index>(axes)) throw InvalidArgument("rmsnorm: x has rank " + std::to_string(p.x.rank()));
+    if (in.given("eps")) p.eps = in.number("eps", 0);
+    const Index axes = in.integer("normalized_ndim", 1);
+    if (axes < 1 || axes > p.x.rank())
+      in.fail("normalized_ndim must be an integer in [1, rank of x = " +
+                  std::to_string(p.x.rank()) + "]",
+              std::to_string(axes));
     p.normalized = Shape(p.shape.end() - axes, p.shape.end());
     p.sets = ops::norm::detail::layernorm_sets(p.shape, p.normalized, "rmsnorm");
-    if (p.gamma.shape() != p.normalized)
-      throw InvalidArgument("rmsnorm: gamma must have the normalized shape " + to_string(p.normalized) + "; got " +
-                            to_string(p.gamma.shape()));
-    if (dy.shape() != p.shape)
-      throw InvalidArgument("rmsnorm: dy must have the shape of x " + to_string(p.shape) + "; got " + to_string(dy.shape()));
+    in.shape("gamma", p.gamma.shape(), p.normalized, "the normalized shape");
+    in.shape("dy", in.dy().shape(), p.shape, "the shape of x");
     return p;
   }
   template <class S>

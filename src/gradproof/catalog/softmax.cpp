@@ -84,19 +84,9 @@ struct Softmax {
     return {{"dim", static_cast<double>(p.dim)}};
   }
   // gradproof check: softmax over any axis dim in [-rank, rank), as PyTorch (default -1).
-  static Problem from_arrays(const std::vector<TensorD>& in, const TensorD& dy,
-                             const std::vector<std::pair<std::string, double>>& options) {
-    const TensorD& x = in.at(0);
-    Index dim = -1;
-    for (const auto& [k, v] : options)
-      if (k == "dim") {
-        if (v != std::floor(v)) throw InvalidArgument("softmax: dim must be an integer; got " + std::to_string(v));
-        dim = static_cast<Index>(v);
-      }
-    if (x.rank() < 1 || x.empty()) throw InvalidArgument("softmax: x must not be empty; got shape " + to_string(x.shape()));
-    if (dy.shape() != x.shape())
-      throw InvalidArgument("softmax: dy must have the shape of x " + to_string(x.shape()) + "; got " + to_string(dy.shape()));
-    Problem p{x.shape(), dim, x, dy};
+  static Problem from_arrays(const UserArrays& ua) {
+    const UserInput in("softmax", ua);
+    Problem p{in.input(0).shape(), in.integer("dim", -1), in.x_shaped_like_dy(), in.dy()};
     p.rows();  // refuses a dim outside [-rank, rank), naming it
     return p;
   }

@@ -3,6 +3,7 @@
 /// comparison of an analytic result with an oracle that becomes one result row.
 #pragma once
 
+#include "gradproof/catalog/catalog.hpp"
 #include "gradproof/check/compare.hpp"
 #include "gradproof/check/oracles.hpp"
 #include "gradproof/check/step_sweep.hpp"
@@ -13,7 +14,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
+#include <initializer_list>
 #include <random>
 #include <sstream>
 #include <string>
@@ -341,5 +344,117 @@ check::StepSweep sweep_of(F&& y_of_x, const TensorD& x, const TensorD& w, const 
   s.shape = i64(x.shape());
   return s;
 }
+
+/// \brief `gradproof check`: the user's arrays and options as one declaration's `from_arrays`
+/// reads them, with PyTorch's names and defaults. Each refusal is an InvalidArgument that names
+/// the op and the argument, what was expected and what was given.
+class UserInput {
+ public:
+  /// \param op  the op, first word of every message
+  /// \param ua  the arrays and options given
+  UserInput(std::string op, const catalog::UserArrays& ua) : op_(std::move(op)), ua_(ua) {}
+
+  /// The k-th differentiable input (in `inputs()` order).
+  const TensorD& input(std::size_t k) const { return ua_.inputs.at(k); }
+  /// The upstream gradient.
+  const TensorD& dy() const { return ua_.dy; }
+  /// Whether the option `name` was given.
+  bool given(const std::string& name) const { return text(name) != nullptr; }
+
+  /// A finite number (`fallback` when not given).
+  double number(const std::string& name, double fallback) const {
+    const std::string* t = text(name);
+    if (!t) return fallback;
+    char* end = nullptr;
+    const double v = std::strtod(t->c_str(), &end);
+    if (t->empty() || *end != '\0' || !std::isfinite(v))
+      fail(name + " must be a finite number", "'" + *t + "'");
+    return v;
+  }
+  /// A number in [lo, hi].
+  double number_in(const std::string& name, double fallback, double lo, double hi) const {
+    const double v = number(name, fallback);
+    if (v < lo || v > hi) fail(name + " must be in [" + num(lo) + ", " + num(hi) + "]", num(v));
+    return v;
+  }
+  /// An integer (`fallback` when not given).
+  Index integer(const std::string& name, Index fallback) const {
+    const double v = number(name, static_cast<double>(fallback));
+    if (v != std::floor(v) || std::abs(v) > 9.0e15) fail(name + " must be an integer", num(v));
+    return static_cast<Index>(v);
+  }
+  /// One of the words `allowed` (`fallback` when not given).
+  std::string word(const std::string& name, const std::string& fallback,
+                   std::initializer_list<const char*> allowed) const {
+    const std::string* t = text(name);
+    if (!t) return fallback;
+    std::string list;
+    for (const char* a : allowed) {
+      if (*t == a) return *t;
+      list += (list.empty() ? "'" : ", '") + std::string(a) + "'";
+    }
+    fail(name + " must be one of " + list, "'" + *t + "'");
+  }
+  /// PyTorch's `reduction` of a loss: 'none', 'mean' (the default) or 'sum'.
+  std::string reduction() const { return word("reduction", "mean", {"none", "mean", "sum"}); }
+
+  /// The other array `name`, or nullptr when it was not given.
+  const catalog::UserArray* array(const std::string& name) const {
+    const auto it = ua_.arrays.find(name);
+    return it == ua_.arrays.end() ? nullptr : &it->second;
+  }
+  /// The other array `name`, which must be given (`what` says what it is, for the message).
+  const catalog::UserArray& required(const std::string& name, const std::string& what) const {
+    const catalog::UserArray* a = array(name);
+    if (!a) throw InvalidArgument(op_ + ": " + name + " (" + what + ") is required");
+    return *a;
+  }
+  /// Refuses an array `name` whose shape is not `want` (`what` says what that shape is).
+  void shape(const std::string& name, ShapeView got, ShapeView want,
+             const std::string& what) const {
+    if (Shape(got.begin(), got.end()) != Shape(want.begin(), want.end()))
+      fail(name + " must have " + what + " " + to_string(want), to_string(got));
+  }
+  /// Refuses an empty array `name`.
+  void not_empty(const std::string& name, const TensorD& t) const {
+    if (t.rank() < 1 || t.empty())
+      fail(name + " must not be empty", "shape " + to_string(t.shape()));
+  }
+  /// The input x of an op whose y has the shape of x: refused when empty or when dy's shape
+  /// differs.
+  const TensorD& x_shaped_like_dy() const {
+    not_empty("x", input(0));
+    shape("dy", dy().shape(), input(0).shape(), "the shape of x");
+    return input(0);
+  }
+  /// Refuses an array `name` that is not stored as integers, or holds a value outside [lo, hi].
+  void indices(const std::string& name, const catalog::UserArray& a, double lo, double hi,
+               const std::string& range) const {
+    if (!a.integer) fail(name + " must be an integer array (int64 or int32)", "floating point");
+    for (Index i = 0; i < a.values.size(); ++i)
+      if (a.values[i] < lo || a.values[i] > hi)
+        fail(name + " must hold " + range,
+             num(a.values[i]) + " at flat index " + std::to_string(i));
+  }
+  /// Throws the InvalidArgument "<op>: <what>; got <got>".
+  [[noreturn]] void fail(const std::string& what, const std::string& got) const {
+    throw InvalidArgument(op_ + ": " + what + "; got " + got);
+  }
+  /// A number as the messages print it (shortest form, %g).
+  static std::string num(double v) {
+    std::ostringstream o;
+    o << v;
+    return o.str();
+  }
+
+ private:
+  const std::string* text(const std::string& name) const {
+    for (const auto& [k, v] : ua_.options)
+      if (k == name) return &v;
+    return nullptr;
+  }
+  std::string op_;
+  const catalog::UserArrays& ua_;
+};
 
 }  // namespace gradproof::catalog::support

@@ -109,6 +109,7 @@ struct Adapter {
   std::function<void(const Loaded&, CheckReport&, std::map<std::string, TensorD>&,
                      std::map<std::string, double>&, std::optional<DiagSets>&)>
       reference;
+  std::set<std::string> integer_ok = {};  // of the arrays, those that may hold integers
 };
 
 // bn, ln, gn, in: their public API (not yet declared through the harness).
@@ -211,12 +212,17 @@ Adapter declared_adapter(const catalog::FromArrays& decl) {
   a.required = decl.inputs;
   a.required.push_back("dy");
   for (const auto& o : decl.options) a.options.push_back(flag_of(o));
+  for (const auto& n : decl.arrays) a.arrays.push_back(flag_of(n)), a.integer_ok.insert(flag_of(n));
   a.reference = [decl](const Loaded& in, CheckReport& rep, auto& ref, auto& scale, auto&) {
     catalog::UserArrays ua;
     for (const auto& n : decl.inputs) ua.inputs.push_back(in[n]);
     ua.dy = in["dy"];
+    for (const auto& n : decl.arrays)
+      if (in.has(flag_of(n)))
+        ua.arrays[n] = {in[flag_of(n)], !io::is_float(in.arrays.at(flag_of(n)).dtype)};
     for (const auto& o : decl.options)
-      if (in.args->values.count(flag_of(o))) ua.options.emplace_back(o, in.number(flag_of(o), 0));
+      if (in.args->values.count(flag_of(o)))
+        ua.options.emplace_back(o, in.args->values.at(flag_of(o)));
     const catalog::UserGradients g = decl.run(ua);
     ref["y"] = g.y;
     for (std::size_t k = 0; k < decl.inputs.size(); ++k) {
@@ -313,7 +319,7 @@ bool CheckReport::passed() const {
 std::string check_usage() {
   std::ostringstream out;
   for (const auto& a : adapters()) {
-    out << "  " << std::left << std::setw(8) << a.op << a.title << "\n           ";
+    out << "  " << std::left << std::setw(15) << a.op << " " << a.title << "\n           ";
     for (const auto& n : a.inputs) out << " --" << n << " --d" << n;
     out << " --dy";
     for (const auto& n : a.arrays) out << " --" << n;
@@ -370,11 +376,17 @@ CheckReport run_check(const CheckArgs& args) {
   int worst = 4;
   std::map<std::string, std::string> by_dtype;  // dtype → the arrays in it
   const auto take = [&](const std::string& k, io::NpyArray arr) {
-    if (!io::is_float(arr.dtype))
-      throw UsageError("check " + a.op + ": " + arg(k) + source(k) + " holds " + io::name(arr.dtype) +
-                       "; expected floating point (float16, bfloat16, float32, float64)");
+    if (!io::is_float(arr.dtype)) {
+      if (!a.integer_ok.count(k))
+        throw UsageError("check " + a.op + ": " + arg(k) + source(k) + " holds " +
+                         io::name(arr.dtype) +
+                         "; expected floating point (float16, bfloat16, float32, float64)");
+      in.arrays.emplace(k, std::move(arr));  // indices or classes: no part in the tolerance
+      return;
+    }
     by_dtype[io::name(arr.dtype)] += (by_dtype[io::name(arr.dtype)].empty() ? "" : ", ") + k;
-    if (precision_rank(arr.dtype) < worst) worst = precision_rank(arr.dtype), rep.dtype = io::name(arr.dtype);
+    if (precision_rank(arr.dtype) < worst)
+      worst = precision_rank(arr.dtype), rep.dtype = io::name(arr.dtype);
     in.arrays.emplace(k, std::move(arr));
   };
   for (const auto& [k, path] : args.values)
@@ -571,10 +583,15 @@ int vectors_main(const std::vector<std::string>& words) {
   if (words.size() != 2) throw UsageError("vectors: needs OP and DIR (vectors OP DIR)");
   const std::string& op = words[0];
   const std::filesystem::path dir = words[1];
-  const auto it = std::find_if(adapters().begin(), adapters().end(), [&](const Adapter& a) { return a.op == op; });
-  if (it == adapters().end()) {
+  // The ops with a vector case (vector_case); the other ops that check knows have none yet.
+  static const std::vector<std::string> with_vectors = {"bn",  "ln",      "gn",          "in",
+                                                        "rms", "softmax", "log_softmax", "linear"};
+  const auto it = std::find_if(adapters().begin(), adapters().end(),
+                               [&](const Adapter& a) { return a.op == op; });
+  if (it == adapters().end() ||
+      std::find(with_vectors.begin(), with_vectors.end(), op) == with_vectors.end()) {
     std::string known;
-    for (const auto& a : adapters()) known += (known.empty() ? "" : ", ") + a.op;
+    for (const auto& a : with_vectors) known += (known.empty() ? "" : ", ") + a;
     throw UsageError("vectors: unknown op '" + op + "' (vectors knows " + known + ")");
   }
   std::error_code ec;

@@ -346,6 +346,22 @@ catalog::PlainProblem plain_problem(const typename D::Problem& p) {
 
 /// Adds the op of declaration `D` to the catalog: its formulas, every generic check, the
 /// negative-control table, the bad-input and allocation cases, then the declaration's own checks.
+// `gradproof check`: gradproof's float64 forward and fused backward on the problem that the
+// declaration makes from user arrays, with the tolerance scale of each gradient.
+template <class D>
+catalog::UserGradients user_gradients(const catalog::UserArrays& ua) {
+  const typename D::Problem p = D::from_arrays(ua);
+  const auto pd = D::template prepare<double>(p);
+  catalog::UserGradients g{D::output(*pd), D::backward(*pd, p.w, Pass::fused), {}, D::describe(p)};
+  for (std::size_t k = 0; k < g.grads.size(); ++k) {
+    if constexpr (requires { &D::param_scale; })
+      g.scale.push_back(k == 0 ? D::dx_scale(*pd, p, p.w) : D::param_scale(*pd, p, k));
+    else
+      g.scale.push_back(D::dx_scale(*pd, p, p.w));
+  }
+  return g;
+}
+
 template <class D>
 void register_op(catalog::Registry& r) {
   for (const auto& f : D::formulas()) r.formulas.push_back({f.id, D::op, f.title});
@@ -418,22 +434,17 @@ void register_op(catalog::Registry& r) {
                          for (const auto& pc : *kind) out.push_back(plain_problem<D>(make<D>(pc, Salt::oracle)));
                        return out;
                      }});
-  if constexpr (requires(const catalog::UserArrays& ua) { D::from_arrays(ua.inputs, ua.dy, ua.options); }) {
-    std::vector<std::string> option_names;
-    if constexpr (requires(const typename D::Problem& p) { D::options(p); })
-      for (const auto& kv : D::options(make<D>(D::cases().jacobian.front(), Salt::oracle))) option_names.push_back(kv.first);
-    r.from_arrays.push_back({D::op, input_names, option_names, [](const catalog::UserArrays& ua) {
-                               const typename D::Problem p = D::from_arrays(ua.inputs, ua.dy, ua.options);
-                               const auto pd = D::template prepare<double>(p);
-                               catalog::UserGradients g{D::output(*pd), D::backward(*pd, p.w, Pass::fused), {}, D::describe(p)};
-                               for (std::size_t k = 0; k < g.grads.size(); ++k) {
-                                 if constexpr (requires { &D::param_scale; })
-                                   g.scale.push_back(k == 0 ? D::dx_scale(*pd, p, p.w) : D::param_scale(*pd, p, k));
-                                 else
-                                   g.scale.push_back(D::dx_scale(*pd, p, p.w));
-                               }
-                               return g;
-                             }});
+  if constexpr (requires(const catalog::UserArrays& ua) { D::from_arrays(ua); }) {
+    std::vector<std::string> option_names, array_names;
+    if constexpr (requires { D::check_options(); }) {
+      option_names = D::check_options();
+    } else if constexpr (requires(const typename D::Problem& p) { D::options(p); }) {
+      for (const auto& kv : D::options(make<D>(D::cases().jacobian.front(), Salt::oracle)))
+        option_names.push_back(kv.first);
+    }
+    if constexpr (requires { D::check_arrays(); }) array_names = D::check_arrays();
+    r.from_arrays.push_back({D::op, input_names, option_names, array_names,
+                             [](const catalog::UserArrays& ua) { return user_gradients<D>(ua); }});
   }
   r.fuzz.push_back({D::op, [](const std::uint8_t* data, std::size_t size, std::int64_t max_values) {
                       fuzz_one<D>(data, size, max_values);

@@ -22,7 +22,8 @@
 /// | `backward(pr, dy, pass, terms)` | staged or fused backward: gradients of every input, in `inputs()` order |
 /// | `Terms`, `ablation()` | the term scales of the staged backward; `harness::Ablation<Terms>` |
 /// | `options(p)` (optional) | the op's options with PyTorch's names, for the libtorch oracle (`dim`, `eps`) |
-/// | `from_arrays(inputs, dy, options)` (optional) | a problem from user arrays (`w` = `dy`) and the options given (PyTorch's names, the others at PyTorch's defaults), for `gradproof check` |
+/// | `from_arrays(arrays)` (optional) | a problem from user arrays (`catalog::UserArrays`: the inputs, `w` = `dy`, the other arrays, the options given as text; read with `support::UserInput`, PyTorch's names and defaults), for `gradproof check` |
+/// | `check_options()`, `check_arrays()` (optional) | the options `check` takes (else the names of `options(p)`) and its other arrays (targets, indices, a mask) |
 /// | `constants(p)` (optional) | non-differentiable tensor arguments (targets, indices, a mask), for the libtorch oracle |
 /// | `reference(p, scale)` | the forward recomputed in long double; `scale` receives its magnitude |
 /// | `jacobian_scale(p)`, `projection_scale(p, v, u)`, `dx_scale(p, dy)`, `param_scale(p, k)` | tolerance scales where terms cancel |
