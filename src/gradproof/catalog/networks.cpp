@@ -76,6 +76,83 @@ void place_relu_kinks(const TensorD& v, nn::Parameter<double>& beta) {
 
 // ---- The three networks: what is particular to each -----------------------------------------
 
+// ---- The scale of the networks' dx: the magnitudes of the norm's terms --------------------------
+// A float32 backward rounds every term of a sum, not only the sum; where the terms cancel, the
+// error is set by their magnitudes. A norm's dx cancels by construction, and batch norm over a
+// batch of 2 is the extreme: x̂ = ±1 whatever x is, so ∂L/∂x is nearly 0 while the norm's terms are
+// O(1); the fuzz target found the float32 dx 6 times beyond a policy scaled by |J|ᵀ|dy| there. So
+// the scale of dx (Network::dx_scale) takes the norm's terms, |γ| r (|g| + mean|g| + |x̂| mean|g x̂|)
+// with g the gradient that reaches the norm's output, through |W₁| to x. The layers above the
+// norm are taken with their values (g is their exact VJP, as backward() forms it), the one below
+// it with magnitudes (|dx| ≤ |W₁|ᵀ|da|, so the scale is never below |J|ᵀ|dy|).
+
+// cross-entropy, mean over N: dz = dL (p − onehot(t)) / N.
+TensorD ce_grad(const nn::CrossEntropyLoss<double>::Cache& c, double dL) {
+  const Index N = c.logits.shape()[0], O = c.logits.shape()[1];
+  TensorD g({N, O});
+  for (Index n = 0; n < N; ++n) {
+    double m = c.logits[n * O], sum = 0;
+    for (Index o = 1; o < O; ++o) m = std::max(m, c.logits[n * O + o]);
+    for (Index o = 0; o < O; ++o) sum += std::exp(c.logits[n * O + o] - m);
+    for (Index o = 0; o < O; ++o)
+      g[n * O + o] = dL * (std::exp(c.logits[n * O + o] - m) / sum - (o == c.target[n] ? 1 : 0)) /
+                     static_cast<double>(N);
+  }
+  return g;
+}
+// linear y = x Wᵀ + b: dx = dy W, or with magnitudes |dy| |W|.
+TensorD linear_back(const TensorD& G, const nn::Linear<double>& l, bool magnitudes) {
+  const TensorD& W = l.weight.value;
+  const Index N = G.shape()[0], O = W.shape()[0], I = W.shape()[1];
+  TensorD g({N, I}, 0.0);
+  for (Index n = 0; n < N; ++n)
+    for (Index o = 0; o < O; ++o)
+      for (Index i = 0; i < I; ++i)
+        g[n * I + i] += magnitudes ? std::abs(G[n * O + o] * W[o * I + i]) : G[n * O + o] * W[o * I + i];
+  return g;
+}
+// relu: dx = dy [x > 0].
+TensorD relu_back(const TensorD& G, const TensorD& x) {
+  TensorD g(G.shape());
+  for (Index i = 0; i < g.size(); ++i) g[i] = x[i] > 0 ? G[i] : 0;
+  return g;
+}
+// gelu (erf form): dx = dy (Φ(x) + x φ(x)).
+TensorD gelu_back(const TensorD& G, const TensorD& x) {
+  TensorD g(G.shape());
+  for (Index i = 0; i < g.size(); ++i) {
+    const double Phi = 0.5 * std::erfc(-x[i] / std::sqrt(2.0));
+    const double phi = std::exp(-0.5 * x[i] * x[i]) / std::sqrt(2 * 3.14159265358979323846);
+    g[i] = G[i] * (Phi + x[i] * phi);
+  }
+  return g;
+}
+// The magnitudes of a norm's dx terms over sets of M values (the columns of (N, H) for batch
+// norm, the rows for layer norm): dx = γ r (g − mean(g) − x̂ mean(g x̂)), r = 1/√(σ² + ε), the three
+// terms of the staged chain (∂L/∂x̂ r, the ∂L/∂μ path, the ∂L/∂σ² path).
+TensorD norm_terms(const TensorD& G, const TensorD& x, const TensorD& mean, const TensorD& invstd,
+                   const TensorD& gamma, bool columns) {
+  const Index N = x.shape()[0], H = x.shape()[1];
+  const Index sets = columns ? H : N, M = columns ? N : H;
+  TensorD g(G.shape());
+  for (Index s = 0; s < sets; ++s) {
+    const auto at = [&](Index k) { return columns ? k * H + s : s * H + k; };
+    double mg = 0, mgx = 0;
+    for (Index k = 0; k < M; ++k) {
+      mg += std::abs(G[at(k)]);
+      mgx += std::abs(G[at(k)] * (x[at(k)] - mean[s]) * invstd[s]);
+    }
+    mg /= static_cast<double>(M);
+    mgx /= static_cast<double>(M);
+    for (Index k = 0; k < M; ++k) {
+      const Index i = at(k);
+      const double xhat = std::abs((x[i] - mean[s]) * invstd[s]);
+      g[i] = std::abs(gamma[columns ? s : k]) * invstd[s] * (std::abs(G[i]) + mg + xhat * mgx);
+    }
+  }
+  return g;
+}
+
 struct MlpBnNet {
   static constexpr const char* op = "mlp_bn";
   template <class S>
@@ -133,6 +210,12 @@ struct MlpBnNet {
   // The relu's pre-activation is batch norm's output: its β places the kinks.
   static nn::Parameter<double>* kink_bias(Net<double>& n) { return &n.bn.bias; }
   static const TensorD* kink_input(const Net<double>::Out& o) { return &o.cache.relu.x; }
+  // ce → fc2 → relu → bn → fc1, as backward() runs them.
+  static TensorD dx_magnitude(const Net<double>& n, const Net<double>::Cache& c, double dL) {
+    const TensorD dh = relu_back(linear_back(ce_grad(c.ce, dL), n.fc2, false), c.relu.x);
+    return linear_back(norm_terms(dh, c.bn.x, c.bn.op.mean, c.bn.op.invstd, n.bn.weight.value, true),
+                       n.fc1, true);
+  }
 };
 
 struct MlpLnNet {
@@ -189,6 +272,12 @@ struct MlpLnNet {
   // gelu is smooth: no kinks to place.
   static nn::Parameter<double>* kink_bias(Net<double>&) { return nullptr; }
   static const TensorD* kink_input(const Net<double>::Out&) { return nullptr; }
+  // ce → fc2 → gelu → ln → fc1.
+  static TensorD dx_magnitude(const Net<double>& n, const Net<double>::Cache& c, double dL) {
+    const TensorD dh = gelu_back(linear_back(ce_grad(c.ce, dL), n.fc2, false), c.gelu.x);
+    return linear_back(norm_terms(dh, c.ln.x, c.ln.op.mean, c.ln.op.invstd, n.ln.weight.value, false),
+                       n.fc1, true);
+  }
 };
 
 struct ResMlpNet {
@@ -232,6 +321,16 @@ struct ResMlpNet {
   // The relu's pre-activation is the block's layer-norm output: its β places the kinks.
   static nn::Parameter<double>* kink_bias(Net<double>& n) { return &std::get<0>(n.block.body.layers).bias; }
   static const TensorD* kink_input(const Net<double>::Out& o) { return &std::get<1>(o.cache.block).x; }
+  // ce → fc2 → block (skip + fc → relu → ln) → fc1.
+  static TensorD dx_magnitude(const Net<double>& n, const Net<double>::Cache& c, double dL) {
+    const auto& ln_c = std::get<0>(c.block);
+    const TensorD dh = linear_back(ce_grad(c.ce, dL), n.fc2, false);
+    const TensorD dr = relu_back(linear_back(dh, std::get<2>(n.block.body.layers), false), std::get<1>(c.block).x);
+    TensorD da = norm_terms(dr, ln_c.x, ln_c.op.mean, ln_c.op.invstd,
+                            std::get<0>(n.block.body.layers).weight.value, false);
+    da.flat() += dh.flat().abs();  // the skip's use of a
+    return linear_back(da, n.fc1, true);
+  }
 };
 
 // ---- One declaration for every network ------------------------------------------------------
@@ -424,8 +523,11 @@ struct Network {
                                  const Eigen::VectorXd& v, const Eigen::VectorXd& u) {
     return v.cwiseAbs().dot(abs_jacobian(pd, p, 0) * u.cwiseAbs());
   }
+  // The scale of dx: the magnitudes of the norm's terms taken to x (Traits::dx_magnitude; see
+  // norm_terms), which bound |J|ᵀ|dy| already (the max keeps it so where a net has no norm).
   static double dx_scale(const Prepared<double>& pd, const Problem& p, const TensorD& dy) {
-    return (abs_jacobian(pd, p, 0).transpose() * as_f64(dy).cwiseAbs()).maxCoeff();
+    const double terms = Traits::dx_magnitude(pd.net, pd.out.cache, dy[0]).flat().maxCoeff();
+    return std::max(terms, (abs_jacobian(pd, p, 0).transpose() * as_f64(dy).cwiseAbs()).maxCoeff());
   }
   static double param_scale(const Prepared<double>& pd, const Problem& p, std::size_t k) {
     return (abs_jacobian(pd, p, k).transpose() * as_f64(p.w).cwiseAbs()).maxCoeff();
