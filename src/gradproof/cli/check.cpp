@@ -583,7 +583,7 @@ std::vector<VectorArray> activation() { return {{"x", {4, 5}, A}, {"dy", {4, 5},
 std::vector<VectorArray> loss() {
   return {{"x", {3, 4}, A}, {"target", {3, 4}, {1.3, 0.2, 0.0, 1.0}}, {"dy", {}, {0, 0, 0.9, 0}}};
 }
-// Class indices in [0, 5) for 6 samples, 3 of them repeated.
+// Class indices in [0, 5) for 6 samples: 1 and 4 twice, 3 never.
 const std::vector<double> classes{1, 4, 2, 0, 4, 1};
 
 const std::vector<VectorCase>& vector_cases() {
@@ -609,7 +609,8 @@ const std::vector<VectorCase>& vector_cases() {
                            {"dy", {}, {0, 0, 0.9, 0}}}},
       // Training mode, p 0.5; the mask keeps 13 of 24 (the sign of a wave).
       {"dropout", {{"x", {4, 6}, A}, {"dy", {4, 6}, D}, {"mask", {4, 6}, {2.3, 0.5, 0, 1}, {}, true}}},
-      // Rows 0, 1 and 3 repeated (their gradients sum), row 2 unused; padding_idx unset.
+      // Rows 0, 1 (twice) and 3 (three times) repeated: their gradients sum; rows 2 and 4 unused;
+      // padding_idx unset.
       {"embedding", {{"weight", {6, 3}, A}, {"indices", {2, 4}, {}, {0, 1, 3, 3, 5, 1, 0, 3}},
                      {"dy", {2, 4, 3}, D}}},
   };
