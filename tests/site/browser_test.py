@@ -27,25 +27,27 @@ and, at 1280 px and at 700 px wide:
                the contrast of its ink with its background, from a screenshot of the graph
 
 Each page is checked from file:// with all of these, after MathJax has typeset it, and then
-served with those whose outcome can differ between the two: mathjax (MathJax.js loaded), console,
-network and link; the served page is not left to typeset (MathJax's work, the layout and the TeX
-are the same bytes either way; only where the bytes come from differs). What the page loaded
-from file:// while typesetting (MathJax's fonts and extensions, requested only then) and did not
-load served is then requested from the server by the served page, and must come back below 400.
+served with those whose outcome can differ between the two: mathjax (MathJax.js loaded and
+started), console, network and link. The served page is not typeset: the TeX, MathJax and the
+styles are the same files either way, so what MathJax makes of them and the layout do not depend
+on where they come from; only the loading can differ. What the page loaded from file:// while
+typesetting (MathJax's fonts and extensions, requested only then) and did not load served is
+then requested from the server by the served page, and must come back below 400.
 
 It first runs the same checks over the pages in tests/site/fixtures/, each broken in one known
 way (and one that is not broken at all), and fails unless it finds exactly those problems: a
 check that cannot fail is no check. It saves a screenshot of the batch-norm page in each theme.
 
-Speed (the whole run, 31 pages in both modes, should take about 20 s on two cores): one browser
-per core for the whole run, each taking the next unchecked page, the largest first; the fixture
-pages share the same queue. Each page is loaded once per mode and typeset once. A page is
-measured at the width it was loaded at and then at the other one, and its graphs are shot in the
-theme it was loaded in and then in the other one; the browser keeps the width and theme it was
-left in for its next page, so each page costs one change of width and, if it has graphs, one of
-theme.
-Graphs are shot within the viewport (scrolled to), not beyond it: a capture beyond the viewport
-lays out the whole page again. It prints where the time went (phases summed over pages).
+Speed (the aim: the whole site in both modes within 20 s on two cores): one browser per core for
+the whole run, each taking the next unchecked page, the largest first; the fixture pages share
+the same queue; a browser starts only for pages not in the cache (--no-cache: all). Each page is
+loaded once per mode and typeset once. A page is measured at the width it was loaded at and then
+at the other one, and its graphs are shot in the theme it was loaded in and then in the other
+one; the browser keeps the width and theme it was left in for its next page, so each page costs
+one change of width and, if it has graphs, one of theme. Graphs are shot within the viewport
+(scrolled to), not beyond it: a capture beyond the viewport lays out the whole page again. It
+prints where the time went (phases summed over pages, the slowest pages, the CPU time of the
+browsers).
 
     browser_test.py SITE_HTML_DIR --artifacts DIR [--screenshot derivations/batchnorm.html]
 
@@ -730,6 +732,7 @@ def check_page(browser: Browser, base: str, page: str, mode: str, root: Path,
         wanted = {relative(u, root.as_uri() + "/") for u in from_file.loaded} - served - {None}
         with res.phase("fetch"):
             res.problems += served_fetch_problems(browser, base, sorted(wanted))
+    res.problems = list(dict.fromkeys(res.problems))  # each once (a failed image retried...)
     res.links = probe["links"]
     res.ids = set(probe["ids"])
     return res
