@@ -597,7 +597,8 @@ const std::vector<VectorCase>& vector_cases() {
       {"log_softmax", {{"x", {4, 6}, X}, {"dy", {4, 6}, D}}},
       {"nll_loss", {{"x", {6, 5}, {0.9, 0.3, -2.0, 1.0}}, {"dy", {}, {0, 0, 0.9, 0}},
                     {"target", {6}, {}, classes}}},
-      {"cross_entropy", {{"x", {6, 5}, A}, {"dy", {}, {0, 0, 0.9, 0}}, {"target", {6}, {}, classes}}},
+      {"cross_entropy",
+       {{"x", {6, 5}, A}, {"dy", {}, {0, 0, 0.9, 0}}, {"target", {6}, {}, classes}}},
       {"linear", {{"x", {4, 5}, {0.9, 0.3, 0.0, 1.0}}, {"weight", {3, 5}, {2.3, 0.5, 0.0, 0.5}},
                   {"bias", {3}, B}, {"dy", {4, 3}, D}}},
       {"matmul", {{"a", {2, 3, 4}, A}, {"b", {4, 5}, G}, {"dy", {2, 3, 5}, D}}},
@@ -608,7 +609,8 @@ const std::vector<VectorCase>& vector_cases() {
       {"bce_with_logits", {{"x", {3, 4}, A}, {"target", {3, 4}, {1.3, 0.2, 0.5, 0.4}},
                            {"dy", {}, {0, 0, 0.9, 0}}}},
       // Training mode, p 0.5; the mask keeps 13 of 24 (the sign of a wave).
-      {"dropout", {{"x", {4, 6}, A}, {"dy", {4, 6}, D}, {"mask", {4, 6}, {2.3, 0.5, 0, 1}, {}, true}}},
+      {"dropout",
+       {{"x", {4, 6}, A}, {"dy", {4, 6}, D}, {"mask", {4, 6}, {2.3, 0.5, 0, 1}, {}, true}}},
       // Rows 0, 1 (twice) and 3 (three times) repeated: their gradients sum; rows 2 and 4 unused;
       // padding_idx unset.
       {"embedding", {{"weight", {6, 3}, A}, {"indices", {2, 4}, {}, {0, 1, 3, 3, 5, 1, 0, 3}},
@@ -691,7 +693,8 @@ int vectors_main(const std::vector<std::string>& words) {
       check::json::string(manifest, file);
       manifest << ", \"role\": \"" << role << "\", \"dtype\": \"" << io::name(type)
                << "\", \"shape\": [";
-      for (std::size_t j = 0; j < t.shape().size(); ++j) manifest << (j ? ", " : "") << t.shape()[j];
+      for (std::size_t j = 0; j < t.shape().size(); ++j)
+        manifest << (j ? ", " : "") << t.shape()[j];
       manifest << "]";
       if (scale.count(name)) {
         manifest << ", \"scale\": ";
