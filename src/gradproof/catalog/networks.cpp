@@ -76,15 +76,16 @@ void place_relu_kinks(const TensorD& v, nn::Parameter<double>& beta) {
 
 // ---- The three networks: what is particular to each -----------------------------------------
 
-// ---- The scale of the networks' dx: the magnitudes of the norm's terms --------------------------
-// A float32 backward rounds every term of a sum, not only the sum; where the terms cancel, the
-// error is set by their magnitudes. A norm's dx cancels by construction, and batch norm over a
-// batch of 2 is the extreme: x̂ = ±1 whatever x is, so ∂L/∂x is nearly 0 while the norm's terms are
-// O(1); the fuzz target found the float32 dx 6 times beyond a policy scaled by |J|ᵀ|dy| there. So
-// the scale of dx (Network::dx_scale) takes the norm's terms, |γ| r (|g| + mean|g| + |x̂| mean|g x̂|)
-// with g the gradient that reaches the norm's output, through |W₁| to x. The layers above the
-// norm are taken with their values (g is their exact VJP, as backward() forms it), the one below
-// it with magnitudes (|dx| ≤ |W₁|ᵀ|da|, so the scale is never below |J|ᵀ|dy|).
+// ---- The scales of the networks' dx and dθ: the magnitudes of the norm's terms ----------------
+// A backward rounds every term of a sum, not only the sum; where the terms cancel, the error is
+// set by their magnitudes. A norm's dx cancels by construction, and batch norm over a batch of 2
+// is the extreme: x̂ = ±1 whatever x is, so ∂L/∂x is nearly 0 while the norm's terms are O(1). The
+// fuzz target found there the float32 fused dx 6 times beyond a policy scaled by |J|ᵀ|dy|, and
+// the float64 fused db₁ (exactly 0: Σₙ of a norm's dx) 1.08 times beyond its. So the scales
+// (Network::dx_scale, param_scale) take the norm's terms, |γ| r (|g| + mean|g| + |x̂| mean|g x̂|)
+// with g the gradient that reaches the norm's output, on through fc1's backward to x, W₁ and b₁.
+// The layers above the norm are taken with their values (g is their exact VJP, as backward()
+// forms it), fc1 below it with magnitudes (|dx| ≤ |da||W₁|, so the scale is never below |J|ᵀ|dy|).
 
 // cross-entropy, mean over N: dz = dL (p − onehot(t)) / N.
 TensorD ce_grad(const nn::CrossEntropyLoss<double>::Cache& c, double dL) {
@@ -211,10 +212,9 @@ struct MlpBnNet {
   static nn::Parameter<double>* kink_bias(Net<double>& n) { return &n.bn.bias; }
   static const TensorD* kink_input(const Net<double>::Out& o) { return &o.cache.relu.x; }
   // ce → fc2 → relu → bn → fc1, as backward() runs them.
-  static TensorD dx_magnitude(const Net<double>& n, const Net<double>::Cache& c, double dL) {
+  static TensorD da_magnitude(const Net<double>& n, const Net<double>::Cache& c, double dL) {
     const TensorD dh = relu_back(linear_back(ce_grad(c.ce, dL), n.fc2, false), c.relu.x);
-    return linear_back(norm_terms(dh, c.bn.x, c.bn.op.mean, c.bn.op.invstd, n.bn.weight.value, true),
-                       n.fc1, true);
+    return norm_terms(dh, c.bn.x, c.bn.op.mean, c.bn.op.invstd, n.bn.weight.value, true);
   }
 };
 
@@ -273,10 +273,9 @@ struct MlpLnNet {
   static nn::Parameter<double>* kink_bias(Net<double>&) { return nullptr; }
   static const TensorD* kink_input(const Net<double>::Out&) { return nullptr; }
   // ce → fc2 → gelu → ln → fc1.
-  static TensorD dx_magnitude(const Net<double>& n, const Net<double>::Cache& c, double dL) {
+  static TensorD da_magnitude(const Net<double>& n, const Net<double>::Cache& c, double dL) {
     const TensorD dh = gelu_back(linear_back(ce_grad(c.ce, dL), n.fc2, false), c.gelu.x);
-    return linear_back(norm_terms(dh, c.ln.x, c.ln.op.mean, c.ln.op.invstd, n.ln.weight.value, false),
-                       n.fc1, true);
+    return norm_terms(dh, c.ln.x, c.ln.op.mean, c.ln.op.invstd, n.ln.weight.value, false);
   }
 };
 
@@ -322,14 +321,14 @@ struct ResMlpNet {
   static nn::Parameter<double>* kink_bias(Net<double>& n) { return &std::get<0>(n.block.body.layers).bias; }
   static const TensorD* kink_input(const Net<double>::Out& o) { return &std::get<1>(o.cache.block).x; }
   // ce → fc2 → block (skip + fc → relu → ln) → fc1.
-  static TensorD dx_magnitude(const Net<double>& n, const Net<double>::Cache& c, double dL) {
+  static TensorD da_magnitude(const Net<double>& n, const Net<double>::Cache& c, double dL) {
     const auto& ln_c = std::get<0>(c.block);
     const TensorD dh = linear_back(ce_grad(c.ce, dL), n.fc2, false);
     const TensorD dr = relu_back(linear_back(dh, std::get<2>(n.block.body.layers), false), std::get<1>(c.block).x);
     TensorD da = norm_terms(dr, ln_c.x, ln_c.op.mean, ln_c.op.invstd,
                             std::get<0>(n.block.body.layers).weight.value, false);
     da.flat() += dh.flat().abs();  // the skip's use of a
-    return linear_back(da, n.fc1, true);
+    return da;
   }
 };
 
@@ -523,14 +522,31 @@ struct Network {
                                  const Eigen::VectorXd& v, const Eigen::VectorXd& u) {
     return v.cwiseAbs().dot(abs_jacobian(pd, p, 0) * u.cwiseAbs());
   }
-  // The scale of dx: the magnitudes of the norm's terms taken to x (Traits::dx_magnitude; see
-  // norm_terms), which bound |J|ᵀ|dy| already (the max keeps it so where a net has no norm).
+  // The scales of dx and of fc1's gradients, which the norm's dx reaches through fc1's backward:
+  // the magnitudes A of the terms of da = ∂L/∂(fc1's output) (Traits::da_magnitude; see
+  // norm_terms) taken on as fc1's backward forms them, dx = da W₁ → A|W₁|, dW₁ = daᵀx → Aᵀ|x|,
+  // db₁ = Σₙ da → Σₙ A. They bound |J|ᵀ|dy| already; the max keeps that bound where it is larger.
   static double dx_scale(const Prepared<double>& pd, const Problem& p, const TensorD& dy) {
-    const double terms = Traits::dx_magnitude(pd.net, pd.out.cache, dy[0]).flat().maxCoeff();
+    const TensorD A = Traits::da_magnitude(pd.net, pd.out.cache, dy[0]);
+    const double terms = linear_back(A, pd.net.fc1, true).flat().maxCoeff();
     return std::max(terms, (abs_jacobian(pd, p, 0).transpose() * as_f64(dy).cwiseAbs()).maxCoeff());
   }
   static double param_scale(const Prepared<double>& pd, const Problem& p, std::size_t k) {
-    return (abs_jacobian(pd, p, k).transpose() * as_f64(p.w).cwiseAbs()).maxCoeff();
+    const TensorD A = Traits::da_magnitude(pd.net, pd.out.cache, p.w[0]);
+    const TensorD& x = pd.out.cache.fc1.x;
+    const Index N = A.shape()[0], H = A.shape()[1], I = x.shape()[1];
+    double fc1 = 0;
+    for (Index h = 0; h < H; ++h) {
+      double db = 0;
+      for (Index n = 0; n < N; ++n) db += A[n * H + h];
+      fc1 = std::max(fc1, db);
+      for (Index i = 0; i < I; ++i) {
+        double dw = 0;
+        for (Index n = 0; n < N; ++n) dw += A[n * H + h] * std::abs(x[n * I + i]);
+        fc1 = std::max(fc1, dw);
+      }
+    }
+    return std::max(fc1, (abs_jacobian(pd, p, k).transpose() * as_f64(p.w).cwiseAbs()).maxCoeff());
   }
 
   static std::vector<harness::BadInput> bad_inputs() {
