@@ -767,20 +767,22 @@ def bench_plot(bench: gr.Bench, target: Path) -> None:
         for j, impl in enumerate(here):
             xs, ys = [], []
             for i, (name, shape, th) in enumerate(cases):
-                r = next((r for r in rows if r["impl"] == impl and r["op"] == name and tuple(r["shape"]) == shape
-                          and r["threads"] == th), None)
+                r = next((r for r in rows if r["impl"] == impl and r["op"] == name
+                          and tuple(r["shape"]) == shape and r["threads"] == th), None)
                 if r is not None and r["gbps"] is not None:
                     xs.append(i + (j - (len(here) - 1) / 2) * width)
                     ys.append(r["gbps"])
             ax.bar(xs, ys, width, label=impl, color=colours[impl])
-        for i, (_, shape, th) in enumerate(cases):  # the bandwidth of the case's thread count, over its bars
+        # the bandwidth of the case's thread count, over its bars
+        for i, (_, shape, th) in enumerate(cases):
             key = f"{th} thread" + ("" if th == 1 else "s")
             if key in bw:
                 ax.plot([i - 0.45, i + 0.45], [bw[key]] * 2, color="black", linestyle="--", linewidth=1)
         ax.set_title(f"{op} {ps}", fontsize=9)
         ax.set_xticks(range(len(cases)))
-        ax.set_xticklabels([(f"{name}\n" if name != op else "") + f"{'x'.join(map(str, sh))}\n{th} thr"
-                            for name, sh, th in cases], fontsize=6 if op == "activations" else 7)
+        ax.set_xticklabels([(f"{name}\n" if name != op else "")
+                            + f"{'x'.join(map(str, sh))}\n{th} thr" for name, sh, th in cases],
+                           fontsize=6 if op == "activations" else 7)
         ax.tick_params(axis="y", labelsize=7)
         ax.set_ylabel("GB/s", fontsize=8)
         top = max([r["gbps"] or 0.0 for r in rows] + list(bw.values()) + [1.0])
@@ -811,7 +813,8 @@ def fmt_target(t: gr.BenchTarget, v: float) -> str:
 
 BENCH_GROUP_TITLES = {"normalization": "Normalization", "activations": "Element-wise activations",
                       "softmax": "Softmax, log-softmax and the fused softmax\u2013cross-entropy",
-                      "linear": "Linear (GFLOP/s: 2 per multiply-add)", "embedding": "Embedding backward"}
+                      "linear": "Linear (GFLOP/s: 2 per multiply-add)",
+                      "embedding": "Embedding backward"}
 
 
 def bench_table(rows: list[dict]) -> nodes.Node:
@@ -826,7 +829,8 @@ def bench_table(rows: list[dict]) -> nodes.Node:
     for r in rows:
         frac = r.get("fraction_of_bandwidth")
         cells = [r["op"], r["pass"], nodes.literal(text=r["impl"]), gr.fmt_shape(r["shape"]),
-                 str(r["threads"]), f"{r['median_ms']:.3f}", f"{r['min_ms']:.3f} \u2013 {r['max_ms']:.3f}"]
+                 str(r["threads"]), f"{r['median_ms']:.3f}",
+                 f"{r['min_ms']:.3f} \u2013 {r['max_ms']:.3f}"]
         if has_flops:
             cells.append(f"{r['gflops']:.1f}" if r.get("gflops") is not None else "\u2014")
         cells += [f"{r['gbps']:.1f}" if r["gbps"] is not None else "\u2014",
