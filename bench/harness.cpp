@@ -235,7 +235,8 @@ std::vector<std::pair<std::string, std::string>> describe_machine() {
   m.emplace_back("oneDNN", dnnl.empty() ? "not built" : dnnl);
   // Debian's libtorch calls the BLAS that update-alternatives selects for its sgemm (linear).
   std::error_code ec;
-  const auto blas = std::filesystem::canonical("/etc/alternatives/libblas.so.3-x86_64-linux-gnu", ec);
+  const auto blas =
+      std::filesystem::canonical("/etc/alternatives/libblas.so.3-x86_64-linux-gnu", ec);
   m.emplace_back("BLAS (libtorch's GEMM)", ec ? "unknown" : blas.string());
   return m;
 }

@@ -203,7 +203,8 @@ std::vector<Case> libtorch_layer(const LayerPtr& p) {
       else at::_softmax_backward_data_out(s->dx, s->dy, s->y, -1, at::kFloat);
     };
     const std::string f = log ? "at::_log_softmax_out" : "at::_softmax_out";
-    const std::string b = log ? "at::_log_softmax_backward_data_out" : "at::_softmax_backward_data_out";
+    const std::string b =
+        log ? "at::_log_softmax_backward_data_out" : "at::_softmax_backward_data_out";
     return {{op, "forward", "libtorch", shape, 8 * n, forward, fwd_agree, {}, "", f},
             {op, "backward", "libtorch", shape, 12 * n, backward, bwd_agree, {}, "", b}};
   }

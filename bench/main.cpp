@@ -56,8 +56,9 @@ constexpr int kMinRepetitions = 10;
                "  --reps N       timed repetitions per case, at least 10 (default 25; quick 10)\n"
                "  --warmup N     untimed calls first (default 3; quick 2)\n"
                "  --only TEXT    only the cases whose \"op pass impl\" contains TEXT\n"
-               "  --layer-reps N timed repetitions of the course layers' cases (issue 12), at least 10\n"
-               "                 (default 10: libtorch's linear runs Debian's reference BLAS, 4-8 s a call)\n"
+               "  --layer-reps N timed repetitions of the course layers' cases (issue 12),\n"
+               "                 at least 10 (default 10: libtorch's linear on Debian's\n"
+               "                 reference BLAS takes seconds a call)\n"
                "  --warm         do not evict the caches before each repetition\n"
                "  --probe-mib N  size of each array of the start/end bandwidth probe (default 256; quick 64)\n");
   std::exit(code);
@@ -93,7 +94,8 @@ Options parse(int argc, char** argv) {
     else usage(2);
   }
   if (o.repetitions < kMinRepetitions || o.layer_repetitions < kMinRepetitions) {
-    std::fprintf(stderr, "gradproof_bench: --reps and --layer-reps must be at least %d (got %d, %d)\n",
+    std::fprintf(stderr,
+                 "gradproof_bench: --reps and --layer-reps must be at least %d (got %d, %d)\n",
                  kMinRepetitions, o.repetitions, o.layer_repetitions);
     std::exit(2);
   }
@@ -176,7 +178,8 @@ std::vector<Target> evaluate_targets(const std::vector<Row>& rows) {
   // GFLOP/s; embedding backward with identical bits in repeated runs, and faster than libtorch.
   std::vector<std::pair<std::string, std::vector<std::int64_t>>> layers;
   for (const std::string& a : activation_names()) layers.push_back({a, {4096, 4096}});
-  for (const char* a : {"softmax", "log_softmax", "cross_entropy"}) layers.push_back({a, {8192, 4096}});
+  for (const char* a : {"softmax", "log_softmax", "cross_entropy"})
+    layers.push_back({a, {8192, 4096}});
   layers.push_back({"linear", {4096, 1024}});
   layers.push_back({"embedding", {262144, 256}});
   for (const int t : {1, 2})
@@ -184,23 +187,31 @@ std::vector<Target> evaluate_targets(const std::vector<Row>& rows) {
       for (const std::string& pass : layer_passes(op)) {
         const Row* fused = find_row(rows, op, pass, "fused", shape, t);
         if (!fused) continue;
-        const std::string name = op + " " + pass + " " + shape_text(shape) + ", " + std::to_string(t) +
-                                 (t == 1 ? " thread" : " threads");
+        const std::string name = op + " " + pass + " " + shape_text(shape) + ", " +
+                                 std::to_string(t) + (t == 1 ? " thread" : " threads");
         const Row* torch = find_row(rows, op, pass, "libtorch", shape, t);
         const std::string g = group_of(op);
+        const auto vs_torch = [&] {
+          if (torch)
+            add(name + ": libtorch time / fused time", torch->t.median_ms / fused->t.median_ms,
+                1.0, true);
+        };
         if (g == "activations" || g == "softmax") {
-          add(name + ": fused, fraction of bandwidth", fused->fraction, g == "activations" ? 0.8 : 0.75, true);
-          if (torch) add(name + ": libtorch time / fused time", torch->t.median_ms / fused->t.median_ms, 1.0, true);
+          add(name + ": fused, fraction of bandwidth", fused->fraction,
+              g == "activations" ? 0.8 : 0.75, true);
+          vs_torch();
         } else if (g == "linear") {
           const Row* dnnl = find_row(rows, op, pass, "onednn", shape, t);
           double peer = 0;
           for (const Row* r : {torch, dnnl})
             if (r) peer = std::max(peer, r->gflops);
-          if (peer > 0) add(name + ": fused GFLOP/s / the faster peer's", fused->gflops / peer, 0.9, true);
+          if (peer > 0)
+            add(name + ": fused GFLOP/s / the faster peer's", fused->gflops / peer, 0.9, true);
         } else {
           if (fused->deterministic >= 0)
-            add(name + ": fused, bits identical in 3 runs (1 yes, 0 no)", fused->deterministic, 1.0, true);
-          if (torch) add(name + ": libtorch time / fused time", torch->t.median_ms / fused->t.median_ms, 1.0, true);
+            add(name + ": fused, bits identical in 3 runs (1 yes, 0 no)", fused->deterministic,
+                1.0, true);
+          vs_torch();
         }
       }
   return out;
@@ -282,11 +293,12 @@ void write_json(const std::string& path, const Options& o, const std::vector<std
                               " MiB on every thread: it evicts the caches and measures the bandwidth of that moment"
                         : "not evicted (warm): operands may be in cache")
       << ",\n    \"bytes\": \"minimum traffic: forward 8 B/element (read x, write y), backward 12 B/element "
-         "(read x and dy, write dx; the softmax family reads y instead of x); fused cross-entropy forward+backward "
-         "8 B/element (read the logits, write dx); linear: every operand read once and every output written once; "
-         "embedding backward: read dy and the indices, write dW\""
-      << ",\n    \"flops\": \"linear: 2 per multiply-add (forward 2NIO + NO for the bias, backward 4NIO + NO); "
-         "gflops = flops / median time\""
+         "(read x and dy, write dx; the softmax family reads y instead of x); fused "
+         "cross-entropy forward+backward 8 B/element (read the logits, write dx); linear: "
+         "every operand read once and every output written once; embedding backward: read dy "
+         "and the indices, write dW\""
+      << ",\n    \"flops\": \"linear: 2 per multiply-add (forward 2NIO + NO for the bias, "
+         "backward 4NIO + NO); gflops = flops / median time\""
       << ",\n    \"bandwidth\": "
       << quoted(o.flush ? "fraction_of_bandwidth = gbps / bandwidth_gbps, the median of the triad probes run between "
                           "the row's repetitions; top-level bandwidth: per thread count, the median of its rows' "
@@ -308,8 +320,10 @@ void write_json(const std::string& path, const Options& o, const std::vector<std
       out << ", \"extra_ms\": " << num(r.extra_ms) << ", \"extra_what\": " << quoted(r.c.extra_what);
     if (!r.c.note.empty()) out << ", \"note\": " << quoted(r.c.note);
     out << ", \"group\": " << quoted(r.c.group);
-    if (r.c.flops > 0) out << ", \"flops\": " << num(r.c.flops) << ", \"gflops\": " << num(r.gflops);
-    if (r.deterministic >= 0) out << ", \"deterministic\": " << (r.deterministic ? "true" : "false");
+    if (r.c.flops > 0)
+      out << ", \"flops\": " << num(r.c.flops) << ", \"gflops\": " << num(r.gflops);
+    if (r.deterministic >= 0)
+      out << ", \"deterministic\": " << (r.deterministic ? "true" : "false");
     out << "}";
   }
   out << "\n  ],\n  \"targets\": [";
@@ -469,13 +483,15 @@ int main(int argc, char** argv) {
   const std::vector<std::pair<std::string, std::string>> quick_layers{
       {"gelu", "backward"}, {"softmax", "backward"}, {"embedding", "backward"}};
   const auto keep_layer = [&](const Case& c, int threads) {
-    if (!o.only.empty() && (c.op + " " + c.pass + " " + c.impl).find(o.only) == std::string::npos) return false;
+    const std::string name = c.op + " " + c.pass + " " + c.impl;
+    if (!o.only.empty() && name.find(o.only) == std::string::npos) return false;
     if (!quick) return true;
-    return threads == o.threads.back() &&
-           std::find(quick_layers.begin(), quick_layers.end(), std::pair{c.op, c.pass}) != quick_layers.end();
+    const auto q = std::find(quick_layers.begin(), quick_layers.end(), std::pair{c.op, c.pass});
+    return threads == o.threads.back() && q != quick_layers.end();
   };
   std::vector<std::string> layer_ops = activation_names();
-  for (const char* op : {"softmax", "log_softmax", "cross_entropy", "linear", "embedding"}) layer_ops.push_back(op);
+  for (const char* op : {"softmax", "log_softmax", "cross_entropy", "linear", "embedding"})
+    layer_ops.push_back(op);
   for (const int t : o.threads)
     for (const std::string& op : layer_ops)
       for (const std::string& pass : layer_passes(op)) {
@@ -500,7 +516,8 @@ int main(int argc, char** argv) {
       // meet the same conditions (the bandwidth of a shared machine drifts within seconds).
       std::vector<std::function<void()>> runs;
       for (const Case& c : g.cases) runs.push_back(c.run);
-      const std::vector<Measured> ms = time_interleaved(runs, o.warmup, repetitions, probe_between.get());
+      const std::vector<Measured> ms =
+          time_interleaved(runs, o.warmup, repetitions, probe_between.get());
       for (std::size_t k = 0; k < g.cases.size(); ++k) {
         Case& c = g.cases[k];
         Row r;
@@ -515,12 +532,16 @@ int main(int argc, char** argv) {
         if (c.deterministic) {
           r.deterministic = c.deterministic() ? 1 : 0;
           if (!r.deterministic && c.impl == "fused") {
-            std::fprintf(stderr, "gradproof_bench: %s %s fused gave different bits in repeated runs\n",
+            std::fprintf(stderr,
+                         "gradproof_bench: %s %s fused gave different bits in repeated runs\n",
                          c.op.c_str(), c.pass.c_str());
             status = 1;
           }
         }
         if (c.group.empty()) c.group = group_of(c.op);
+        // The row keeps the case's description, not its closures: they own the case's buffers
+        // and its inputs (gigabytes over the whole run).
+        c.run = nullptr, c.agreement = nullptr, c.extra = nullptr, c.deterministic = nullptr;
         r.c = std::move(c);
         print_row(r, r.bandwidth > 0);
         rows.push_back(std::move(r));

@@ -206,7 +206,8 @@ std::vector<Case> onednn_layer(const LayerPtr& p) {
     s->strm.wait();
   };
   const auto backward = [s] {
-    s->bdx.execute(s->strm, {{DNNL_ARG_SRC, s->dy}, {DNNL_ARG_WEIGHTS, s->w}, {DNNL_ARG_DST, s->dx_m}});
+    s->bdx.execute(s->strm,
+                   {{DNNL_ARG_SRC, s->dy}, {DNNL_ARG_WEIGHTS, s->w}, {DNNL_ARG_DST, s->dx_m}});
     s->bdw.execute(s->strm,
                    {{DNNL_ARG_SRC, s->dy_t}, {DNNL_ARG_WEIGHTS, s->xw}, {DNNL_ARG_DST, s->dw_m}});
     s->bdb.execute(s->strm, {{DNNL_ARG_SRC, s->dy}, {DNNL_ARG_DST, s->db_m}});
@@ -215,7 +216,9 @@ std::vector<Case> onednn_layer(const LayerPtr& p) {
   const std::vector<std::int64_t> shape(p->shape.begin(), p->shape.end());
   const double n = double(N), i = double(I), o = double(O);
   Case f{"linear", "forward", "onednn", shape, 4 * (n * i + o * i + o + n * o), forward,
-         [p, s] { return relative_difference(s->y.data(), p->ref_forward()[0].data(), s->y.size()); },
+         [p, s] {
+           return relative_difference(s->y.data(), p->ref_forward()[0].data(), s->y.size());
+         },
          {}, "", "matmul primitive with bias, W read transposed in place"};
   f.flops = 2 * n * i * o + n * o;
   Case b{"linear", "backward", "onednn", shape, 4 * (n * o + n * i + o * i + n * i + o * i + o),
