@@ -3,10 +3,12 @@
 // against that step's value from ops/ on every problem before it grades anything.
 #include "gradproof/cli/lessons.hpp"
 
+#include "gradproof/ops/activations.hpp"
 #include "gradproof/ops/batchnorm.hpp"
 #include "gradproof/ops/cross_entropy.hpp"
 #include "gradproof/ops/layernorm.hpp"
 #include "gradproof/ops/linear.hpp"
+#include "gradproof/ops/losses.hpp"
 #include "gradproof/ops/softmax.hpp"
 
 #include <algorithm>
@@ -222,6 +224,36 @@ Problem ln_problem() {
   return p;
 }
 
+// The last two steps of a max-shifted softmax, the same in softmax and cross-entropy: the shift m's
+// gradient −Σ ∂L/∂z, and the assembly of dx from the z path and, at each row's argmax, the shift
+// path. `dz` names the term before them, `cls` the letter of the class axis, `j` its subscript.
+void push_shift_terms(std::vector<Term>& t, const std::string& op, const std::string& dz,
+                      const std::string& cls, const std::string& j, const std::string& zero_m) {
+  const std::string zj = "z" + j, xj = "x" + j;
+  t.push_back({"dshift", op + ".dshift", "∂L/∂m", {dz}, "(R)",
+               "the max shift m reaches every " + zj + " = " + xj + " − m, with ∂" + zj +
+                   "/∂m = −1",
+               {{"−Σ" + j + " ∂L/∂" + zj, ""}}, zero_m,
+               [](const Args& a, bool mag) {
+                 const TensorD& dz = *a[0];
+                 TensorD o({rows(dz)});
+                 for (Index i = 0; i < dz.size(); ++i) o[i / cols(dz)] += mabs(-dz[i], mag);
+                 return std::vector<TensorD>{o};
+               }, {}});
+  t.push_back({"dx", op + ".dx", "∂L/∂x", {dz, "dshift", "is_max"}, "(R, " + cls + ")",
+               xj + " reaches " + zj + ", and at the argmax of its row also m",
+               {{"the z path ∂L/∂" + zj, ""}, {"the shift path ∂L/∂m at the argmax", zero_m}}, "",
+               [](const Args& a, bool mag) {
+                 const TensorD &dz = *a[0], &dm = *a[1], &is_max = *a[2];
+                 TensorD p1(dz.shape()), p2(dz.shape());
+                 for (Index i = 0; i < dz.size(); ++i) {
+                   p1[i] = mabs(dz[i], mag);
+                   p2[i] = mabs(dm[i / cols(dz)] * is_max[i], mag);
+                 }
+                 return std::vector<TensorD>{p1, p2};
+               }, {}});
+}
+
 // ---- softmax over the last axis of (R, M) -----------------------------------------------------
 std::vector<Term> softmax_terms() {
   const std::string zero_m = "y does not depend on the shift m: softmax(x − m) = softmax(x), so Σⱼ ∂L/∂zⱼ = 0";
@@ -271,26 +303,7 @@ std::vector<Term> softmax_terms() {
                    for (Index i = 0; i < e.size(); ++i) o[i] = e[i] * de[i] + ds[i / cols(e)];
                    return o;
                  }}}});
-  t.push_back({"dshift", "softmax.dshift", "∂L/∂m", {"dl_dz"}, "(R)",
-               "the max shift m reaches every zⱼ = xⱼ − m, with ∂zⱼ/∂m = −1", {{"−Σⱼ ∂L/∂zⱼ", ""}}, zero_m,
-               [](const Args& a, bool mag) {
-                 const TensorD& dz = *a[0];
-                 TensorD o({rows(dz)});
-                 for (Index i = 0; i < dz.size(); ++i) o[i / cols(dz)] += mabs(-dz[i], mag);
-                 return std::vector<TensorD>{o};
-               }, {}});
-  t.push_back({"dx", "softmax.dx", "∂L/∂x", {"dl_dz", "dshift", "is_max"}, "(R, M)",
-               "xⱼ reaches zⱼ, and at the argmax of its row also m",
-               {{"the z path ∂L/∂zⱼ", ""}, {"the shift path ∂L/∂m at the argmax", zero_m}}, "",
-               [](const Args& a, bool mag) {
-                 const TensorD &dz = *a[0], &dm = *a[1], &is_max = *a[2];
-                 TensorD p1(dz.shape()), p2(dz.shape());
-                 for (Index i = 0; i < dz.size(); ++i) {
-                   p1[i] = mabs(dz[i], mag);
-                   p2[i] = mabs(dm[i / cols(dz)] * is_max[i], mag);
-                 }
-                 return std::vector<TensorD>{p1, p2};
-               }, {}});
+  push_shift_terms(t, "softmax", "dl_dz", "M", "ⱼ", zero_m);
   Term fused{"dx_fused", "softmax.dx_fused", "∂L/∂x, collapsed", {"dy", "y"}, "(R, M)",
              "the staged terms collapsed into one expression in dy and y = e/s",
              {{"yⱼ·dyⱼ", ""}, {"−yⱼ·⟨dy, y⟩", ""}}, "",
@@ -401,26 +414,7 @@ std::vector<Term> xent_terms() {
                  }
                  return std::vector<TensorD>{p1, p2};
                }, {}});
-  t.push_back({"dshift", "cross_entropy.dshift", "∂L/∂m", {"dz"}, "(R)",
-               "the max shift m reaches every z_c = x_c − m with ∂z_c/∂m = −1", {{"−Σ_c ∂L/∂z_c", ""}}, zero_m,
-               [](const Args& a, bool mag) {
-                 const TensorD& dz = *a[0];
-                 TensorD o({rows(dz)});
-                 for (Index i = 0; i < dz.size(); ++i) o[i / cols(dz)] += mabs(-dz[i], mag);
-                 return std::vector<TensorD>{o};
-               }, {}});
-  t.push_back({"dx", "cross_entropy.dx", "∂L/∂x", {"dz", "dshift", "is_max"}, "(R, C)",
-               "x_c reaches z_c, and at the argmax of its row also m",
-               {{"the z path ∂L/∂z_c", ""}, {"the shift path ∂L/∂m at the argmax", zero_m}}, "",
-               [](const Args& a, bool mag) {
-                 const TensorD &dz = *a[0], &dm = *a[1], &is_max = *a[2];
-                 TensorD p1(dz.shape()), p2(dz.shape());
-                 for (Index i = 0; i < dz.size(); ++i) {
-                   p1[i] = mabs(dz[i], mag);
-                   p2[i] = mabs(dm[i / cols(dz)] * is_max[i], mag);
-                 }
-                 return std::vector<TensorD>{p1, p2};
-               }, {}});
+  push_shift_terms(t, "cross_entropy", "dz", "C", "_c", zero_m);
   t.push_back({"dx_fused", "cross_entropy.dx_fused", "∂L/∂x, collapsed", {"dy", "p", "q"}, "(R, C)",
                "the staged terms collapsed: the softmax minus the target, scaled",
                {{"(dy/R)·p", ""}, {"−(dy/R)·q", ""}}, "",
@@ -515,6 +509,114 @@ Problem linear_problem() {
   return p;
 }
 
+// c·t, or its magnitude with `mag`: a term that passes an earlier one on with a factor.
+TensorD scaled(const TensorD& t, double c, bool mag) {
+  TensorD o(t.shape());
+  for (Index i = 0; i < t.size(); ++i) o[i] = mabs(c * t[i], mag);
+  return o;
+}
+
+// ---- silu y = x·σ(x), element-wise on (N, D) ------------------------------------------------
+std::vector<Term> silu_terms() {
+  std::vector<Term> t;
+  t.push_back({"dsig", "silu.dsig", "∂L/∂x through the factor σ(x) (x held)", {"dy", "s"}, "(N, D)",
+               "y = x·σ(x) is a product: this is the edge of the factor x, the other held fixed",
+               {{"dy·σ(x)", ""}}, "",
+               [](const Args& a, bool mag) {
+                 const TensorD &dy = *a[0], &s = *a[1];
+                 TensorD o(dy.shape());
+                 for (Index i = 0; i < dy.size(); ++i) o[i] = mabs(dy[i] * s[i], mag);
+                 return std::vector<TensorD>{o};
+               },
+               {}});
+  t.push_back({"dxsig", "silu.dxsig", "∂L/∂x through σ(x) (the factor x held)", {"dy", "x", "s"},
+               "(N, D)", "the edge of the factor σ(x), with x in front of it held fixed",
+               {{"dy·x·σ'(x)", ""}}, "",
+               [](const Args& a, bool mag) {
+                 const TensorD &dy = *a[0], &x = *a[1], &s = *a[2];
+                 TensorD o(dy.shape());
+                 for (Index i = 0; i < dy.size(); ++i) o[i] = mabs(dy[i] * x[i] * s[i] * (1 - s[i]), mag);
+                 return std::vector<TensorD>{o};
+               },
+               {{"the factor x is missing: y = x·σ(x), so the σ edge carries the x in front of it",
+                 [](const Args& a) {
+                   const TensorD &dy = *a[0], &s = *a[2];
+                   TensorD o(dy.shape());
+                   for (Index i = 0; i < dy.size(); ++i) o[i] = dy[i] * s[i] * (1 - s[i]);
+                   return o;
+                 }}}});
+  t.push_back({"dx", "silu.dx", "∂L/∂x", {"dsig", "dxsig"}, "(N, D)",
+               "x reaches y through both factors of x·σ(x)",
+               {{"the edge of the factor x", ""}, {"the edge of the factor σ(x)", ""}}, "",
+               [](const Args& a, bool mag) {
+                 return std::vector<TensorD>{scaled(*a[0], 1, mag), scaled(*a[1], 1, mag)};
+               },
+               {}});
+  return t;
+}
+
+Problem silu_problem() {
+  Rng r{0x7465616368736c75ull};
+  Problem p;
+  TensorD x = r.tensor({4, 5}, 0, 2), dy = r.tensor({4, 5}, 0, 1);
+  const auto f = ops::activation_forward(x, ops::SiluConfig{});
+  // The staged backward with one term switched on at a time gives each term's value.
+  const auto sig = ops::activation_backward_staged(dy, x, f.cache, {1, 0}).dx;
+  const auto xsig = ops::activation_backward_staged(dy, x, f.cache, {0, 1}).dx;
+  TensorD s(x.shape());
+  for (Index i = 0; i < x.size(); ++i) s[i] = 1 / (1 + std::exp(-x[i]));
+  p.given = {{"x", x}, {"dy", dy}, {"s", s}};
+  p.verified = {{"dsig", sig}, {"dxsig", xsig},
+                {"dx", ops::activation_backward_staged(dy, x, f.cache).dx}};
+  p.describe = "x (4, 5)";
+  return p;
+}
+
+// ---- mse_loss, reduction 'mean': L = (1/n) Σ (xᵢ − tᵢ)² ---------------------------------------
+std::vector<Term> mse_terms() {
+  std::vector<Term> t;
+  t.push_back({"dl_dd", "mse_loss.dl_dd", "∂L/∂d, d = x − t", {"dy", "x", "target"}, "(N, D)",
+               "the mean of the squares: each dᵢ reaches L through (1/n)·dᵢ² (n: every element)",
+               {{"dy·2dᵢ/n", ""}}, "",
+               [](const Args& a, bool mag) {
+                 const double dy = (*a[0])[0];
+                 const TensorD &x = *a[1], &tg = *a[2];
+                 const double n = static_cast<double>(x.size());
+                 TensorD o(x.shape());
+                 for (Index i = 0; i < x.size(); ++i) o[i] = mabs(dy * 2 * (x[i] - tg[i]) / n, mag);
+                 return std::vector<TensorD>{o};
+               },
+               {}});
+  t.push_back({"dx", "mse_loss.dx", "∂L/∂x", {"dl_dd"}, "(N, D)", "x reaches L through d = x − t",
+               {{"∂L/∂d·∂d/∂x", ""}}, "",
+               [](const Args& a, bool mag) {
+                 return std::vector<TensorD>{scaled(*a[0], 1, mag)};
+               },
+               {}});
+  t.push_back({"dtarget", "mse_loss.dtarget", "∂L/∂t", {"dl_dd"}, "(N, D)",
+               "the target reaches L through d = x − t too (PyTorch differentiates it)",
+               {{"∂L/∂d·∂d/∂t", ""}}, "",
+               [](const Args& a, bool mag) {
+                 return std::vector<TensorD>{scaled(*a[0], -1, mag)};
+               },
+               {}});
+  return t;
+}
+
+Problem mse_problem() {
+  Rng r{0x746561636d73656cull};
+  Problem p;
+  TensorD x = r.tensor({3, 4}, 0, 1), tg = r.tensor({3, 4}, 0, 1);
+  TensorD dy({}, 1.0 + 0.5 * r.normal());
+  const auto f = ops::mse_loss_forward(x, tg);
+  const auto g = ops::mse_loss_backward_staged(dy, x, tg, f.cache);
+  p.given = {{"x", x}, {"target", tg}, {"dy", dy}};
+  // ∂L/∂d is the staged dx before its factor ∂d/∂x = 1 (mse_loss.dx).
+  p.verified = {{"dl_dd", g.dx}, {"dx", g.dx}, {"dtarget", g.dtarget}};
+  p.describe = "x and target (3, 4), reduction 'mean'";
+  return p;
+}
+
 }  // namespace
 
 TensorD sum_parts(const std::vector<TensorD>& parts) {
@@ -559,6 +661,16 @@ const std::vector<Lesson>& lessons() {
                   {"weight", "(O, I)", "W, as PyTorch stores it"},
                   {"dy", "(N, O)", "the upstream gradient ∂L/∂y"}},
                  linear_terms(), {"dx", "dweight", "dbias"}, linear_problem});
+    v.push_back({"silu", "SiLU y = x·σ(x), element-wise", "activations", "N = 4 rows, D = 5 values",
+                 {{"x", "(N, D)", "the input"},
+                  {"dy", "(N, D)", "the upstream gradient ∂L/∂y"},
+                  {"s", "(N, D)", "s = σ(x), the logistic sigmoid", true}},
+                 silu_terms(), {"dx"}, silu_problem});
+    v.push_back({"mse_loss", "MSE loss, reduction 'mean'", "losses", "N = 3 rows, D = 4 values",
+                 {{"x", "(N, D)", "the input"},
+                  {"target", "(N, D)", "the target"},
+                  {"dy", "()", "the upstream gradient of the scalar loss"}},
+                 mse_terms(), {"dx", "dtarget"}, mse_problem});
     return v;
   }();
   return all;
