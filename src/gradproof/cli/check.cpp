@@ -9,6 +9,7 @@
 #include "gradproof/ops/layernorm.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -544,37 +545,78 @@ namespace {
 
 // The inputs of the known-answer vectors of each op: a fixed shape, deterministic values (sin and
 // cos of the index: no generator whose sequence could change), PyTorch's default options.
-struct VectorCase {
-  std::map<std::string, TensorD> arrays;  // x, dy and the parameters
-  std::map<std::string, std::string> options;
-};
-
 TensorD wave(const Shape& s, double a, double b, double offset, double spread) {
   TensorD t(s);
   for (Index i = 0; i < t.size(); ++i)
-    t[i] = offset + spread * std::sin(a * static_cast<double>(i) + b) + 0.1 * std::cos(3.1 * static_cast<double>(i));
+    t[i] = offset + spread * std::sin(a * static_cast<double>(i) + b) +
+           0.1 * std::cos(3.1 * static_cast<double>(i));
   return t;
 }
 
-VectorCase vector_case(const std::string& op) {
-  VectorCase c;
-  Shape xs{4, 3, 5}, ps{3};
-  if (op == "ln") ps = {5}, c.options["normalized-shape"] = "5";
-  if (op == "gn") xs = {2, 4, 3}, ps = {4}, c.options["groups"] = "2";
-  if (op == "rms" || op == "softmax" || op == "log_softmax") xs = {4, 6}, ps = {6};
-  if (op == "linear") {  // x (4, 5), weight (3, 5), bias (3), dy (4, 3)
-    c.arrays["x"] = wave({4, 5}, 0.9, 0.3, 0.0, 1.0);
-    c.arrays["weight"] = wave({3, 5}, 2.3, 0.5, 0.0, 0.5);
-    c.arrays["bias"] = wave({3}, 1.3, 0.2, 0.0, 0.3);
-    c.arrays["dy"] = wave({4, 3}, 1.7, 1.1, 0.0, 1.0);
-    return c;
-  }
-  c.arrays["x"] = wave(xs, 0.9, 0.3, 1.0, 2.0);
-  c.arrays["dy"] = wave(xs, 1.7, 1.1, 0.0, 1.0);
-  if (op != "softmax" && op != "log_softmax") c.arrays["gamma"] = wave(ps, 2.3, 0.5, 1.0, 0.5);
-  if (op == "bn" || op == "ln" || op == "gn" || op == "in") c.arrays["beta"] = wave(ps, 1.3, 0.2, 0.0, 0.3);
-  if (op == "rms") c.options["eps"] = "1e-06";
-  return c;
+// One array of a vector case: a wave (a, b, offset, spread), a 0/1 step of a wave (a dropout
+// mask), or integers given as they are (class indices, embedding rows), written as int64.
+struct VectorArray {
+  std::string name;
+  Shape shape;
+  std::array<double, 4> w{};
+  std::vector<double> ints = {};
+  bool step = false;
+};
+struct VectorCase {
+  std::string op;
+  std::vector<VectorArray> arrays;
+  std::map<std::string, std::string> options = {};
+};
+
+// The waves: X for normalization inputs (around 1), A for activation inputs (both signs, |x| ≥
+// 0.139: away from the kinks at 0), D for dy, G and B for γ and β (and weights, biases, targets).
+constexpr std::array<double, 4> X{0.9, 0.3, 1.0, 2.0}, A{0.9, 0.3, 0.0, 2.0},
+    D{1.7, 1.1, 0.0, 1.0}, G{2.3, 0.5, 1.0, 0.5}, B{1.3, 0.2, 0.0, 0.3};
+std::vector<VectorArray> norm(Shape x, Shape p, bool beta) {
+  std::vector<VectorArray> v{{"x", x, X}, {"dy", x, D}, {"gamma", p, G}};
+  if (beta) v.push_back({"beta", p, B});
+  return v;
+}
+std::vector<VectorArray> activation() { return {{"x", {4, 5}, A}, {"dy", {4, 5}, D}}; }
+// The regression losses, reduction 'mean' (dy a scalar): |x − target| is 0.10 or more away from
+// the default delta = beta = 1 of Huber and smooth L1, with 7 of the 12 beyond it.
+std::vector<VectorArray> loss() {
+  return {{"x", {3, 4}, A}, {"target", {3, 4}, {1.3, 0.2, 0.0, 1.0}}, {"dy", {}, {0, 0, 0.9, 0}}};
+}
+// Class indices in [0, 5) for 6 samples: 1 and 4 twice, 3 never.
+const std::vector<double> classes{1, 4, 2, 0, 4, 1};
+
+const std::vector<VectorCase>& vector_cases() {
+  static const std::vector<VectorCase> all = {
+      {"bn", norm({4, 3, 5}, {3}, true)},
+      {"ln", norm({4, 3, 5}, {5}, true), {{"normalized-shape", "5"}}},
+      {"gn", norm({2, 4, 3}, {4}, true), {{"groups", "2"}}},
+      {"in", norm({4, 3, 5}, {3}, true)},
+      {"rms", norm({4, 6}, {6}, false), {{"eps", "1e-06"}}},
+      {"softmax", {{"x", {4, 6}, X}, {"dy", {4, 6}, D}}},
+      {"log_softmax", {{"x", {4, 6}, X}, {"dy", {4, 6}, D}}},
+      {"nll_loss", {{"x", {6, 5}, {0.9, 0.3, -2.0, 1.0}}, {"dy", {}, {0, 0, 0.9, 0}},
+                    {"target", {6}, {}, classes}}},
+      {"cross_entropy",
+       {{"x", {6, 5}, A}, {"dy", {}, {0, 0, 0.9, 0}}, {"target", {6}, {}, classes}}},
+      {"linear", {{"x", {4, 5}, {0.9, 0.3, 0.0, 1.0}}, {"weight", {3, 5}, {2.3, 0.5, 0.0, 0.5}},
+                  {"bias", {3}, B}, {"dy", {4, 3}, D}}},
+      {"matmul", {{"a", {2, 3, 4}, A}, {"b", {4, 5}, G}, {"dy", {2, 3, 5}, D}}},
+      {"relu", activation()}, {"sigmoid", activation()}, {"tanh", activation()},
+      {"leaky_relu", activation()}, {"elu", activation()}, {"gelu", activation()},
+      {"silu", activation()}, {"softplus", activation()},
+      {"mse_loss", loss()}, {"huber_loss", loss()}, {"smooth_l1_loss", loss()},
+      {"bce_with_logits", {{"x", {3, 4}, A}, {"target", {3, 4}, {1.3, 0.2, 0.5, 0.4}},
+                           {"dy", {}, {0, 0, 0.9, 0}}}},
+      // Training mode, p 0.5; the mask keeps 13 of 24 (the sign of a wave).
+      {"dropout",
+       {{"x", {4, 6}, A}, {"dy", {4, 6}, D}, {"mask", {4, 6}, {2.3, 0.5, 0, 1}, {}, true}}},
+      // Rows 0, 1 (twice) and 3 (three times) repeated: their gradients sum; rows 2 and 4 unused;
+      // padding_idx unset.
+      {"embedding", {{"weight", {6, 3}, A}, {"indices", {2, 4}, {}, {0, 1, 3, 3, 5, 1, 0, 3}},
+                     {"dy", {2, 4, 3}, D}}},
+  };
+  return all;
 }
 
 }  // namespace
@@ -583,27 +625,24 @@ int vectors_main(const std::vector<std::string>& words) {
   if (words.size() != 2) throw UsageError("vectors: needs OP and DIR (vectors OP DIR)");
   const std::string& op = words[0];
   const std::filesystem::path dir = words[1];
-  // The ops with a vector case (vector_case); the other ops that check knows have none yet.
-  static const std::vector<std::string> with_vectors = {"bn",  "ln",      "gn",          "in",
-                                                        "rms", "softmax", "log_softmax", "linear"};
   const auto it = std::find_if(adapters().begin(), adapters().end(),
                                [&](const Adapter& a) { return a.op == op; });
-  if (it == adapters().end() ||
-      std::find(with_vectors.begin(), with_vectors.end(), op) == with_vectors.end()) {
+  const auto vc = std::find_if(vector_cases().begin(), vector_cases().end(),
+                               [&](const VectorCase& c) { return c.op == op; });
+  if (it == adapters().end() || vc == vector_cases().end()) {
     std::string known;
-    for (const auto& a : with_vectors) known += (known.empty() ? "" : ", ") + a;
+    for (const auto& c : vector_cases()) known += (known.empty() ? "" : ", ") + c.op;
     throw UsageError("vectors: unknown op '" + op + "' (vectors knows " + known + ")");
   }
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) throw UsageError("vectors: cannot create " + dir.string() + ": " + ec.message());
-  const VectorCase vc = vector_case(op);
   std::ostringstream manifest;
   manifest << "{\"op\": ";
   check::json::string(manifest, op);
   manifest << ", \"generator\": \"gradproof vectors\", \"options\": {";
   bool first = true;
-  for (const auto& [k, v] : vc.options) {
+  for (const auto& [k, v] : vc->options) {
     manifest << (first ? "" : ", ");
     check::json::string(manifest, k);
     manifest << ": ";
@@ -615,16 +654,21 @@ int vectors_main(const std::vector<std::string>& words) {
   for (const io::NpyDtype dtype : {io::NpyDtype::float64, io::NpyDtype::float32}) {
     // The inputs rounded to the dtype; the answers computed in float64 from those exact values
     // (then rounded to the dtype): the float32 answers are what an exact float32 implementation
-    // rounds to, to be compared with the float32 tolerance policy.
+    // rounds to, to be compared with the float32 tolerance policy. Integer arrays are int64 in
+    // both sets, as PyTorch's indices are.
     CheckArgs args;
     args.op = op;
-    args.values = vc.options;
+    args.values = vc->options;
     Loaded in;
     in.args = &args;
-    for (const auto& [k, t] : vc.arrays) {
-      TensorD rounded = dtype == io::NpyDtype::float32 ? t.cast<float>().cast<double>() : t;
-      in.arrays.emplace(k, io::NpyArray{std::move(rounded), dtype, false, 1});
-      args.values[k] = "";
+    for (const VectorArray& s : vc->arrays) {
+      TensorD t = s.ints.empty() ? wave(s.shape, s.w[0], s.w[1], s.w[2], s.w[3]) : TensorD(s.shape);
+      for (Index i = 0; i < t.size(); ++i)
+        t[i] = s.step ? (t[i] >= 0 ? 1.0 : 0.0) : s.ints.empty() ? t[i] : s.ints.at(i);
+      if (s.ints.empty() && dtype == io::NpyDtype::float32) t = t.cast<float>().cast<double>();
+      const io::NpyDtype stored = s.ints.empty() ? dtype : io::NpyDtype::int64;
+      in.arrays.emplace(s.name, io::NpyArray{std::move(t), stored, false, 1});
+      args.values[s.name] = "";
     }
     CheckReport rep;
     std::map<std::string, TensorD> ref;
@@ -632,21 +676,25 @@ int vectors_main(const std::vector<std::string>& words) {
     std::optional<DiagSets> diag;
     it->reference(in, rep, ref, scale, diag);
     const std::string dt = io::name(dtype);
-    manifest << (dtype == io::NpyDtype::float64 ? "" : ", ") << "{\"dtype\": \"" << dt << "\", \"setting\": ";
+    manifest << (dtype == io::NpyDtype::float64 ? "" : ", ") << "{\"dtype\": \"" << dt
+             << "\", \"setting\": ";
     check::json::string(manifest, rep.setting);
     manifest << ", \"tolerance_k\": ";
     check::json::number(manifest, check::framework_factor(dt));
     manifest << ", \"files\": {";
     bool f1 = true;
-    const auto put = [&](const std::string& name, const TensorD& t, const char* role) {
-      const std::string file = name + "." + dt + ".npy";
-      io::write_npy((dir / file).string(), t, dtype);
+    const auto put = [&](const std::string& name, const TensorD& t, io::NpyDtype type,
+                         const char* role) {
+      const std::string file = name + "." + io::name(type) + ".npy";
+      io::write_npy((dir / file).string(), t, type);
       manifest << (f1 ? "" : ", ");
       check::json::string(manifest, name);
       manifest << ": {\"file\": ";
       check::json::string(manifest, file);
-      manifest << ", \"role\": \"" << role << "\", \"shape\": [";
-      for (std::size_t j = 0; j < t.shape().size(); ++j) manifest << (j ? ", " : "") << t.shape()[j];
+      manifest << ", \"role\": \"" << role << "\", \"dtype\": \"" << io::name(type)
+               << "\", \"shape\": [";
+      for (std::size_t j = 0; j < t.shape().size(); ++j)
+        manifest << (j ? ", " : "") << t.shape()[j];
       manifest << "]";
       if (scale.count(name)) {
         manifest << ", \"scale\": ";
@@ -656,8 +704,9 @@ int vectors_main(const std::vector<std::string>& words) {
       f1 = false;
       ++files;
     };
-    for (const auto& [k, t] : in.arrays) put(k, t.values, k == "dy" ? "upstream gradient" : "input");
-    for (const auto& [k, t] : ref) put(k, t, k == "y" ? "output" : "gradient");
+    for (const auto& [k, t] : in.arrays)
+      put(k, t.values, t.dtype, k == "dy" ? "upstream gradient" : "input");
+    for (const auto& [k, t] : ref) put(k, t, dtype, k == "y" ? "output" : "gradient");
     manifest << "}}";
   }
   manifest << "]}\n";
