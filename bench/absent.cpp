@@ -9,11 +9,13 @@ void libtorch_set_threads(int) {}
 std::string libtorch_version() { return {}; }
 std::vector<Case> libtorch_batchnorm(const BnPtr&) { return {}; }
 std::vector<Case> libtorch_rownorm(const RowNormPtr&) { return {}; }
+std::vector<Case> libtorch_layer(const LayerPtr&) { return {}; }
 #endif
 
 #if !defined(GRADPROOF_BENCH_ONEDNN)
 std::string onednn_version() { return {}; }
 std::vector<Case> onednn_batchnorm(const BnPtr&) { return {}; }
+std::vector<Case> onednn_layer(const LayerPtr&) { return {}; }
 #endif
 
 }  // namespace gradproof::bench

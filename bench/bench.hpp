@@ -32,6 +32,13 @@ struct Case {
   std::function<void()> extra;
   std::string extra_what;  ///< what `extra` does, for the notes
   std::string note;        ///< anything a reader of the table must know about this row
+  /// Floating-point operations of one call (linear: 2 per multiply-add), or 0: a row with
+  /// flops reports GFLOP/s, the measure its target uses.
+  double flops = 0;
+  /// After run(): runs the case twice more and says whether both outputs have the bits of the
+  /// first (embedding backward), or empty.
+  std::function<bool()> deterministic = {};
+  std::string group = {};  ///< the family of the Performance page's tables (empty: normalization)
 };
 
 /// Inputs of one batch-norm shape, shared by every implementation, and the float64 reference
@@ -77,6 +84,38 @@ std::vector<Case> libtorch_batchnorm(const BnPtr& p);
 std::vector<Case> libtorch_rownorm(const RowNormPtr& p);
 /// Empty when the benchmark was built without oneDNN.
 std::vector<Case> onednn_batchnorm(const BnPtr& p);
+
+/// \brief Inputs of one case of the course layers (issue 12), shared by every implementation,
+/// and their float64 references, computed on first use (after timing, once for all the
+/// implementations that compare with them).
+struct LayerProblem {
+  std::string op;     ///< relu, ..., softmax, log_softmax, cross_entropy, linear, embedding
+  Shape shape;        ///< the input's shape (embedding: that of dy)
+  TensorF x, dy;      ///< input and upstream gradient (embedding: dy only)
+  TensorF w, b;       ///< linear: weight (O, I) and bias (O); embedding: w is (V, D), unread
+  Tensor<std::int64_t> index;  ///< cross-entropy targets (R), embedding indices (Q)
+  /// Float64 references of the outputs: forward y (cross-entropy: the loss, then dx),
+  /// backward dx (linear: dx, dW, db; embedding: dW).
+  const std::vector<TensorD>& ref_forward() const;
+  const std::vector<TensorD>& ref_backward() const;
+  std::function<std::vector<TensorD>(const LayerProblem&)> make_ref_forward, make_ref_backward;
+  mutable std::shared_ptr<std::vector<TensorD>> ref_f, ref_b;
+};
+using LayerPtr = std::shared_ptr<const LayerProblem>;
+
+/// The activations benchmarked, by row name: relu, leaky_relu, elu, gelu, gelu_tanh, silu,
+/// sigmoid, tanh, softplus (PyTorch's default parameters).
+const std::vector<std::string>& activation_names();
+/// Deterministic inputs of a case of the course layers: an activation of activation_names() on
+/// (4096, 4096), softmax / log_softmax / cross_entropy on (8192, 4096), linear at x (4096, 1024)
+/// and W (1024, 1024), embedding backward (see ours_layers.cpp for the shapes and why).
+LayerPtr make_layer_problem(const std::string& op);
+std::vector<Case> ours_layer(const LayerPtr& p);
+/// at:: out-variants where libtorch has them; autograd for cross-entropy. Empty without libtorch.
+std::vector<Case> libtorch_layer(const LayerPtr& p);
+/// oneDNN's matmul (and a sum reduction for db) for linear; empty for the other ops and
+/// without oneDNN.
+std::vector<Case> onednn_layer(const LayerPtr& p);
 
 /// Sets libtorch's intra-op threads (at::set_num_threads); does nothing without libtorch.
 void libtorch_set_threads(int threads);

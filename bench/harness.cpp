@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -232,6 +233,11 @@ std::vector<std::pair<std::string, std::string>> describe_machine() {
   const std::string torch = libtorch_version(), dnnl = onednn_version();
   m.emplace_back("libtorch", torch.empty() ? "not built" : torch);
   m.emplace_back("oneDNN", dnnl.empty() ? "not built" : dnnl);
+  // Debian's libtorch calls the BLAS that update-alternatives selects for its sgemm (linear).
+  std::error_code ec;
+  const auto blas =
+      std::filesystem::canonical("/etc/alternatives/libblas.so.3-x86_64-linux-gnu", ec);
+  m.emplace_back("BLAS (libtorch's GEMM)", ec ? "unknown" : blas.string());
   return m;
 }
 

@@ -155,6 +155,85 @@ std::string onednn_version() {
   return out.str();
 }
 
+// Linear with oneDNN's matmul primitive on our buffers (no copies): y = x Wᵀ + b with W read
+// as an (I, O) matrix of strides (1, I) (tag ba); dx = dy W; dW = dyᵀ x with dy read as an
+// (O, N) matrix of tag ba; db = the column sums of dy by the reduction primitive.
+std::vector<Case> onednn_layer(const LayerPtr& p) {
+  if (p->op != "linear") return {};
+  const std::int64_t N = p->shape[0], I = p->shape[1], O = p->w.shape()[0];
+  struct L {
+    dnnl::engine eng{dnnl::engine::kind::cpu, 0};
+    dnnl::stream strm{eng};
+    TensorF y, dx, dw, db;
+    dnnl::matmul fwd, bdx, bdw;
+    dnnl::reduction bdb;
+    dnnl::memory x, xw, w_t, w, b, y_m, dy, dy_t, dx_m, dw_m, db_m;
+  };
+  auto s = std::make_shared<L>();
+  s->y = TensorF({N, O});
+  s->dx = TensorF({N, I});
+  s->dw = TensorF({O, I});
+  s->db = TensorF({O});
+  const auto mem = [&](dnnl::memory::dims d, tag t, const float* ptr) {
+    return dnnl::memory({d, dt::f32, t}, s->eng, const_cast<float*>(ptr));
+  };
+  s->x = mem({N, I}, tag::ab, p->x.data());
+  s->w_t = mem({I, O}, tag::ba, p->w.data());
+  s->b = mem({1, O}, tag::ab, p->b.data());
+  s->y_m = mem({N, O}, tag::ab, s->y.data());
+  s->dy = mem({N, O}, tag::ab, p->dy.data());
+  s->w = mem({O, I}, tag::ab, p->w.data());
+  s->dx_m = mem({N, I}, tag::ab, s->dx.data());
+  s->dy_t = mem({O, N}, tag::ba, p->dy.data());
+  s->xw = mem({N, I}, tag::ab, p->x.data());
+  s->dw_m = mem({O, I}, tag::ab, s->dw.data());
+  s->db_m = mem({1, O}, tag::ab, s->db.data());
+  const auto md = [](const dnnl::memory& m) { return m.get_desc(); };
+  s->fwd = dnnl::matmul(dnnl::matmul::primitive_desc(
+      dnnl::matmul::desc(md(s->x), md(s->w_t), md(s->b), md(s->y_m)), s->eng));
+  s->bdx = dnnl::matmul(
+      dnnl::matmul::primitive_desc(dnnl::matmul::desc(md(s->dy), md(s->w), md(s->dx_m)), s->eng));
+  s->bdw = dnnl::matmul(dnnl::matmul::primitive_desc(
+      dnnl::matmul::desc(md(s->dy_t), md(s->xw), md(s->dw_m)), s->eng));
+  s->bdb = dnnl::reduction(dnnl::reduction::primitive_desc(
+      dnnl::reduction::desc(dnnl::algorithm::reduction_sum, md(s->dy), md(s->db_m), 0.f, 0.f),
+      s->eng));
+  const auto forward = [s] {
+    s->fwd.execute(s->strm, {{DNNL_ARG_SRC, s->x},
+                             {DNNL_ARG_WEIGHTS, s->w_t},
+                             {DNNL_ARG_BIAS, s->b},
+                             {DNNL_ARG_DST, s->y_m}});
+    s->strm.wait();
+  };
+  const auto backward = [s] {
+    s->bdx.execute(s->strm,
+                   {{DNNL_ARG_SRC, s->dy}, {DNNL_ARG_WEIGHTS, s->w}, {DNNL_ARG_DST, s->dx_m}});
+    s->bdw.execute(s->strm,
+                   {{DNNL_ARG_SRC, s->dy_t}, {DNNL_ARG_WEIGHTS, s->xw}, {DNNL_ARG_DST, s->dw_m}});
+    s->bdb.execute(s->strm, {{DNNL_ARG_SRC, s->dy}, {DNNL_ARG_DST, s->db_m}});
+    s->strm.wait();
+  };
+  const std::vector<std::int64_t> shape(p->shape.begin(), p->shape.end());
+  const double n = double(N), i = double(I), o = double(O);
+  Case f{"linear", "forward", "onednn", shape, 4 * (n * i + o * i + o + n * o), forward,
+         [p, s] {
+           return relative_difference(s->y.data(), p->ref_forward()[0].data(), s->y.size());
+         },
+         {}, "", "matmul primitive with bias, W read transposed in place"};
+  f.flops = 2 * n * i * o + n * o;
+  Case b{"linear", "backward", "onednn", shape, 4 * (n * o + n * i + o * i + n * i + o * i + o),
+         backward,
+         [p, s] {
+           const auto& r = p->ref_backward();
+           return std::max({relative_difference(s->dx.data(), r[0].data(), r[0].size()),
+                            relative_difference(s->dw.data(), r[1].data(), r[1].size()),
+                            relative_difference(s->db.data(), r[2].data(), r[2].size())});
+         },
+         {}, "", "two matmul primitives (dx, dW) and a sum reduction (db)"};
+  b.flops = 4 * n * i * o + n * o;
+  return {f, b};
+}
+
 std::vector<Case> onednn_batchnorm(const BnPtr& p) {
   std::vector<Case> out = cases(p, tag::nchw, "onednn-nchw");
   for (auto& c : cases(p, tag::nChw16c, "onednn-nchw16c")) out.push_back(std::move(c));

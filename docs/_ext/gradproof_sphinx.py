@@ -671,8 +671,9 @@ def _bench_for(env) -> gr.Bench | None:
 def bench_figure(bench: gr.Bench | None, spec: str) -> tuple[str, str | None]:
     """The text of {bench}`OP PASS IMPL SHAPE THREADS WHAT`, e.g.
     `batchnorm backward fused 32x64x56x56 2 fraction`. WHAT is `fraction` (of the bandwidth, in
-    %), `gbps`, `ms` (median), `vs:IMPL` (IMPL's median time ÷ this one's) or `bandwidth` (the
-    run's bandwidth at THREADS; the other fields are then `-`). Returns (text, problem): a figure
+    %), `gbps`, `gflops` (rows that count floating-point operations), `ms` (median), `vs:IMPL`
+    (IMPL's median time ÷ this one's) or `bandwidth` (the run's bandwidth at THREADS; the other
+    fields are then `-`). Returns (text, problem): a figure
     this run did not measure reads "not measured in this run", never a number from elsewhere."""
     parts = spec.split()
     if len(parts) != 6:
@@ -703,6 +704,9 @@ def bench_figure(bench: gr.Bench | None, spec: str) -> tuple[str, str | None]:
         return (f"{100 * f:.0f}%" if f is not None else missing), None
     if what == "gbps":
         return (f"{row['gbps']:.1f} GB/s" if row["gbps"] is not None else missing), None
+    if what == "gflops":
+        g = row.get("gflops")
+        return (f"{g:.1f} GFLOP/s" if g is not None else missing), None
     if what == "ms":
         return f"{row['median_ms']:.3g} ms", None
     if what.startswith("vs:"):
@@ -737,9 +741,13 @@ def bench_plot(bench: gr.Bench, target: Path) -> None:
     matplotlib.rcParams["svg.hashsalt"] = "gradproof"  # stable ids: the same data gives the same file
     panels: list[tuple[str, str]] = []
     impls: list[str] = []
+
+    def panel_of(r) -> str:  # the activations share one panel per pass, one case per activation
+        return "activations" if r.get("group") == "activations" else r["op"]
+
     for r in bench.rows:
-        if (r["op"], r["pass"]) not in panels:
-            panels.append((r["op"], r["pass"]))
+        if (panel_of(r), r["pass"]) not in panels:
+            panels.append((panel_of(r), r["pass"]))
         if r["impl"] not in impls:
             impls.append(r["impl"])
     colours = dict(zip(impls, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3))
@@ -748,29 +756,33 @@ def bench_plot(bench: gr.Bench, target: Path) -> None:
     fig, axes = plt.subplots(nrows, ncols, figsize=(7.2, 2.5 * nrows + 0.6), dpi=100, squeeze=False)
     bw = {k: v for k, v in bench.bandwidth.items()}
     for ax, (op, ps) in zip(axes.flat, panels):
-        rows = [r for r in bench.rows if r["op"] == op and r["pass"] == ps]
+        rows = [r for r in bench.rows if panel_of(r) == op and r["pass"] == ps]
         cases: list[tuple] = []
         for r in rows:
-            k = (tuple(r["shape"]), r["threads"])
+            k = (r["op"], tuple(r["shape"]), r["threads"])
             if k not in cases:
                 cases.append(k)
         here = [i for i in impls if any(r["impl"] == i for r in rows)]
         width = 0.8 / max(1, len(here))
         for j, impl in enumerate(here):
             xs, ys = [], []
-            for i, (shape, th) in enumerate(cases):
-                r = next((r for r in rows if r["impl"] == impl and tuple(r["shape"]) == shape and r["threads"] == th), None)
+            for i, (name, shape, th) in enumerate(cases):
+                r = next((r for r in rows if r["impl"] == impl and r["op"] == name
+                          and tuple(r["shape"]) == shape and r["threads"] == th), None)
                 if r is not None and r["gbps"] is not None:
                     xs.append(i + (j - (len(here) - 1) / 2) * width)
                     ys.append(r["gbps"])
             ax.bar(xs, ys, width, label=impl, color=colours[impl])
-        for i, (shape, th) in enumerate(cases):  # the bandwidth of the case's thread count, over its bars
+        # the bandwidth of the case's thread count, over its bars
+        for i, (_, shape, th) in enumerate(cases):
             key = f"{th} thread" + ("" if th == 1 else "s")
             if key in bw:
                 ax.plot([i - 0.45, i + 0.45], [bw[key]] * 2, color="black", linestyle="--", linewidth=1)
         ax.set_title(f"{op} {ps}", fontsize=9)
         ax.set_xticks(range(len(cases)))
-        ax.set_xticklabels([f"{'x'.join(map(str, sh))}\n{th} thr" for sh, th in cases], fontsize=7)
+        ax.set_xticklabels([(f"{name}\n" if name != op else "")
+                            + f"{'x'.join(map(str, sh))}\n{th} thr" for name, sh, th in cases],
+                           fontsize=6 if op == "activations" else 7)
         ax.tick_params(axis="y", labelsize=7)
         ax.set_ylabel("GB/s", fontsize=8)
         top = max([r["gbps"] or 0.0 for r in rows] + list(bw.values()) + [1.0])
@@ -790,8 +802,54 @@ def bench_plot(bench: gr.Bench, target: Path) -> None:
 
 
 def fmt_target(t: gr.BenchTarget, v: float) -> str:
-    """A fraction of bandwidth as a percentage, a ratio of times as a factor."""
-    return f"{100 * v:.1f}%" if "fraction" in t.target else f"{v:.2f}\u00d7"
+    """A fraction of bandwidth as a percentage, a yes-or-no check (1 yes, 0 no) as a word, a ratio
+    of times or GFLOP/s as a factor."""
+    if "fraction" in t.target:
+        return f"{100 * v:.1f}%"
+    if "(1 yes, 0 no)" in t.target:
+        return "yes" if v >= 1 else "no"
+    return f"{v:.2f}\u00d7"
+
+
+BENCH_GROUP_TITLES = {"normalization": "Normalization", "activations": "Element-wise activations",
+                      "softmax": "Softmax, log-softmax and the fused softmax\u2013cross-entropy",
+                      "linear": "Linear (GFLOP/s: 2 per multiply-add)",
+                      "embedding": "Embedding backward"}
+
+
+def bench_table(rows: list[dict]) -> nodes.Node:
+    """The benchmark table of some rows, with the optional columns that they have: the layout
+    conversion a caller with NCHW data would add (oneDNN's blocked layout), GFLOP/s, whether
+    repeated runs gave identical bits, and the agreement with a float64 reference."""
+    has_extra = any(r.get("extra_ms") is not None for r in rows)
+    has_flops = any(r.get("gflops") is not None for r in rows)
+    has_det = any(r.get("deterministic") is not None for r in rows)
+    has_agree = any(r.get("agreement") is not None for r in rows)
+    body = []
+    for r in rows:
+        frac = r.get("fraction_of_bandwidth")
+        cells = [r["op"], r["pass"], nodes.literal(text=r["impl"]), gr.fmt_shape(r["shape"]),
+                 str(r["threads"]), f"{r['median_ms']:.3f}",
+                 f"{r['min_ms']:.3f} \u2013 {r['max_ms']:.3f}"]
+        if has_flops:
+            cells.append(f"{r['gflops']:.1f}" if r.get("gflops") is not None else "\u2014")
+        cells += [f"{r['gbps']:.1f}" if r["gbps"] is not None else "\u2014",
+                  f"{100 * frac:.0f}%" if frac is not None else "\u2014"]
+        if has_extra:
+            cells.append(f"+{r['extra_ms']:.3f}" if r.get("extra_ms") is not None else "")
+        if has_det:
+            d = r.get("deterministic")
+            cells.append("\u2014" if d is None else "yes" if d else "no")
+        if has_agree:
+            cells.append(f"{r['agreement']:.1e}" if r.get("agreement") is not None else "\u2014")
+        body.append(cells)
+    headers = ["op", "pass", "impl", "shape", "threads", "median ms", "min \u2013 max ms"]
+    headers += ["GFLOP/s"] if has_flops else []
+    headers += ["GB/s", "of bandwidth"]
+    headers += ["layout conversion ms"] if has_extra else []
+    headers += ["identical bits in 3 runs"] if has_det else []
+    headers += ["rel. diff. from float64"] if has_agree else []
+    return make_table(headers, body, ["gradproof-bench"])
 
 
 class BenchDirective(SphinxDirective):
@@ -858,24 +916,18 @@ class BenchDirective(SphinxDirective):
             out.append(make_table(["machine", ""], [[k, v] for k, v in facts], ["gradproof-machine"]))
         # Optional columns, shown when the run recorded them: the layout conversion a caller with
         # NCHW data would add (oneDNN's blocked layout), and the agreement with a float64 reference.
-        has_extra = any(r.get("extra_ms") is not None for r in bench.rows)
-        has_agree = any(r.get("agreement") is not None for r in bench.rows)
-        body = []
+        # One table per family of ops (the rows' "group"; rows without one are the normalizations),
+        # in the order the run measured them, each with the optional columns its rows have.
+        groups: list[str] = []
         for r in bench.rows:
-            frac = r.get("fraction_of_bandwidth")
-            cells = [r["op"], r["pass"], nodes.literal(text=r["impl"]), gr.fmt_shape(r["shape"]),
-                     str(r["threads"]), f"{r['median_ms']:.3f}", f"{r['min_ms']:.3f} \u2013 {r['max_ms']:.3f}",
-                     f"{r['gbps']:.1f}" if r["gbps"] is not None else "\u2014",
-                     f"{100 * frac:.0f}%" if frac is not None else "\u2014"]
-            if has_extra:
-                cells.append(f"+{r['extra_ms']:.3f}" if r.get("extra_ms") is not None else "")
-            if has_agree:
-                cells.append(f"{r['agreement']:.1e}" if r.get("agreement") is not None else "\u2014")
-            body.append(cells)
-        headers = ["op", "pass", "impl", "shape", "threads", "median ms", "min \u2013 max ms", "GB/s", "of bandwidth"]
-        headers += ["layout conversion ms"] if has_extra else []
-        headers += ["rel. diff. from float64"] if has_agree else []
-        out.append(make_table(headers, body, ["gradproof-bench"]))
+            g = r.get("group") or "normalization"
+            if g not in groups:
+                groups.append(g)
+        for g in groups:
+            rows = [r for r in bench.rows if (r.get("group") or "normalization") == g]
+            if len(groups) > 1:
+                out.append(nodes.rubric(text=BENCH_GROUP_TITLES.get(g, g)))
+            out.append(bench_table(rows))
         target = Path(self.config.gradproof_generated_dir) / "bench.svg"
         bench_plot(bench, target)
         uri = "/" + os.path.relpath(target, self.env.srcdir)  # '/...' is relative to the source dir

@@ -237,6 +237,31 @@ class EdgesTest(unittest.TestCase):
             _, warnings, _ = build(Path(tmp), "# B\n\n{bench}`batchnorm forward`\n", bench=bench)
             self.assertIn("expected OP PASS IMPL SHAPE THREADS WHAT", warnings)
 
+    def test_bench_layers_get_a_table_per_family_with_gflops_and_determinism(self):
+        lin = dict(BENCH_ROW, op="linear", shape=[4096, 1024], group="linear", flops=8.6e9,
+                   gflops=58.5)
+        emb = dict(BENCH_ROW, op="embedding", **{"pass": "backward"}, shape=[262144, 256],
+                   group="embedding", deterministic=True)
+        act = dict(BENCH_ROW, op="gelu", shape=[4096, 4096], group="activations")
+        name = "embedding backward 262144x256, 2 threads: fused, bits identical in 3 runs (1 yes, 0 no)"
+        targets = [{"target": name, "measured": 1, "threshold": 1, "at_least": True, "met": True}]
+        page = ("# B\n\n```{gradproof-bench}\n```\n\nlinear "
+                "{bench}`linear forward fused 4096x1024 2 gflops`.\n")
+        with tempfile.TemporaryDirectory() as tmp:
+            bench = {"rows": [BENCH_ROW, act, lin, emb], "targets": targets}
+            html, warnings, out = build(Path(tmp), page, bench=bench)
+            self.assertEqual(warnings, "")
+            svg = next((out / "_images").glob("bench*.svg")).read_text()
+        t = text(html)
+        for title in ("Normalization", "Element-wise activations", "Linear (GFLOP/s",
+                      "Embedding backward"):
+            self.assertIn(title, t)
+        self.assertIn("GFLOP/s", t)
+        self.assertIn("identical bits in 3 runs", t)
+        self.assertIn("yes", t)
+        self.assertIn("linear 58.5 GFLOP/s", re.sub(r" ([,;.])", r"\1", t))
+        self.assertIn("activations forward", svg)
+
     def test_bench_plot_is_small_multiples(self):
         rows = [BENCH_ROW, dict(BENCH_ROW, pass_="x"), dict(BENCH_ROW, op="layernorm", shape=[4096, 1024])]
         rows[1] = dict(BENCH_ROW, **{"pass": "backward"})
