@@ -6,6 +6,8 @@
 #include "gradproof/ops/activations.hpp"
 #include "gradproof/ops/batchnorm.hpp"
 #include "gradproof/ops/cross_entropy.hpp"
+#include "gradproof/ops/dropout.hpp"
+#include "gradproof/ops/embedding.hpp"
 #include "gradproof/ops/layernorm.hpp"
 #include "gradproof/ops/linear.hpp"
 #include "gradproof/ops/losses.hpp"
@@ -617,6 +619,112 @@ Problem mse_problem() {
   return p;
 }
 
+// ---- dropout in training, p given: y = m·x/(1 − p), m the kept mask ---------------------------
+std::vector<Term> dropout_terms() {
+  std::vector<Term> t;
+  t.push_back({"dmask", "dropout.dmask", "∂L/∂v, v = x/(1 − p)", {"dy", "mask"}, "(N, D)",
+               "y = m·v: the mask drawn in the forward pass is a constant factor of each element",
+               {{"m·dy", ""}}, "",
+               [](const Args& a, bool mag) {
+                 const TensorD &dy = *a[0], &m = *a[1];
+                 TensorD o(dy.shape());
+                 for (Index i = 0; i < dy.size(); ++i) o[i] = mabs(m[i] * dy[i], mag);
+                 return std::vector<TensorD>{o};
+               },
+               {{"the mask is not applied: a dropped element (m = 0) took no part in y, so it "
+                 "gets no gradient",
+                 [](const Args& a) { return *a[0]; }}}});
+  t.push_back({"dscale", "dropout.dscale", "∂v/∂x", {"p"}, "()",
+               "v = x/(1 − p): the kept values are scaled up in the forward pass",
+               {{"1/(1 − p)", ""}}, "",
+               [](const Args& a, bool) {
+                 return std::vector<TensorD>{TensorD({}, 1 / (1 - (*a[0])[0]))};
+               },
+               {{"the scale 1/(1 − p) is forgotten: the forward divides the kept values by 1 − p, "
+                 "so the backward does too",
+                 [](const Args&) { return TensorD({}, 1.0); }}}});
+  t.push_back({"dx", "dropout.dx", "∂L/∂x", {"dmask", "dscale"}, "(N, D)",
+               "x reaches y through v = x/(1 − p) and then the mask", {{"∂L/∂v·∂v/∂x", ""}}, "",
+               [](const Args& a, bool mag) {
+                 return std::vector<TensorD>{scaled(*a[0], (*a[1])[0], mag)};
+               },
+               {{"the scale 1/(1 − p) is forgotten: dx = m·dy/(1 − p), not m·dy",
+                 [](const Args& a) { return *a[0]; }}}});
+  return t;
+}
+
+Problem dropout_problem() {
+  Rng r{0x7465616364726f70ull};
+  Problem p;
+  TensorD x = r.tensor({4, 5}, 0, 1), dy = r.tensor({4, 5}, 0, 1);
+  const ops::DropoutConfig cfg{0.25, true, 0x6c657373};
+  const auto f = ops::dropout_forward(x, cfg);
+  TensorD mask(x.shape());
+  for (Index i = 0; i < x.size(); ++i) mask[i] = f.cache.mask[static_cast<std::size_t>(i)];
+  // ∂L/∂v is the staged backward with its step 2 multiplying by 1 (the cache's scale set to 1).
+  auto unscaled = f.cache;
+  unscaled.scale = 1;
+  p.given = {{"dy", dy}, {"mask", mask}, {"p", TensorD({}, cfg.p)}};
+  p.verified = {{"dmask", ops::dropout_backward_staged(dy, unscaled).dx},
+                {"dscale", TensorD({}, f.cache.scale)},
+                {"dx", ops::dropout_backward_staged(dy, f.cache).dx}};
+  p.describe = "x (4, 5), p = 0.25, training";
+  return p;
+}
+
+// ---- embedding, padding_idx None: y_q = W[idx_q] ---------------------------------------------
+// dW with the rows of dy assigned, not added: at a repeated index one position's row survives.
+TensorD assigned_rows(const Args& a, bool last) {
+  const TensorD &w = *a[0], &idx = *a[1], &dy = *a[2];
+  const Index Q = idx.size(), D = cols(w);
+  TensorD o(w.shape());
+  for (Index k = 0; k < Q; ++k) {
+    const Index q = last ? k : Q - 1 - k;
+    const auto r = static_cast<Index>(idx[q]);
+    for (Index d = 0; d < D; ++d) o[r * D + d] = dy[q * D + d];
+  }
+  return o;
+}
+
+std::vector<Term> embedding_terms() {
+  std::vector<Term> t;
+  const std::string assigned =
+      "the rows of dy are assigned, not added: a row looked up at several positions gets the "
+      "sum of their rows of dy, not one of them (np.add.at adds; dw[idx] += dy keeps one)";
+  t.push_back({"dweight", "embedding.dweight", "∂L/∂W", {"weight", "indices", "dy"}, "(V, D)",
+               "W[r] reaches y_q of every position q that looked it up, with derivative 1",
+               {{"Σ_{q: idx_q = r} dy_q", ""}}, "",
+               [](const Args& a, bool mag) {
+                 const TensorD &w = *a[0], &idx = *a[1], &dy = *a[2];
+                 const Index D = cols(w);
+                 TensorD o(w.shape());
+                 for (Index q = 0; q < idx.size(); ++q)
+                   for (Index d = 0; d < D; ++d)
+                     o[static_cast<Index>(idx[q]) * D + d] += mabs(dy[q * D + d], mag);
+                 return std::vector<TensorD>{o};
+               },
+               {{assigned, [](const Args& a) { return assigned_rows(a, true); }},
+                {assigned, [](const Args& a) { return assigned_rows(a, false); }}}});
+  return t;
+}
+
+Problem embedding_problem() {
+  Rng r{0x74656163656d6264ull};
+  Problem p;
+  const Index V = 5, D = 3;
+  const std::vector<std::int64_t> rows_of = {2, 0, 2, 4, 1, 2, 0};  // 2 three times, 0 twice
+  const auto Q = static_cast<Index>(rows_of.size());
+  Tensor<std::int64_t> idx({Q});
+  TensorD idx_d({Q});
+  for (Index q = 0; q < Q; ++q) idx[q] = rows_of[static_cast<std::size_t>(q)], idx_d[q] = idx[q];
+  TensorD w = r.tensor({V, D}, 0, 1), dy = r.tensor({Q, D}, 0, 1);
+  const auto f = ops::embedding_forward(idx, w, ops::EmbeddingConfig{V, D});
+  p.given = {{"weight", w}, {"indices", idx_d}, {"dy", dy}};
+  p.verified = {{"dweight", ops::embedding_backward_staged(dy, idx, f.cache).dweight}};
+  p.describe = "indices (7) into weight (5, 3), row 2 three times and row 0 twice";
+  return p;
+}
+
 }  // namespace
 
 TensorD sum_parts(const std::vector<TensorD>& parts) {
@@ -671,6 +779,19 @@ const std::vector<Lesson>& lessons() {
                   {"target", "(N, D)", "the target"},
                   {"dy", "()", "the upstream gradient of the scalar loss"}},
                  mse_terms(), {"dx", "dtarget"}, mse_problem});
+    v.push_back({"dropout", "dropout in training, p given", "dropout", "N = 4 rows, D = 5 values",
+                 {{"dy", "(N, D)", "the upstream gradient ∂L/∂y"},
+                  {"mask", "(N, D)", "m: 1 where the forward pass kept an element, 0 where not",
+                   false, true},
+                  {"p", "()", "the drop probability", false, true}},
+                 dropout_terms(), {"dx"}, dropout_problem});
+    v.push_back({"embedding", "embedding y_q = W[idx_q], padding_idx None", "embedding",
+                 "Q = 7 positions, V = 5 rows, D = 3 columns",
+                 {{"weight", "(V, D)", "the table W (dW has its shape)"},
+                  {"indices", "(Q)", "the row each position looked up (whole numbers, as floats)",
+                   false, true},
+                  {"dy", "(Q, D)", "the upstream gradient ∂L/∂y"}},
+                 embedding_terms(), {"dweight"}, embedding_problem});
     return v;
   }();
   return all;
