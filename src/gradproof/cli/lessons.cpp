@@ -517,6 +517,12 @@ TensorD scaled(const TensorD& t, double c, bool mag) {
   for (Index i = 0; i < t.size(); ++i) o[i] = mabs(c * t[i], mag);
   return o;
 }
+// The element-wise product a ⊙ b (|a ⊙ b| with mag), as a term's one output.
+std::vector<TensorD> product(const TensorD& a, const TensorD& b, bool mag) {
+  TensorD o(a.shape());
+  for (Index i = 0; i < a.size(); ++i) o[i] = mabs(a[i] * b[i], mag);
+  return {o};
+}
 
 // ---- silu y = x·σ(x), element-wise on (N, D) ------------------------------------------------
 std::vector<Term> silu_terms() {
@@ -524,12 +530,7 @@ std::vector<Term> silu_terms() {
   t.push_back({"dsig", "silu.dsig", "∂L/∂x through the factor σ(x) (x held)", {"dy", "s"}, "(N, D)",
                "y = x·σ(x) is a product: this is the edge of the factor x, the other held fixed",
                {{"dy·σ(x)", ""}}, "",
-               [](const Args& a, bool mag) {
-                 const TensorD &dy = *a[0], &s = *a[1];
-                 TensorD o(dy.shape());
-                 for (Index i = 0; i < dy.size(); ++i) o[i] = mabs(dy[i] * s[i], mag);
-                 return std::vector<TensorD>{o};
-               },
+               [](const Args& a, bool mag) { return product(*a[0], *a[1], mag); },
                {}});
   t.push_back({"dxsig", "silu.dxsig", "∂L/∂x through σ(x) (the factor x held)", {"dy", "x", "s"},
                "(N, D)", "the edge of the factor σ(x), with x in front of it held fixed",
@@ -625,12 +626,7 @@ std::vector<Term> dropout_terms() {
   t.push_back({"dmask", "dropout.dmask", "∂L/∂v, v = x/(1 − p)", {"dy", "mask"}, "(N, D)",
                "y = m·v: the mask drawn in the forward pass is a constant factor of each element",
                {{"m·dy", ""}}, "",
-               [](const Args& a, bool mag) {
-                 const TensorD &dy = *a[0], &m = *a[1];
-                 TensorD o(dy.shape());
-                 for (Index i = 0; i < dy.size(); ++i) o[i] = mabs(m[i] * dy[i], mag);
-                 return std::vector<TensorD>{o};
-               },
+               [](const Args& a, bool mag) { return product(*a[0], *a[1], mag); },
                {{"the mask is not applied: a dropped element (m = 0) took no part in y, so it "
                  "gets no gradient",
                  [](const Args& a) { return *a[0]; }}}});
