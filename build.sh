@@ -255,7 +255,7 @@ cmd_fuzz() {
   deps build fuzz
   build_preset fuzz
   out="$here/build/fuzz"
-  for h in bn ln gn in rms ops; do
+  for h in bn ln gn in rms; do
     mkdir -p "$out/corpus/$h" "$out/artifacts/$h" "$out/logs"
     log "fuzz $h for ${seconds}s"
     if ! "$out/fuzz/gradproof_fuzz_$h" -max_total_time="$seconds" -timeout=20 -print_final_stats=1 \
