@@ -156,8 +156,15 @@ struct Activation {
                                  const Eigen::VectorXd& u) {
     return (v.array() * magnitudes(p).array() * u.array()).abs().sum();
   }
+  // The fused pass may form the derivative otherwise than the staged terms (from the saved y, with
+  // 1 − y or 1 ± tanh), with terms that cancel where the staged ones do not; its rounding scale is
+  // then the larger (Tr::fused_terms). The ops fuzz target found tanh's and gelu-tanh's float32
+  // fused dx beyond a scale of the staged terms alone (single values at large |x|).
   static double dx_scale(const Prepared<double>&, const Problem& p, const TensorD& dy) {
-    return (as_f64(dy).array().abs() * magnitudes(p).array()).maxCoeff();
+    Eigen::VectorXd m = magnitudes(p);
+    if constexpr (requires { Tr::fused_terms(p.cfg, 0.0); })
+      for (Index i = 0; i < p.x.size(); ++i) m[i] = std::max(m[i], Tr::fused_terms(p.cfg, p.x[i]));
+    return (as_f64(dy).array().abs() * m.array()).maxCoeff();
   }
 
   static std::vector<harness::BadInput> bad_inputs() {
@@ -354,6 +361,11 @@ struct SigmoidTr {
   static constexpr const char* forward_title = "sigmoid forward: y = 1 / (1 + exp(−x))";
   static constexpr const char* fused_title = "sigmoid fused dx = dy · y (1 − y), from the output";
   static harness::Formulas terms() { return {{"sigmoid.dlocal", "∂y/∂x = σ(x)(1 − σ(x)) = σ(x)σ(−x)"}}; }
+  // The fused pass forms y(1 − y) from the saved y: 1 − y cancels where y → 1 (the terms y, y²).
+  static double fused_terms(const Config&, double x) {
+    const double y = 1 / (1 + std::exp(-x));
+    return y + y * y;
+  }
   static const TermsOf<Config>& ablation() {
     static const TermsOf<Config> a = {{"sigmoid.dlocal", &Config::Terms::dlocal}};
     return a;
@@ -390,6 +402,11 @@ struct TanhTr {
   static constexpr const char* forward_title = "tanh forward: y = tanh x";
   static constexpr const char* fused_title = "tanh fused dx = dy · (1 − y²), from the output";
   static harness::Formulas terms() { return {{"tanh.dlocal", "∂y/∂x = 1 − tanh²x = 1/cosh²x"}}; }
+  // The fused pass forms 1 − y² from the saved y: it cancels at large |x| (the terms 1, y²).
+  static double fused_terms(const Config&, double x) {
+    const double y = std::tanh(x);
+    return 1 + y * y;
+  }
   static const TermsOf<Config>& ablation() {
     static const TermsOf<Config> a = {{"tanh.dlocal", &Config::Terms::dlocal}};
     return a;
@@ -478,6 +495,15 @@ struct GeluTr {
     return {{"gelu.dcdf", "the factor c held: Φ(x), or ½(1 + tanh u)"},
             {"gelu.dpdf", "x · c'(x): x φ(x), or ½x(1 − tanh²u)·√(2/π)(1 + 3·0.044715x²)"}};
   }
+  // The fused pass forms 0.5(1 + erf) + x φ, or with the tanh form 0.5(1 + t) + 0.5β x (1 − t²)
+  // (1 + 3κx²): 1 + erf and 1 + t cancel for x < 0, 1 − t² at large |x| (each term's magnitude).
+  static double fused_terms(const Config& c, double x) {
+    if (!c.tanh_form())
+      return 0.5 * (1 + std::abs(std::erf(x * M_SQRT1_2))) +
+             std::abs(x) * std::exp(-0.5 * x * x) * 0.5 * M_2_SQRTPI * M_SQRT1_2;  // |x| φ(x)
+    const double b = Config::kBeta, k = Config::kKappa, t = std::tanh(b * (x + k * x * x * x));
+    return 0.5 * (1 + std::abs(t)) + 0.5 * b * std::abs(x) * (1 + t * t) * (1 + 3 * k * x * x);
+  }
   static const TermsOf<Config>& ablation() {
     static const TermsOf<Config> a = {{"gelu.dcdf", &Config::Terms::dcdf}, {"gelu.dpdf", &Config::Terms::dpdf}};
     return a;
@@ -509,6 +535,11 @@ struct SiluTr {
   static constexpr const char* fused_title = "silu fused dx = dy · σ(x)(1 + x(1 − σ(x)))";
   static harness::Formulas terms() {
     return {{"silu.dsig", "the factor x held: σ(x)"}, {"silu.dxsig", "x σ'(x) = x σ(x)σ(−x)"}};
+  }
+  // The fused pass forms s(1 + x(1 − s)): 1 − s cancels where s → 1 (the terms s, |x| s (1 + s)).
+  static double fused_terms(const Config&, double x) {
+    const double sg = 1 / (1 + std::exp(-x));
+    return sg * (1 + std::abs(x) * (1 + sg));
   }
   static const TermsOf<Config>& ablation() {
     static const TermsOf<Config> a = {{"silu.dsig", &Config::Terms::dsig}, {"silu.dxsig", &Config::Terms::dxsig}};
